@@ -1,0 +1,30 @@
+"""Names shared by the data layer, the networks and the reports.
+
+MURA's seven study types, in the order used for class indices everywhere (the router's classes,
+per-body-part loss weights, metrics tables).
+"""
+from __future__ import annotations
+
+BODY_PARTS: tuple[str, ...] = (
+    "XR_ELBOW",
+    "XR_FINGER",
+    "XR_FOREARM",
+    "XR_HAND",
+    "XR_HUMERUS",
+    "XR_SHOULDER",
+    "XR_WRIST",
+)
+BODY_PART_INDEX: dict[str, int] = {name: i for i, name in enumerate(BODY_PARTS)}
+
+# DICOM BodyPartExamined values (PS3.16 CID 4031 defined terms) for each MURA study type.
+DICOM_BODY_PART: dict[str, str] = {
+    "XR_ELBOW": "ELBOW",
+    "XR_FINGER": "FINGER",
+    "XR_FOREARM": "FOREARM",
+    "XR_HAND": "HAND",
+    "XR_HUMERUS": "HUMERUS",
+    "XR_SHOULDER": "SHOULDER",
+    "XR_WRIST": "WRIST",
+}
+
+SPLITS: tuple[str, ...] = ("train", "valid")
