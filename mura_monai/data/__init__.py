@@ -1,0 +1,36 @@
+"""MURA roots, radiograph reading (DICOM and PNG), and the synthetic MURA-like generator."""
+from __future__ import annotations
+
+from mura_monai.data.mura import (
+    MuraDatasetError,
+    MuraSplit,
+    find_mura_root,
+    load_mura_split,
+    mura_datalist,
+    mura_study_datalist,
+)
+
+__all__ = [
+    "LoadRadiograph",
+    "LoadRadiographD",
+    "LoadRadiographDict",
+    "LoadRadiographd",
+    "MuraDatasetError",
+    "MuraSplit",
+    "RadiographReadError",
+    "RadiographReader",
+    "find_mura_root",
+    "generate_mura_root",
+    "is_dicom",
+    "load_mura_split",
+    "mura_datalist",
+    "mura_study_datalist",
+    "read_radiograph",
+]
+
+
+def generate_mura_root(*args, **kwargs):
+    """See ``mura_monai.data.synthetic.generate_mura_root`` (imported lazily: drawing code is large)."""
+    from mura_monai.data.synthetic import generate_mura_root as _generate
+
+    return _generate(*args, **kwargs)

@@ -1,0 +1,46 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each installs what it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# Debian packages the tests call: dciodvfy (dicom3tools) validates every DICOM object we write.
+DEBIAN_PACKAGES := dicom3tools
+DEBIAN_COMMANDS := dciodvfy
+DEMO_DIR ?= demo
+DEMO_PATIENTS ?= 140
+DEMO_EPOCHS ?= 4
+DEMO_IMAGE_SIZE ?= 128
+
+.PHONY: install system-deps demo test bench clean
+
+install: $(STAMP)
+
+# torch first, from the local CPU build: anything that pulls torch in before it would fetch CUDA.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+system-deps:
+	@missing=""; for cmd in $(DEBIAN_COMMANDS); do command -v $$cmd >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; \
+	  else echo "missing Debian packages; run as root: apt-get install -y $(DEBIAN_PACKAGES)" >&2; exit 1; fi; \
+	fi
+
+demo: install
+	DEMO_DIR=$(DEMO_DIR) DEMO_PATIENTS=$(DEMO_PATIENTS) DEMO_EPOCHS=$(DEMO_EPOCHS) \
+	DEMO_IMAGE_SIZE=$(DEMO_IMAGE_SIZE) PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/demo.sh
+
+test: install system-deps
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python benchmarks/preprocessing.py
+
+clean:
+	rm -rf $(DEMO_DIR) bundles/*/models bundles/*/eval .pytest_cache

@@ -1,0 +1,130 @@
+"""``mura-monai``: synthetic data, evaluation and inference from the command line.
+
+Every subcommand exits non-zero with one line naming the bad path or value on bad input; the
+traceback is kept for ``--debug``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+logger = logging.getLogger("mura_monai")
+
+
+def _setup_argparser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mura-monai", description="Abnormality detection in musculoskeletal radiographs (MURA), on MONAI."
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    synth = sub.add_parser("synth", help="write a deterministic synthetic MURA-like root (and DICOM studies)")
+    synth.add_argument("out", type=Path, help="folder to create the MURA root in (MURA-v1.1/ goes inside)")
+    synth.add_argument("--patients", type=int, default=140, help="number of patients (default 140)")
+    synth.add_argument("--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)")
+    synth.add_argument("--dicom", type=Path, metavar="DIR", help="also write the studies as DICOM under DIR")
+    synth.add_argument("--valid-fraction", type=float, default=0.2, help="share of patients in the valid split")
+
+    infer = sub.add_parser("infer", help="score DICOM or PNG/JPEG radiographs, grouped into studies")
+    infer.add_argument("--bundle", type=Path, required=True, help="bundle folder (configs/inference.json, models/)")
+    infer.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="files or folders of radiographs")
+    infer.add_argument("--output", type=Path, help="write the JSON here (default: print it)")
+    infer.add_argument("--models-dir", type=Path, help="checkpoint folder (default: the bundle's models/)")
+    infer.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    infer.add_argument("--heatmaps", type=Path, metavar="DIR", help="write CAM heatmaps here (not available yet)")
+
+    evaluate = sub.add_parser("evaluate", help="evaluate a trained bundle on the valid split of a MURA root")
+    evaluate.add_argument("--bundle", type=Path, required=True, help="bundle folder with models/model.pt")
+    evaluate.add_argument("--dataset-dir", type=Path, required=True, help="MURA root (the folder holding MURA-v1.1/)")
+    evaluate.add_argument("--output-dir", type=Path, required=True, help="where metrics.json and report.html go")
+    evaluate.add_argument("--models-dir", type=Path, help="checkpoint folder (default: the bundle's models/)")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    evaluate.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    return parser
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from mura_monai.data.synthetic import generate_mura_root
+
+    if args.patients < 1:
+        raise ValueError(f"--patients must be at least 1, got {args.patients}")
+    if not 0.0 < args.valid_fraction < 1.0:
+        raise ValueError(f"--valid-fraction must be between 0 and 1, got {args.valid_fraction}")
+    summary = generate_mura_root(
+        args.out, patients=args.patients, seed=args.seed, dicom_dir=args.dicom,
+        valid_fraction=args.valid_fraction, progress=sys.stderr.isatty(),
+    )
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _infer(args: argparse.Namespace) -> int:
+    from mura_monai.inference import BundlePredictor
+
+    if args.heatmaps:
+        raise ValueError("--heatmaps is not available yet in this version (CAM heatmaps land with the ensemble)")
+    predictor = BundlePredictor(args.bundle, device=args.device, models_dir=args.models_dir)
+    result = predictor.predict(args.inputs, progress=sys.stderr.isatty())
+    text = json.dumps(result, indent=2)
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+        abnormal = sum(s["abnormal"] for s in result["studies"])
+        print(f"{len(result['studies'])} studies ({abnormal} abnormal) written to {args.output}")
+    else:
+        print(text)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from mura_monai.evaluation import evaluate_bundle
+    from mura_monai.report import format_metrics_table, write_html_report
+
+    metrics = evaluate_bundle(
+        args.bundle, args.dataset_dir, args.output_dir, device=args.device, models_dir=args.models_dir,
+        overrides={"n_bootstrap": args.n_bootstrap},
+    )
+    report = write_html_report(metrics, args.output_dir / "report.html", title=f"{args.bundle.name} on {args.dataset_dir}")
+    print(format_metrics_table(metrics))
+    print(f"metrics: {args.output_dir / 'metrics.json'}\nreport:  {report}")
+    return 0
+
+
+_COMMANDS = {"synth": _synth, "infer": _infer, "evaluate": _evaluate}
+
+
+def main(args: list[str] | None = None) -> int:
+    parsed = _setup_argparser().parse_args(args)
+    logging.basicConfig(
+        level=logging.DEBUG if parsed.debug else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from mura_monai.data.mura import MuraDatasetError
+    from mura_monai.data.radiograph_reader import RadiographReadError
+
+    user_errors = (FileNotFoundError, NotADirectoryError, ValueError, MuraDatasetError, RadiographReadError)
+    try:
+        return _COMMANDS[parsed.command](parsed)
+    except (*user_errors, RuntimeError) as exc:
+        cause = _user_error_cause(exc, user_errors)
+        if parsed.debug or cause is None:
+            raise
+        print(f"mura-monai {parsed.command}: error: {cause}", file=sys.stderr)
+        return 2
+
+
+def _user_error_cause(exc: BaseException, user_errors: tuple) -> BaseException | None:
+    """The input error behind ``exc``: MONAI's config parser wraps them in ``RuntimeError``."""
+    while exc is not None:
+        if isinstance(exc, user_errors):
+            return exc
+        exc = exc.__cause__
+    return None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

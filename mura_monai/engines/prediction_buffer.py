@@ -1,0 +1,141 @@
+"""Per-image predictions gathered from an evaluator, for study-level metrics.
+
+MURA's figures are study-level, but Ignite metrics see only ``(y_pred, y)`` of a batch. The
+study, body part and path of each image ride along in the batch dict, so these pieces read
+``engine.state.batch`` beside ``engine.state.output``. Both collated (``decollate=False``) and
+decollated (list of dicts) engine states are understood.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from ignite.engine import Engine, Events
+from ignite.metrics import Metric
+from monai.utils import CommonKeys
+
+from mura_monai.metrics import aggregate_studies, binary_metrics, evaluate_predictions
+
+__all__ = ["PredictionBuffer", "StudyAUC", "MetricsReportWriter"]
+
+logger = logging.getLogger(__name__)
+
+_CARRIED = ("study", "body_part", "label", "path")
+
+
+def _as_list(value, n: int) -> list:
+    if isinstance(value, torch.Tensor):
+        return value.reshape(n, -1)[:, 0].tolist() if value.numel() >= n else [value.item()] * n
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    return [value] * n
+
+
+class PredictionBuffer:
+    """Accumulates one record per image: probability (sigmoid of the logit) plus carried keys."""
+
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+
+    def reset(self) -> None:
+        self.records = []
+
+    def add_from_engine(self, engine: Engine) -> None:
+        batch, output = engine.state.batch, engine.state.output
+        if isinstance(output, dict):
+            logits = output[CommonKeys.PRED]
+            n = int(logits.shape[0])
+            probs = torch.sigmoid(logits.detach().float().reshape(n, -1)[:, 0]).cpu().tolist()
+            carried = {k: _as_list(batch[k], n) for k in _CARRIED if k in batch}
+            for i, prob in enumerate(probs):
+                self.records.append({"probability": prob} | {k: v[i] for k, v in carried.items()})
+            return
+        for item_batch, item_output in zip(batch, output):  # decollated: one dict per image
+            logit = item_output[CommonKeys.PRED]
+            prob = float(torch.sigmoid(torch.as_tensor(logit).detach().float().reshape(-1)[0]))
+            carried = {k: item_batch[k] for k in _CARRIED if k in item_batch}
+            for key, value in carried.items():
+                if isinstance(value, torch.Tensor):
+                    carried[key] = value.reshape(-1)[0].item()
+            self.records.append({"probability": prob} | carried)
+
+
+class StudyAUC(Metric):
+    """Study-level ROC AUC (study probability = aggregate of its images') as an Ignite metric.
+
+    Usable as an evaluator's ``key_val_metric``, so ``CheckpointSaver`` keeps the model with
+    the best validation study AUC.
+    """
+
+    def __init__(self, aggregation: str = "mean", output_transform=lambda x: x, device="cpu") -> None:
+        self.aggregation = aggregation
+        self._buffer = PredictionBuffer()
+        super().__init__(output_transform=output_transform, device=device)
+
+    def reset(self) -> None:
+        self._buffer.reset()
+
+    def update(self, output) -> None:  # fed by iteration_completed, which needs the batch too
+        raise NotImplementedError("StudyAUC reads engine.state directly; attach it to an engine")
+
+    def iteration_completed(self, engine: Engine) -> None:
+        self._buffer.add_from_engine(engine)
+
+    def compute(self) -> float:
+        studies = aggregate_studies(self._buffer.records, self.aggregation)
+        return binary_metrics([s["label"] for s in studies], [s["probability"] for s in studies])["auc"]
+
+
+class MetricsReportWriter:
+    """Writes ``metrics.json`` (DESIGN.md format) and ``predictions.json`` when an evaluation ends.
+
+    Args:
+        output_dir: folder for the files; created if absent.
+        threshold: probability above which a study is called abnormal.
+        aggregation: how image probabilities make a study probability (``mean``, ``max``, ``median``).
+        n_bootstrap: resamples for the 95% intervals (0 disables them).
+        extra: fields copied into metrics.json (e.g. the bundle name, image size).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | Path,
+        threshold: float = 0.5,
+        aggregation: str = "mean",
+        n_bootstrap: int = 1000,
+        seed: int = 0,
+        extra: dict | None = None,
+    ) -> None:
+        self.output_dir = Path(output_dir)
+        self.threshold = threshold
+        self.aggregation = aggregation
+        self.n_bootstrap = n_bootstrap
+        self.seed = seed
+        self.extra = dict(extra or {})
+        self.buffer = PredictionBuffer()
+        self.document: dict | None = None
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, lambda _: self.buffer.reset())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.buffer.add_from_engine)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
+
+    def write(self, engine: Engine | None = None) -> dict:
+        records = self.buffer.records
+        doc = evaluate_predictions(records, self.threshold, self.aggregation, self.n_bootstrap, self.seed)
+        studies = doc.pop("studies")
+        doc.update(self.extra)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        (self.output_dir / "metrics.json").write_text(json.dumps(doc, indent=2, allow_nan=True))
+        (self.output_dir / "predictions.json").write_text(
+            json.dumps({"images": records, "studies": studies}, indent=2)
+        )
+        logger.info(
+            "study AUC %.4f, kappa %.4f on %d studies; metrics written to %s",
+            doc["study"]["auc"], doc["study"]["kappa"], doc["n_studies"], self.output_dir / "metrics.json",
+        )
+        self.document = doc
+        return doc

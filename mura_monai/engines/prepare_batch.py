@@ -1,0 +1,40 @@
+"""Batch preparation for MONAI engines."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from monai.engines import PrepareBatch
+from monai.utils import CommonKeys
+
+__all__ = ["LabelAndBodyPart", "resolve_device"]
+
+
+class LabelAndBodyPart(PrepareBatch):
+    """Targets as ``(B, 2)``: the study label and the body-part index of each image.
+
+    ``BodyPartWeightedBCELoss`` needs the body part to pick the MURA class weights, and a
+    trainer hands the loss only ``(prediction, target)``: the index travels in the target.
+    """
+
+    def __init__(self, label_key: str = CommonKeys.LABEL, body_part_key: str = "body_part_index") -> None:
+        self.label_key = label_key
+        self.body_part_key = body_part_key
+
+    def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs: Any):
+        image = batchdata[CommonKeys.IMAGE].to(device=device, non_blocking=non_blocking, **kwargs)
+        label = torch.as_tensor(batchdata[self.label_key]).reshape(-1).float()
+        part = torch.as_tensor(batchdata[self.body_part_key]).reshape(-1).float()
+        target = torch.stack([label, part], dim=1).to(device=device, non_blocking=non_blocking, **kwargs)
+        return image, target
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks the first CUDA device when there is one, else the CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device in ("auto", "", None):
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but no CUDA device is available")
+    return torch.device(device)

@@ -1,0 +1,64 @@
+"""Running a bundle's ``evaluating`` workflow from Python (what ``mura-monai evaluate`` does).
+
+The bundle config stays the single description of the model; this only fills in the paths and
+the settings recorded at training time, then runs MONAI's ``ConfigWorkflow``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from monai.bundle import ConfigWorkflow
+
+from mura_monai.data.mura import find_mura_root
+from mura_monai.model_settings import load_model_settings
+
+__all__ = ["bundle_configs", "evaluate_bundle"]
+
+
+def bundle_configs(bundle_dir: str | Path, *names: str) -> list[str]:
+    """Paths of ``configs/<name>.json`` in a bundle, each checked to exist."""
+    configs = []
+    for name in names:
+        path = Path(bundle_dir) / "configs" / f"{name}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"bundle config not found: {path}")
+        configs.append(str(path))
+    return configs
+
+
+def evaluate_bundle(
+    bundle_dir: str | Path,
+    dataset_dir: str | Path,
+    output_dir: str | Path,
+    device: str = "auto",
+    models_dir: str | Path | None = None,
+    overrides: dict | None = None,
+) -> dict:
+    """Evaluate the bundle's ``models/model.pt`` on the valid split; returns metrics.json's content."""
+    bundle_dir = Path(bundle_dir).resolve()
+    dataset_dir = find_mura_root(dataset_dir)
+    configs = bundle_configs(bundle_dir, "train", "evaluate")
+    ckpt_dir = Path(models_dir).resolve() if models_dir else bundle_dir / "models"
+    if not (ckpt_dir / "model.pt").is_file():
+        raise FileNotFoundError(f"bundle has no trained model: {ckpt_dir / 'model.pt'} (train it first)")
+    values = {
+        **load_model_settings(ckpt_dir),
+        "bundle_root": str(bundle_dir),
+        "ckpt_dir": str(ckpt_dir),
+        "dataset_dir": str(dataset_dir),
+        "output_dir": str(Path(output_dir).resolve()),
+        "device": device,
+        **(overrides or {}),
+    }
+    workflow = ConfigWorkflow(
+        config_file=configs,
+        meta_file=str(bundle_dir / "configs" / "metadata.json"),
+        workflow_type=None,
+        run_id="evaluating",
+        **values,
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    return json.loads((Path(output_dir) / "metrics.json").read_text())

@@ -1,0 +1,199 @@
+"""Study-level predictions from a bundle's ``configs/inference.json`` on DICOM or PNG/JPEG files.
+
+The bundle config says what is assembled (network, preprocessing, threshold); this module
+finds the inputs, batches them, and groups images into studies: by StudyInstanceUID for DICOM
+(a PACS sends studies), by folder for PNG (MURA's layout). The same path serves the CLI and,
+later, the listener's worker.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from monai.bundle import ConfigParser
+
+from mura_monai.constants import BODY_PARTS, DICOM_BODY_PART
+from mura_monai.data.radiograph_reader import is_dicom
+from mura_monai.metrics import AGGREGATIONS
+from mura_monai.model_settings import load_model_settings
+
+__all__ = ["BundlePredictor", "collect_inputs", "body_part_of", "group_studies"]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+_DICOM_TO_MURA = {v: k for k, v in DICOM_BODY_PART.items()}
+
+
+def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files to analyse: the given files, and the radiographs found under the given folders.
+
+    Inside folders, PNG/JPEG files and DICOM files (with or without the ``.dcm`` suffix, as
+    PACS exports often have none) are taken; anything else is ignored.
+
+    Raises:
+        FileNotFoundError: naming an input path that does not exist.
+        ValueError: when nothing to analyse is found.
+    """
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if not path.exists():
+            raise FileNotFoundError(f"input not found: {path}")
+        if path.is_file():
+            found.append(path)
+            continue
+        for child in sorted(p for p in path.rglob("*") if p.is_file()):
+            if child.suffix.lower() in IMAGE_SUFFIXES or is_dicom(child):
+                found.append(child)
+    if not found:
+        raise ValueError(f"no DICOM, PNG or JPEG files in {', '.join(str(i) for i in inputs)}")
+    return found
+
+
+def body_part_of(path: Path, meta: dict) -> str:
+    """MURA study type of an image: DICOM BodyPartExamined, then descriptions, then the path.
+
+    Returns ``"UNKNOWN"`` when none says it; the caller decides what an unknown part means.
+    """
+    part = str(meta.get("BodyPartExamined", "") or "").upper().strip()
+    if part in _DICOM_TO_MURA:
+        return _DICOM_TO_MURA[part]
+    for key in ("StudyDescription", "SeriesDescription"):
+        text = str(meta.get(key, "") or "").upper()
+        for dicom_name, mura_name in _DICOM_TO_MURA.items():
+            if dicom_name in text.replace("_", " ").split():
+                return mura_name
+    for component in reversed(path.parts):
+        if component.upper() in BODY_PARTS:
+            return component.upper()
+    return "UNKNOWN"
+
+
+def group_studies(images: Sequence[dict], threshold: float, aggregation: str = "mean") -> list[dict]:
+    """The ``studies`` list of the infer JSON contract (DESIGN.md) from per-image results."""
+    reduce = AGGREGATIONS[aggregation]
+    grouped: dict[str, list[dict]] = {}
+    for image in images:
+        grouped.setdefault(image["study"], []).append(image)
+    studies = []
+    for study, members in grouped.items():
+        parts = sorted({m["body_part"] for m in members} - {"UNKNOWN"})
+        probability = float(reduce([m["probability"] for m in members]))
+        studies.append(
+            {
+                "study": study,
+                "body_part": parts[0] if len(parts) == 1 else ("UNKNOWN" if not parts else "MIXED:" + "+".join(parts)),
+                "probability": probability,
+                "abnormal": probability > threshold,
+                "threshold": threshold,
+                "images": [{"path": m["path"], "probability": m["probability"]} for m in members],
+            }
+        )
+    return studies
+
+
+@dataclass
+class _Loaded:
+    network: torch.nn.Module
+    preprocessing: object
+    threshold: float
+    aggregation: str
+    batch_size: int
+    device: torch.device
+
+
+class BundlePredictor:
+    """A bundle's network and preprocessing, loaded once, predicting abnormality per image.
+
+    Args:
+        bundle_dir: bundle folder holding ``configs/inference.json`` and ``models/model.pt``.
+        device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        models_dir: checkpoint folder when not the bundle's ``models/``.
+        overrides: config values that replace the bundle's and the recorded model settings.
+    """
+
+    def __init__(
+        self, bundle_dir: str | Path, device: str = "auto", models_dir: str | Path | None = None, overrides: dict | None = None
+    ) -> None:
+        self.bundle_dir = Path(bundle_dir)
+        config_file = self.bundle_dir / "configs" / "inference.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"bundle has no inference config: {config_file}")
+        parser = ConfigParser()
+        parser.read_config(str(config_file))
+        parser["bundle_root"] = str(self.bundle_dir)
+        parser["device"] = device
+        if models_dir is not None:
+            parser["ckpt_dir"] = str(models_dir)
+        ckpt_dir = parser.get_parsed_content("ckpt_dir")
+        for key, value in {**load_model_settings(ckpt_dir), **(overrides or {})}.items():
+            if key in parser.get():
+                parser[key] = value
+        ckpt_path = Path(parser.get_parsed_content("ckpt_path"))
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"bundle has no trained model: {ckpt_path} (train it first)")
+        torch_device = parser.get_parsed_content("torch_device")
+        network = parser.get_parsed_content("network")
+        state = torch.load(ckpt_path, map_location=torch_device, weights_only=True)
+        network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+        network.eval()
+        self.loaded = _Loaded(
+            network=network,
+            preprocessing=parser.get_parsed_content("preprocessing"),
+            threshold=float(parser.get_parsed_content("threshold")),
+            aggregation=parser.get_parsed_content("aggregation"),
+            batch_size=int(parser.get_parsed_content("batch_size")),
+            device=torch_device,
+        )
+
+    @property
+    def threshold(self) -> float:
+        return self.loaded.threshold
+
+    def predict_images(self, paths: Sequence[Path], progress: bool = False) -> list[dict]:
+        """One record per image: path, probability, study id, body part, DICOM meta."""
+        from tqdm import tqdm
+
+        loaded = self.loaded
+        records: list[dict] = []
+        batch: list[torch.Tensor] = []
+
+        def flush() -> None:
+            with torch.no_grad(), torch.autocast(loaded.device.type, enabled=loaded.device.type == "cuda"):
+                logits = loaded.network(torch.stack(batch).to(loaded.device))
+            probs = torch.sigmoid(logits.float().reshape(len(batch), -1)[:, 0]).cpu().tolist()
+            for record, prob in zip(records[-len(batch):], probs):
+                record["probability"] = prob
+            batch.clear()
+
+        for path in tqdm(paths, desc="infer", unit="image", disable=not progress):
+            item = loaded.preprocessing({"image": str(path)})
+            image = item["image"]
+            meta = dict(getattr(image, "meta", {}) or {})
+            study = meta.get("StudyInstanceUID") or str(path.parent)
+            records.append(
+                {
+                    "path": str(path),
+                    "study": study,
+                    "body_part": body_part_of(path, meta),
+                    "probability": None,
+                }
+            )
+            batch.append(torch.as_tensor(image).float())
+            if len(batch) == loaded.batch_size:
+                flush()
+        if batch:
+            flush()
+        return records
+
+    def predict(self, inputs: Iterable[str | Path], progress: bool = False) -> dict:
+        """The infer JSON document: ``{"studies": [...]}`` as DESIGN.md specifies."""
+        images = self.predict_images(collect_inputs(inputs), progress=progress)
+        return {
+            "bundle": str(self.bundle_dir),
+            "studies": group_studies(images, self.loaded.threshold, self.loaded.aggregation),
+        }

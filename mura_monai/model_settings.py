@@ -1,0 +1,28 @@
+"""The settings a trained model depends on, stored beside its checkpoint.
+
+A bundle trained with ``--image_size 128 --enhancement clahe`` must be evaluated and served
+with the same input pipeline. Training writes them to ``<ckpt_dir>/model_settings.json``;
+``mura-monai evaluate`` and ``mura-monai infer`` read them back as config overrides.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["SETTINGS_FILE", "save_model_settings", "load_model_settings"]
+
+SETTINGS_FILE = "model_settings.json"
+
+
+def save_model_settings(ckpt_dir: str | Path, **settings) -> Path:
+    """Write ``settings`` (JSON-serialisable override values) to ``ckpt_dir/model_settings.json``."""
+    path = Path(ckpt_dir) / SETTINGS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings, indent=2, sort_keys=True))
+    return path
+
+
+def load_model_settings(ckpt_dir: str | Path) -> dict:
+    """The recorded settings, or ``{}`` for a checkpoint trained elsewhere (config defaults apply)."""
+    path = Path(ckpt_dir) / SETTINGS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
