@@ -9,6 +9,16 @@ from mura_monai.data.mura import (
     mura_datalist,
     mura_study_datalist,
 )
+from mura_monai.data.radiograph_reader import (
+    LoadRadiograph,
+    LoadRadiographd,
+    LoadRadiographD,
+    LoadRadiographDict,
+    RadiographReader,
+    RadiographReadError,
+    is_dicom,
+    read_radiograph,
+)
 
 __all__ = [
     "LoadRadiograph",
