@@ -8,8 +8,8 @@ STAMP := $(VENV)/.installed-stamp
 DEBIAN_PACKAGES := dicom3tools
 DEBIAN_COMMANDS := dciodvfy
 DEMO_DIR ?= demo
-DEMO_PATIENTS ?= 140
-DEMO_EPOCHS ?= 4
+DEMO_PATIENTS ?= 200
+DEMO_EPOCHS ?= 3
 DEMO_IMAGE_SIZE ?= 128
 
 .PHONY: install system-deps demo test bench clean

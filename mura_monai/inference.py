@@ -17,7 +17,7 @@ from monai.bundle import ConfigParser
 
 from mura_monai.constants import BODY_PARTS, DICOM_BODY_PART
 from mura_monai.data.radiograph_reader import is_dicom
-from mura_monai.metrics import AGGREGATIONS
+from mura_monai.metrics import study_probabilities
 from mura_monai.model_settings import load_model_settings
 
 __all__ = ["BundlePredictor", "collect_inputs", "body_part_of", "group_studies"]
@@ -75,14 +75,9 @@ def body_part_of(path: Path, meta: dict) -> str:
 
 def group_studies(images: Sequence[dict], threshold: float, aggregation: str = "mean") -> list[dict]:
     """The ``studies`` list of the infer JSON contract (DESIGN.md) from per-image results."""
-    reduce = AGGREGATIONS[aggregation]
-    grouped: dict[str, list[dict]] = {}
-    for image in images:
-        grouped.setdefault(image["study"], []).append(image)
     studies = []
-    for study, members in grouped.items():
+    for study, members, probability in study_probabilities(images, aggregation):
         parts = sorted({m["body_part"] for m in members} - {"UNKNOWN"})
-        probability = float(reduce([m["probability"] for m in members]))
         studies.append(
             {
                 "study": study,

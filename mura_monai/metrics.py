@@ -18,6 +18,7 @@ from mura_monai.constants import BODY_PARTS
 __all__ = [
     "AGGREGATIONS",
     "aggregate_studies",
+    "study_probabilities",
     "binary_metrics",
     "bootstrap_intervals",
     "evaluate_predictions",
@@ -129,11 +130,11 @@ def bootstrap_intervals(
     return out
 
 
-def aggregate_studies(records: Iterable[dict], aggregation: str = "mean") -> list[dict]:
-    """Group image predictions by ``study`` into one record per study.
+def study_probabilities(records: Iterable[dict], aggregation: str = "mean") -> list[tuple[str, list[dict], float]]:
+    """``(study, its image records, study probability)`` in first-seen order.
 
-    Each input record needs ``study``, ``probability`` and ``label``; ``body_part`` is carried
-    over. ``aggregation`` is one of ``AGGREGATIONS`` (``mean`` is the MURA baseline's rule).
+    The one place that turns image probabilities into study probabilities, for metrics and
+    for inference alike. ``aggregation`` is one of ``AGGREGATIONS`` (``mean`` is MURA's rule).
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {sorted(AGGREGATIONS)}, got {aggregation!r}")
@@ -141,8 +142,16 @@ def aggregate_studies(records: Iterable[dict], aggregation: str = "mean") -> lis
     grouped: dict[str, list[dict]] = {}
     for rec in records:
         grouped.setdefault(rec["study"], []).append(rec)
+    return [(study, recs, float(reduce([r["probability"] for r in recs]))) for study, recs in grouped.items()]
+
+
+def aggregate_studies(records: Iterable[dict], aggregation: str = "mean") -> list[dict]:
+    """Group labelled image predictions by ``study`` into one record per study.
+
+    Each input record needs ``study``, ``probability`` and ``label``; ``body_part`` is carried over.
+    """
     studies = []
-    for study, recs in grouped.items():
+    for study, recs, probability in study_probabilities(records, aggregation):
         labels = {int(r["label"]) for r in recs}
         if len(labels) != 1:
             raise ValueError(f"images of study {study} carry different labels {sorted(labels)}")
@@ -151,7 +160,7 @@ def aggregate_studies(records: Iterable[dict], aggregation: str = "mean") -> lis
                 "study": study,
                 "body_part": recs[0].get("body_part", "UNKNOWN"),
                 "label": labels.pop(),
-                "probability": float(reduce([r["probability"] for r in recs])),
+                "probability": probability,
                 "n_images": len(recs),
             }
         )

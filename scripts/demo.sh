@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO_DIR=${DEMO_DIR:-demo}
-PATIENTS=${DEMO_PATIENTS:-140}
-EPOCHS=${DEMO_EPOCHS:-4}
+PATIENTS=${DEMO_PATIENTS:-200}
+EPOCHS=${DEMO_EPOCHS:-3}
 SIZE=${DEMO_IMAGE_SIZE:-128}
 ROOT="$PWD/$DEMO_DIR/mura"
 DICOM="$PWD/$DEMO_DIR/dicom"
@@ -14,16 +14,16 @@ MODELS="$PWD/$DEMO_DIR/models/densenet169_wbce"
 EVAL="$PWD/$DEMO_DIR/eval/densenet169_wbce"
 
 echo "== 1/4 synthetic MURA root: $PATIENTS patients -> $ROOT (DICOM copies in $DICOM)"
-rm -rf "$ROOT" "$DICOM"
+rm -rf "$ROOT" "$DICOM" && mkdir -p "$DEMO_DIR"
 mura-monai synth "$ROOT" --patients "$PATIENTS" --seed 0 --dicom "$DICOM" > "$DEMO_DIR/synth_summary.json"
 
-echo "== 2/4 train densenet169_wbce: $EPOCHS epochs at ${SIZE}px (python -m monai.bundle run training)"
+echo "== 2/4 train densenet169_wbce from scratch: $EPOCHS epochs at ${SIZE}px, lr 1e-3 (python -m monai.bundle run training)"
 mkdir -p "$MODELS"
 start=$(date +%s)
 (cd "$BUNDLE" && python -m monai.bundle run training \
     --meta_file configs/metadata.json --config_file configs/train.json \
     --dataset_dir "$ROOT" --ckpt_dir "$MODELS" --output_dir "$EVAL/train" \
-    --image_size "$SIZE" --max_epochs "$EPOCHS" --batch_size 16)
+    --image_size "$SIZE" --max_epochs "$EPOCHS" --batch_size 8 --learning_rate 0.001)
 echo "   trained in $(( $(date +%s) - start )) s"
 
 echo "== 3/4 evaluate on the valid split"
