@@ -6,7 +6,6 @@ the maths; this module only groups predictions and resamples studies for the int
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 
 import numpy as np

@@ -3,12 +3,10 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-import torch
 
-from monai.data import MetaTensor
 from mura_monai.transforms import Clahe
+from tests.transforms.output_checks import TYPES, assert_transform_output
 
-TYPES = (np.asarray, torch.as_tensor, lambda x: MetaTensor(torch.as_tensor(x), meta={"filename_or_obj": "x.png"}))
 
 
 def low_contrast(channels: int = 1, size: int = 64, seed: int = 0) -> np.ndarray:
@@ -32,12 +30,7 @@ TEST_CASE_SHAPES = [
 def test_shape_dtype_type(in_type, args, shape):
     img = in_type(np.random.default_rng(1).random(shape, dtype=np.float32))
     out = Clahe(**args)(img)
-    assert type(out) is type(img)
-    assert tuple(out.shape) == shape
-    assert out.dtype in (np.float32, torch.float32)
-    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
-    if isinstance(img, MetaTensor):
-        assert out.meta["filename_or_obj"] == "x.png"
+    assert_transform_output(out, img, shape)
 
 
 def test_increases_local_contrast():

@@ -2,12 +2,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from monai.data import MetaTensor
 from mura_monai.transforms import GBPNormalize
+from tests.transforms.output_checks import TYPES, assert_transform_output
 
-TYPES = (np.asarray, torch.as_tensor, lambda x: MetaTensor(torch.as_tensor(x), meta={"filename_or_obj": "x.png"}))
 
 TEST_CASE_SHAPES = [[{}, (1, 32, 32)], [{}, (3, 16, 24)], [{"clip": True}, (3, 16, 16)]]
 
@@ -17,11 +15,7 @@ TEST_CASE_SHAPES = [[{}, (1, 32, 32)], [{}, (3, 16, 24)], [{"clip": True}, (3, 1
 def test_shape_dtype_type(in_type, args, shape):
     img = in_type(np.random.default_rng(0).random(shape))
     out = GBPNormalize(**args)(img)
-    assert type(out) is type(img)
-    assert tuple(out.shape) == shape
-    assert out.dtype in (np.float32, torch.float32)
-    if isinstance(img, MetaTensor):
-        assert out.meta["filename_or_obj"] == "x.png"
+    assert_transform_output(out, img, shape, unit_range=False)
 
 
 @pytest.mark.parametrize("in_type", TYPES)

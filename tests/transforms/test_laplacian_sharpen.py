@@ -2,12 +2,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from monai.data import MetaTensor
 from mura_monai.transforms import LaplacianSharpen
+from tests.transforms.output_checks import TYPES, assert_transform_output
 
-TYPES = (np.asarray, torch.as_tensor, lambda x: MetaTensor(torch.as_tensor(x), meta={"filename_or_obj": "x.png"}))
 
 
 def soft_edge(channels: int = 1, size: int = 32) -> np.ndarray:
@@ -28,12 +26,7 @@ TEST_CASE_SHAPES = [[{"strength": s}, shape] for s in (0.0, 1.5, 3.0) for shape 
 def test_shape_dtype_type(in_type, args, shape):
     img = in_type(np.random.default_rng(0).random(shape, dtype=np.float32))
     out = LaplacianSharpen(**args)(img)
-    assert type(out) is type(img)
-    assert tuple(out.shape) == shape
-    assert out.dtype in (np.float32, torch.float32)
-    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
-    if isinstance(img, MetaTensor):
-        assert out.meta["filename_or_obj"] == "x.png"
+    assert_transform_output(out, img, shape)
 
 
 @pytest.mark.parametrize("in_type", TYPES)

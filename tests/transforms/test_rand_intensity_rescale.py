@@ -2,13 +2,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from monai.data import DataLoader, Dataset, MetaTensor
+from monai.data import DataLoader, Dataset
 from monai.utils import set_determinism
 from mura_monai.transforms import IntensityRescale, RandIntensityRescale
+from tests.transforms.output_checks import TYPES, assert_transform_output
 
-TYPES = (np.asarray, torch.as_tensor, lambda x: MetaTensor(torch.as_tensor(x), meta={"filename_or_obj": "x.png"}))
 
 
 def image() -> np.ndarray:
@@ -20,11 +19,7 @@ def image() -> np.ndarray:
 def test_shape_dtype_type(in_type, prob):
     img = in_type(image().astype(np.float64))
     out = RandIntensityRescale(prob=prob)(img)
-    assert type(out) is type(img)
-    assert tuple(out.shape) == (1, 32, 32)
-    assert out.dtype in (np.float32, torch.float32)
-    if isinstance(img, MetaTensor):
-        assert out.meta["filename_or_obj"] == "x.png"
+    assert_transform_output(out, img, (1, 32, 32), unit_range=False)
 
 
 def test_reproducible_with_set_random_state():

@@ -7,8 +7,8 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose
 from mura_monai.transforms import ResizeWithAspectPad
+from tests.transforms.output_checks import TYPES, assert_transform_output
 
-TYPES = (np.asarray, torch.as_tensor, lambda x: MetaTensor(torch.as_tensor(x), meta={"filename_or_obj": "x.png"}))
 
 TEST_CASE_SHAPES = [
     [{"spatial_size": 64}, (1, 100, 50), (1, 64, 64)],
@@ -22,11 +22,7 @@ TEST_CASE_SHAPES = [
 def test_shape_dtype_type(in_type, args, in_shape, out_shape):
     img = in_type(np.random.default_rng(0).random(in_shape))
     out = ResizeWithAspectPad(**args)(img)
-    assert type(out) is type(img)
-    assert tuple(out.shape) == out_shape
-    assert out.dtype in (np.float32, torch.float32)
-    if isinstance(img, MetaTensor):
-        assert out.meta["filename_or_obj"] == "x.png"
+    assert_transform_output(out, img, out_shape, unit_range=False)
 
 
 TEST_CASE_ASPECT = [
