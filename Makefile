@@ -9,7 +9,7 @@ DEBIAN_PACKAGES := dicom3tools
 DEBIAN_COMMANDS := dciodvfy
 DEMO_DIR ?= demo
 DEMO_PATIENTS ?= 200
-DEMO_EPOCHS ?= 3
+DEMO_EPOCHS ?= 4
 DEMO_IMAGE_SIZE ?= 128
 
 .PHONY: install system-deps demo test bench clean

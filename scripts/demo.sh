@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO_DIR=${DEMO_DIR:-demo}
 PATIENTS=${DEMO_PATIENTS:-200}
-EPOCHS=${DEMO_EPOCHS:-3}
+EPOCHS=${DEMO_EPOCHS:-4}
 SIZE=${DEMO_IMAGE_SIZE:-128}
 ROOT="$PWD/$DEMO_DIR/mura"
 DICOM="$PWD/$DEMO_DIR/dicom"
@@ -17,13 +17,13 @@ echo "== 1/4 synthetic MURA root: $PATIENTS patients -> $ROOT (DICOM copies in $
 rm -rf "$ROOT" "$DICOM" && mkdir -p "$DEMO_DIR"
 mura-monai synth "$ROOT" --patients "$PATIENTS" --seed 0 --dicom "$DICOM" > "$DEMO_DIR/synth_summary.json"
 
-echo "== 2/4 train densenet169_wbce from scratch: $EPOCHS epochs at ${SIZE}px, lr 1e-3 (python -m monai.bundle run training)"
+echo "== 2/4 train densenet169_wbce from scratch: $EPOCHS epochs at ${SIZE}px, batch 16, lr 3e-4 (python -m monai.bundle run training)"
 mkdir -p "$MODELS"
 start=$(date +%s)
 (cd "$BUNDLE" && python -m monai.bundle run training \
     --meta_file configs/metadata.json --config_file configs/train.json \
     --dataset_dir "$ROOT" --ckpt_dir "$MODELS" --output_dir "$EVAL/train" \
-    --image_size "$SIZE" --max_epochs "$EPOCHS" --batch_size 8 --learning_rate 0.001)
+    --image_size "$SIZE" --max_epochs "$EPOCHS" --batch_size 16 --learning_rate 0.0003)
 echo "   trained in $(( $(date +%s) - start )) s"
 
 echo "== 3/4 evaluate on the valid split"
