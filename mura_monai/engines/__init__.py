@@ -1,7 +1,13 @@
 """Glue between MONAI's Ignite engines and MURA's study-level evaluation."""
 from __future__ import annotations
 
+from mura_monai.engines.checkpoints import BEST_MODEL_FILE, attach_resume, last_checkpoint
 from mura_monai.engines.prediction_buffer import MetricsReportWriter, PredictionBuffer, StudyAUC
 from mura_monai.engines.prepare_batch import LabelAndBodyPart, resolve_device
+from mura_monai.engines.training_summary import TrainingSummaryWriter, model_size, read_training_summary
 
-__all__ = ["LabelAndBodyPart", "MetricsReportWriter", "PredictionBuffer", "StudyAUC", "resolve_device"]
+__all__ = [
+    "BEST_MODEL_FILE", "LabelAndBodyPart", "MetricsReportWriter", "PredictionBuffer", "StudyAUC",
+    "TrainingSummaryWriter", "last_checkpoint", "model_size", "read_training_summary", "attach_resume",
+    "resolve_device",
+]

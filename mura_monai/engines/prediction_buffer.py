@@ -12,10 +12,12 @@ import logging
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from monai.utils import CommonKeys
 
+from mura_monai.engines.training_summary import model_size, read_training_summary
 from mura_monai.metrics import aggregate_studies, binary_metrics, evaluate_predictions
 
 __all__ = ["PredictionBuffer", "StudyAUC", "MetricsReportWriter"]
@@ -66,7 +68,8 @@ class StudyAUC(Metric):
     """Study-level ROC AUC (study probability = aggregate of its images') as an Ignite metric.
 
     Usable as an evaluator's ``key_val_metric``, so ``CheckpointSaver`` keeps the model with
-    the best validation study AUC.
+    the best validation study AUC. Under DDP the ranks' images are gathered before the AUC
+    (a study's views may sit on different ranks).
     """
 
     def __init__(self, aggregation: str = "mean", output_transform=lambda x: x, device="cpu") -> None:
@@ -84,7 +87,13 @@ class StudyAUC(Metric):
         self._buffer.add_from_engine(engine)
 
     def compute(self) -> float:
-        studies = aggregate_studies(self._buffer.records, self.aggregation)
+        records = self._buffer.records
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            # under DDP each rank validated a shard; every rank needs the same AUC (early stopping, LR schedule)
+            shards: list = [None] * dist.get_world_size()
+            dist.all_gather_object(shards, records)
+            records = [r for shard in shards for r in shard]
+        studies = aggregate_studies(records, self.aggregation)
         return binary_metrics([s["label"] for s in studies], [s["probability"] for s in studies])["auc"]
 
 
@@ -97,6 +106,10 @@ class MetricsReportWriter:
         aggregation: how image probabilities make a study probability (``mean``, ``max``, ``median``).
         n_bootstrap: resamples for the 95% intervals (0 disables them).
         extra: fields copied into metrics.json (e.g. the bundle name, image size).
+        ckpt_dir: the evaluated checkpoint's folder; its ``training_summary.json`` (train time,
+            epochs, model size) and the size of its ``model.pt`` go under ``"training"``, which
+            ``mura-monai compare`` tabulates.
+        network: the evaluated network, for its size when the checkpoint has no summary.
     """
 
     def __init__(
@@ -107,8 +120,12 @@ class MetricsReportWriter:
         n_bootstrap: int = 1000,
         seed: int = 0,
         extra: dict | None = None,
+        ckpt_dir: str | Path | None = None,
+        network=None,
     ) -> None:
         self.output_dir = Path(output_dir)
+        self.ckpt_dir = Path(ckpt_dir) if ckpt_dir else None
+        self.network = network
         self.threshold = threshold
         self.aggregation = aggregation
         self.n_bootstrap = n_bootstrap
@@ -127,6 +144,9 @@ class MetricsReportWriter:
         doc = evaluate_predictions(records, self.threshold, self.aggregation, self.n_bootstrap, self.seed)
         studies = doc.pop("studies")
         doc.update(self.extra)
+        training = self._training()
+        if training:
+            doc["training"] = training
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / "metrics.json").write_text(json.dumps(doc, indent=2, allow_nan=True))
         (self.output_dir / "predictions.json").write_text(
@@ -138,3 +158,12 @@ class MetricsReportWriter:
         )
         self.document = doc
         return doc
+
+    def _training(self) -> dict:
+        training = read_training_summary(self.ckpt_dir) if self.ckpt_dir else {}
+        if self.network is not None:
+            training = model_size(self.network) | training
+        best = self.ckpt_dir / "model.pt" if self.ckpt_dir else None
+        if best is not None and best.is_file():
+            training["checkpoint_mb"] = round(best.stat().st_size / 2**20, 2)
+        return training

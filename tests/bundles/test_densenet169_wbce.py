@@ -2,34 +2,27 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
 
 from mura_monai.cli import main as cli_main
+from tests.bundles.bundle_runner import BUNDLES, EVALUATE, TRAIN, assert_design_metrics, bundle_run, read_json
 
-BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "densenet169_wbce"
+BUNDLE = BUNDLES / "densenet169_wbce"
 TINY = ["--image_size", "64", "--max_epochs", "1", "--batch_size", "8", "--num_workers", "0"]
-METRIC_KEYS = {"auc", "kappa", "accuracy", "sensitivity", "specificity", "precision", "f1", "tp", "fp", "tn", "fn", "threshold"}
 
 
-def _bundle_run(run_id: str, configs: str, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "monai.bundle", "run", run_id, "--meta_file", "configs/metadata.json",
-           "--config_file", configs, *overrides]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.run(cmd, cwd=BUNDLE, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+def _bundle_run(run_id: str, configs: str, *overrides: str):
+    return bundle_run(BUNDLE, run_id, configs, *overrides)
 
 
 @pytest.fixture(scope="module")
 def trained(synth_root, tmp_path_factory):
     work = tmp_path_factory.mktemp("densenet")
     ckpt, out = work / "models", work / "train_out"
-    _bundle_run("training", "configs/train.json", "--dataset_dir", str(synth_root), "--ckpt_dir", str(ckpt),
+    _bundle_run("training", TRAIN, "--dataset_dir", str(synth_root), "--ckpt_dir", str(ckpt),
                 "--output_dir", str(out), *TINY)
     return {"ckpt": ckpt, "work": work, "root": synth_root}
 
@@ -41,16 +34,58 @@ def test_training_keeps_best_checkpoint_settings_and_logs(trained):
     assert list((trained["work"] / "train_out").glob("events.out.tfevents.*")), "no TensorBoard log"
 
 
+def test_training_writes_summary_and_epoch_checkpoint(trained):
+    summary = read_json(trained["ckpt"] / "training_summary.json")
+    assert summary["epochs_completed"] == 1 and summary["iterations"] > 0 and summary["train_time_s"] > 0
+    assert summary["best_metric_epoch"] == 1 and 0.0 <= summary["best_metric"] <= 1.0
+    assert summary["bundle"] == "densenet169_wbce" and summary["image_size"] == 64
+    assert (trained["ckpt"] / "checkpoint_epoch=1.pt").is_file()
+
+
+def test_resume_continues_from_the_last_epoch(trained, tmp_path):
+    ckpt = tmp_path / "models"
+    shutil.copytree(trained["ckpt"], ckpt)
+    first = read_json(ckpt / "training_summary.json")
+    proc = _bundle_run("training", TRAIN, "--dataset_dir", str(trained["root"]), "--ckpt_dir", str(ckpt),
+                       "--output_dir", str(tmp_path / "out"), *TINY, "--max_epochs", "2", "--resume", "true")
+    assert "resuming from" in proc.stdout + proc.stderr
+    second = read_json(ckpt / "training_summary.json")
+    # one more epoch, not two: the trainer state came back from checkpoint_epoch=1.pt
+    assert second["epochs_completed"] == 2 and second["iterations"] == 2 * first["iterations"]
+    assert second["train_time_s"] > first["train_time_s"]
+    assert second["best_metric"] >= first["best_metric"]
+    assert (ckpt / "checkpoint_epoch=2.pt").is_file()
+
+
+def test_fresh_training_drops_stale_epoch_checkpoints(trained, tmp_path):
+    ckpt = tmp_path / "models"
+    ckpt.mkdir()
+    shutil.copy(trained["ckpt"] / "checkpoint_epoch=1.pt", ckpt / "checkpoint_epoch=7.pt")
+    _bundle_run("training", TRAIN, "--dataset_dir", str(trained["root"]), "--ckpt_dir", str(ckpt),
+                "--output_dir", str(tmp_path / "out"), *TINY, "--body_parts", "['XR_WRIST','XR_HAND']")
+    assert sorted(p.name for p in ckpt.glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=1.pt"]
+
+
+def test_early_stopping_ends_training_when_validation_stops_improving(trained, tmp_path):
+    ckpt = tmp_path / "models"
+    # min_delta 1 makes every epoch after the first "no improvement": patience 1 stops after epoch 2
+    _bundle_run("training", TRAIN, "--dataset_dir", str(trained["root"]), "--ckpt_dir", str(ckpt),
+                "--output_dir", str(tmp_path / "out"), *TINY, "--max_epochs", "4", "--early_stop_patience", "1",
+                "--early_stopper#min_delta", "1.0", "--body_parts", "['XR_WRIST','XR_HAND']")
+    summary = read_json(ckpt / "training_summary.json")
+    assert summary["max_epochs"] == 4 and summary["epochs_completed"] == 2
+
+
 def test_run_evaluating_writes_design_metrics(trained):
     out = trained["work"] / "eval_bundle_cli"
-    _bundle_run("evaluating", "['configs/train.json','configs/evaluate.json']", "--dataset_dir", str(trained["root"]),
+    _bundle_run("evaluating", EVALUATE, "--dataset_dir", str(trained["root"]),
                 "--ckpt_dir", str(trained["ckpt"]), "--output_dir", str(out), "--n_bootstrap", "50", *TINY)
-    doc = json.loads((out / "metrics.json").read_text())
-    assert METRIC_KEYS <= set(doc["study"]) and METRIC_KEYS <= set(doc["image"])
-    assert doc["per_body_part"] and all(METRIC_KEYS <= set(b) for b in doc["per_body_part"].values())
-    valid_studies = (trained["root"] / "MURA-v1.1" / "valid_labeled_studies.csv").read_text().strip().splitlines()
-    assert doc["n_studies"] == len(valid_studies)
-    assert doc["study"]["tp"] + doc["study"]["fp"] + doc["study"]["tn"] + doc["study"]["fn"] == doc["n_studies"]
+    doc = read_json(out / "metrics.json")
+    assert_design_metrics(doc, trained["root"])
+    assert doc["bundle"] == "densenet169_wbce"
+    summary = read_json(trained["ckpt"] / "training_summary.json")
+    assert doc["training"]["train_time_s"] == summary["train_time_s"] > 0
+    assert doc["training"]["n_parameters"] > 10_000_000 and doc["training"]["checkpoint_mb"] > 1
 
 
 def test_mura_monai_evaluate_uses_recorded_settings_and_writes_report(trained, capsys):

@@ -1,0 +1,38 @@
+"""Runs a bundle the way users do: `python -m monai.bundle run ...` from its folder."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
+TRAIN = "configs/train.json"
+EVALUATE = "['configs/train.json','configs/evaluate.json']"
+METRIC_KEYS = {"auc", "kappa", "accuracy", "sensitivity", "specificity", "precision", "f1", "tp", "fp", "tn", "fn", "threshold"}
+
+
+def bundle_run(bundle: str | Path, run_id: str, configs: str, *overrides: str, launcher: list[str] | None = None,
+               timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run ``run_id`` of a bundle in a subprocess; fails the test with the output's tail on a non-zero exit."""
+    bundle = BUNDLES / bundle if not Path(bundle).is_absolute() else Path(bundle)
+    cmd = [*(launcher or [sys.executable, "-m"]), "monai.bundle", "run", run_id, "--meta_file", "configs/metadata.json",
+           "--config_file", configs, *overrides]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(cmd, cwd=bundle, capture_output=True, text=True, env=env, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def assert_design_metrics(doc: dict, root: Path) -> None:
+    """metrics.json has DESIGN.md's shape and counts every valid study of the root once."""
+    assert METRIC_KEYS <= set(doc["study"]) and METRIC_KEYS <= set(doc["image"])
+    assert doc["per_body_part"] and all(METRIC_KEYS <= set(b) for b in doc["per_body_part"].values())
+    valid_studies = (root / "MURA-v1.1" / "valid_labeled_studies.csv").read_text().strip().splitlines()
+    assert doc["n_studies"] == len(valid_studies)
+    assert doc["study"]["tp"] + doc["study"]["fp"] + doc["study"]["tn"] + doc["study"]["fn"] == doc["n_studies"]
