@@ -36,3 +36,11 @@ def assert_design_metrics(doc: dict, root: Path) -> None:
     valid_studies = (root / "MURA-v1.1" / "valid_labeled_studies.csv").read_text().strip().splitlines()
     assert doc["n_studies"] == len(valid_studies)
     assert doc["study"]["tp"] + doc["study"]["fp"] + doc["study"]["tn"] + doc["study"]["fn"] == doc["n_studies"]
+
+
+def torchrun(nproc: int) -> list[str]:
+    """The launcher of ``torchrun --nproc_per_node=N -m``, from this interpreter's environment."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m"]
+
+
+MULTI_GPU = "['configs/train.json','configs/multi_gpu_train.json']"

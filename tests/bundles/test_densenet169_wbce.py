@@ -6,9 +6,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from mura_monai.cli import main as cli_main
-from tests.bundles.bundle_runner import BUNDLES, EVALUATE, TRAIN, assert_design_metrics, bundle_run, read_json
+from mura_monai.networks import densenet169
+from tests.bundles.bundle_runner import (
+    BUNDLES, EVALUATE, MULTI_GPU, TRAIN, assert_design_metrics, bundle_run, read_json, torchrun,
+)
 
 BUNDLE = BUNDLES / "densenet169_wbce"
 TINY = ["--image_size", "64", "--max_epochs", "1", "--batch_size", "8", "--num_workers", "0"]
@@ -74,6 +78,22 @@ def test_early_stopping_ends_training_when_validation_stops_improving(trained, t
                 "--early_stopper#min_delta", "1.0", "--body_parts", "['XR_WRIST','XR_HAND']")
     summary = read_json(ckpt / "training_summary.json")
     assert summary["max_epochs"] == 4 and summary["epochs_completed"] == 2
+
+
+def test_ddp_on_two_cpu_processes_splits_the_epoch(trained, tmp_path):
+    ckpt = tmp_path / "models"
+    bundle_run(BUNDLE, "training", MULTI_GPU, "--dataset_dir", str(trained["root"]), "--ckpt_dir", str(ckpt),
+               "--output_dir", str(tmp_path / "out"), *TINY, launcher=torchrun(2))
+    single = read_json(trained["ckpt"] / "training_summary.json")
+    ddp = read_json(ckpt / "training_summary.json")
+    n_images = len((trained["root"] / "MURA-v1.1" / "train_image_paths.csv").read_text().split())
+    assert single["iterations"] == -(-n_images // 8)
+    # each of the 2 ranks ran its half of the images (partition padded to even), batch 8
+    assert ddp["iterations"] == -(-(-(-n_images // 2)) // 8)
+    assert 0.0 <= ddp["best_metric"] <= 1.0
+    state = torch.load(ckpt / "model.pt", weights_only=True)
+    assert not any(k.startswith("module.") for k in state), "DDP wrapper leaked into the checkpoint"
+    densenet169().load_state_dict(state)
 
 
 def test_run_evaluating_writes_design_metrics(trained):
