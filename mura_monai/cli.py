@@ -1,4 +1,4 @@
-"""``mura-monai``: synthetic data, evaluation and inference from the command line.
+"""``mura-monai``: synthetic data, evaluation, inference and comparison from the command line.
 
 Every subcommand exits non-zero with one line naming the bad path or value on bad input; the
 traceback is kept for ``--debug``.
@@ -45,6 +45,12 @@ def _setup_argparser() -> argparse.ArgumentParser:
     evaluate.add_argument("--models-dir", type=Path, help="checkpoint folder (default: the bundle's models/)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     evaluate.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+
+    compare = sub.add_parser("compare", help="one table of several evaluated bundles (comparison.md, comparison.csv)")
+    compare.add_argument("outputs", nargs="+", type=Path, metavar="OUTPUT_DIR",
+                         help="evaluation output folders (or their metrics.json files)")
+    compare.add_argument("--output-dir", type=Path, default=Path("."),
+                         help="where comparison.md and comparison.csv go (default: the current folder)")
     return parser
 
 
@@ -95,7 +101,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"synth": _synth, "infer": _infer, "evaluate": _evaluate}
+def _compare(args: argparse.Namespace) -> int:
+    from mura_monai.compare import format_comparison, load_evaluation, write_comparison
+
+    docs = [load_evaluation(path) for path in args.outputs]
+    md_path, csv_path = write_comparison(docs, args.output_dir)
+    print(format_comparison(docs))
+    print(f"\ntable: {md_path}\ncsv:   {csv_path}")
+    return 0
+
+
+_COMMANDS = {"synth": _synth, "infer": _infer, "evaluate": _evaluate, "compare": _compare}
 
 
 def main(args: list[str] | None = None) -> int:

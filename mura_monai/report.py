@@ -56,3 +56,29 @@ abnormal when probability &gt; {metrics['study']['threshold']:.3f}. AUC and &kap
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page)
     return path
+
+
+_SEED001_COLUMNS = ("tp", "fn", "fp", "tn", "accuracy", "precision", "sensitivity", "f1")
+
+
+def format_seed001_table(metrics: dict) -> str:
+    """Seed 001's result table (Markdown): per body part TP, FN, FP, TN, accuracy, precision,
+    sensitivity, F1 at study level, then the router's accuracy, model sizes and training time."""
+    lines = ["| Body part | " + " | ".join(c.upper() if len(c) == 2 else c.capitalize() for c in _SEED001_COLUMNS) + " |",
+             "|---" * (len(_SEED001_COLUMNS) + 1) + "|"]
+    blocks = list(metrics.get("per_body_part", {}).items()) + [("Average / all studies", metrics.get("study", {}))]
+    for name, block in blocks:
+        lines.append(f"| {name} | " + " | ".join(_fmt(block.get(c, float("nan"))) for c in _SEED001_COLUMNS) + " |")
+    routing = metrics.get("routing", {})
+    training = metrics.get("training", {})
+    lines.append("")
+    if routing:
+        lines.append(f"Router (bone detector) accuracy: {_fmt(routing.get('router_accuracy', float('nan')))} "
+                     f"on {routing.get('n_images', 0)} images.")
+    if training:
+        models = training.get("models", {})
+        sizes = ", ".join(f"{name} {s.get('model_size_mb', 0):.1f} MB" for name, s in models.items())
+        lines.append(f"Models: {training.get('n_models', len(models) or 1)}, {training.get('model_size_mb', 0):.1f} MB in all"
+                     + (f" ({sizes})" if sizes else "") + ".")
+        lines.append(f"Training time: {training.get('train_time_s', 0):.0f} s in all.")
+    return "\n".join(lines) + "\n"

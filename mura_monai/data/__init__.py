@@ -9,6 +9,7 @@ from mura_monai.data.mura import (
     mura_datalist,
     mura_study_datalist,
 )
+from mura_monai.data.splits import holdout_split, select_body_part
 from mura_monai.data.radiograph_reader import (
     LoadRadiograph,
     LoadRadiographd,
@@ -31,11 +32,13 @@ __all__ = [
     "RadiographReader",
     "find_mura_root",
     "generate_mura_root",
+    "holdout_split",
     "is_dicom",
     "load_mura_split",
     "mura_datalist",
     "mura_study_datalist",
     "read_radiograph",
+    "select_body_part",
 ]
 
 

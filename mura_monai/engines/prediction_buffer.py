@@ -92,7 +92,9 @@ class StudyAUC(Metric):
             # under DDP each rank validated a shard; every rank needs the same AUC (early stopping, LR schedule)
             shards: list = [None] * dist.get_world_size()
             dist.all_gather_object(shards, records)
-            records = [r for shard in shards for r in shard]
+            # rank_shard repeats images to even the ranks out: count each image once
+            unique = {(r.get("path"), r.get("study")): r for shard in shards for r in shard}
+            records = list(unique.values())
         studies = aggregate_studies(records, self.aggregation)
         return binary_metrics([s["label"] for s in studies], [s["probability"] for s in studies])["auc"]
 

@@ -7,7 +7,7 @@ import torch
 from monai.engines import PrepareBatch
 from monai.utils import CommonKeys
 
-__all__ = ["LabelAndBodyPart", "resolve_device"]
+__all__ = ["BodyPartTarget", "LabelAndBodyPart", "resolve_device"]
 
 
 class LabelAndBodyPart(PrepareBatch):
@@ -27,6 +27,18 @@ class LabelAndBodyPart(PrepareBatch):
         part = torch.as_tensor(batchdata[self.body_part_key]).reshape(-1).float()
         target = torch.stack([label, part], dim=1).to(device=device, non_blocking=non_blocking, **kwargs)
         return image, target
+
+
+class BodyPartTarget(PrepareBatch):
+    """Targets as ``(B,)`` body-part indices: the training batches of the 7-class router (seed 001)."""
+
+    def __init__(self, body_part_key: str = "body_part_index") -> None:
+        self.body_part_key = body_part_key
+
+    def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs: Any):
+        image = batchdata[CommonKeys.IMAGE].to(device=device, non_blocking=non_blocking, **kwargs)
+        part = torch.as_tensor(batchdata[self.body_part_key]).reshape(-1).long()
+        return image, part.to(device=device, non_blocking=non_blocking, **kwargs)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -1,7 +1,18 @@
 """Network factories for bundle configs."""
 from __future__ import annotations
 
-from mura_monai.networks.factory import densenet169
+from mura_monai.networks.factory import densenet169, efficientnet_b0, resnet50
+from mura_monai.networks.freeze import count_parameters, freeze_all_but_last
 from mura_monai.networks.pretrained import load_pretrained
+from mura_monai.networks.vgg import VGG19, vgg19
 
-__all__ = ["densenet169", "load_pretrained"]
+__all__ = [
+    "VGG19",
+    "count_parameters",
+    "densenet169",
+    "efficientnet_b0",
+    "freeze_all_but_last",
+    "load_pretrained",
+    "resnet50",
+    "vgg19",
+]

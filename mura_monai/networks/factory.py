@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from monai.networks.nets import DenseNet169
+from monai.networks.nets import DenseNet169, EfficientNetBN, ResNet
+from monai.networks.nets.resnet import ResNetBottleneck
 from torch import nn
 
 from mura_monai.networks.pretrained import load_pretrained
 
-__all__ = ["densenet169"]
+__all__ = ["densenet169", "efficientnet_b0", "resnet50"]
 
 
 def densenet169(
@@ -24,5 +25,55 @@ def densenet169(
     """
     net = DenseNet169(
         spatial_dims=2, in_channels=in_channels, out_channels=out_channels, dropout_prob=dropout_prob, pretrained=False
+    )
+    return load_pretrained(net, pretrained_path)
+
+
+def resnet50(in_channels: int = 1, out_channels: int = 1, pretrained_path: str | Path | None = None) -> nn.Module:
+    """ResNet-50 of seed 000, laid out exactly as torchvision's so ImageNet files load unrenamed.
+
+    MONAI's defaults differ from torchvision's in two places that matter for the weights: a
+    stride-1 stem (MedicalNet's 3D setting) and biased 1x1 downsample convolutions. Here the stem
+    is the ImageNet 7x7 stride-2 convolution and the downsample convolutions have no bias, so
+    every tensor of torchvision's ``resnet50`` state dict (``conv1.weight``, ``bn1.*``,
+    ``layer1.0.downsample.0.weight``, ..., ``fc.*``) has a same-named, same-shaped counterpart.
+
+    Args:
+        in_channels: 1 for radiographs; 3 when feeding RGB-replicated images to ImageNet weights.
+        out_channels: 1 logit for "abnormal" (sigmoid in the loss and at inference).
+        pretrained_path: local torchvision- or MONAI-named weights file; never downloaded.
+    """
+    net = ResNet(
+        block=ResNetBottleneck,
+        layers=[3, 4, 6, 3],
+        block_inplanes=[64, 128, 256, 512],
+        spatial_dims=2,
+        n_input_channels=in_channels,
+        conv1_t_size=7,
+        conv1_t_stride=2,
+        bias_downsample=False,
+        num_classes=out_channels,
+    )
+    return load_pretrained(net, pretrained_path)
+
+
+def efficientnet_b0(
+    in_channels: int = 1, out_channels: int = 1, pretrained_path: str | Path | None = None
+) -> nn.Module:
+    """EfficientNet-B0 of seed 001: the 7-class body-part router and the 1-logit abnormality model.
+
+    MONAI's ``pretrained=True`` would download; weights come only from ``pretrained_path``, in
+    MONAI's (``efficientnet_pytorch``) naming, e.g. ``_conv_stem.weight``, ``_blocks.0.0._bn1.*``.
+    torchvision's ``efficientnet_b0`` naming (``features.0.0.weight``) is not mapped and is refused
+    by :func:`load_pretrained`. Seed 001 fine-tunes it with
+    :func:`~mura_monai.networks.freeze.freeze_all_but_last` (``n_trainable=20``).
+
+    Args:
+        in_channels: 1 for radiographs; 3 when feeding RGB-replicated images to ImageNet weights.
+        out_channels: 7 for the body-part router, 1 logit for "abnormal".
+        pretrained_path: local weights file; never downloaded.
+    """
+    net = EfficientNetBN(
+        "efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=in_channels, num_classes=out_channels
     )
     return load_pretrained(net, pretrained_path)

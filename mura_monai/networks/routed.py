@@ -1,0 +1,59 @@
+"""Seed 001's two-stage model: a body-part router sends each radiograph to its part's model.
+
+Held as one ``nn.Module`` so that the evaluator, ``mura-monai infer`` and the checkpoint
+format are the same as for any single-network bundle: ``forward`` returns one abnormality
+logit per image, whichever part model produced it.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mura_monai.constants import BODY_PARTS
+
+__all__ = ["RoutedClassifier"]
+
+
+class RoutedClassifier(nn.Module):
+    """Router (``len(BODY_PARTS)`` logits) plus one 1-logit model per body part.
+
+    Args:
+        router: the body-part classifier, output ``(B, 7)`` in ``BODY_PARTS`` order.
+        part_models: body part name -> abnormality model. Parts without a model (not trained,
+            e.g. restricted by ``--body_parts``) are never routed to: the router's choice is
+            taken among the parts that have one.
+
+    ``last_route`` keeps the body-part indices chosen in the latest forward pass, so the
+    evaluation can report the router's accuracy.
+    """
+
+    def __init__(self, router: nn.Module, part_models: dict[str, nn.Module]) -> None:
+        super().__init__()
+        unknown = sorted(set(part_models) - set(BODY_PARTS))
+        if unknown:
+            raise ValueError(f"unknown body part(s) {unknown}; expected names from {list(BODY_PARTS)}")
+        if not part_models:
+            raise ValueError("a routed classifier needs at least one body-part model")
+        self.router = router
+        self.parts = nn.ModuleDict(dict(part_models))
+        available = torch.tensor([p in self.parts for p in BODY_PARTS])
+        self.register_buffer("available", available, persistent=False)
+        self.last_route: torch.Tensor | None = None
+
+    def route(self, x: torch.Tensor) -> torch.Tensor:
+        """Body-part index per image, among the parts with a model."""
+        logits = self.router(x)
+        logits = logits.masked_fill(~self.available.to(logits.device), float("-inf"))
+        return logits.argmax(dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        route = self.route(x)
+        self.last_route = route.detach()
+        out = None
+        for index in route.unique().tolist():
+            selected = route == index
+            logits = self.parts[BODY_PARTS[index]](x[selected])
+            if out is None:
+                out = logits.new_zeros((x.shape[0], *logits.shape[1:]))
+            out[selected] = logits
+        return out
