@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from mura_monai.constants import BODY_PARTS
-from mura_monai.report import _fmt, _with_ci
+from mura_monai.report import format_value, format_with_ci
 
 __all__ = [
     "CSV_COLUMNS",
@@ -124,7 +124,7 @@ def _parts(docs) -> list[str]:
 def _text(value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return _MISSING
-    return _fmt(value)
+    return format_value(value)
 
 
 def human_duration(seconds) -> str:
@@ -200,8 +200,8 @@ def overall_table_rows(docs) -> list[list[str]]:
         rows.append([
             name,
             _text(doc.get("n_studies", study.get("n"))),
-            _with_ci(study, "auc"),
-            _with_ci(study, "kappa"),
+            format_with_ci(study, "auc"),
+            format_with_ci(study, "kappa"),
             _text(_number(doc["image"].get("auc"))),
             *(_text(_number(study.get(metric))) for metric in ("accuracy", "sensitivity", "specificity", "f1")),
             _epochs(training),

@@ -5,19 +5,19 @@ import html
 import math
 from pathlib import Path
 
-__all__ = ["metrics_table_rows", "format_metrics_table", "write_html_report"]
+__all__ = ["format_metrics_table", "format_seed001_table", "format_value", "format_with_ci", "metrics_table_rows", "write_html_report"]
 
 _COLUMNS = ("n", "auc", "kappa", "accuracy", "sensitivity", "specificity", "f1", "tp", "fn", "fp", "tn")
 
 
-def _fmt(value) -> str:
+def format_value(value) -> str:
     if isinstance(value, float):
         return "—" if math.isnan(value) else f"{value:.3f}"
     return str(value)
 
 
-def _with_ci(block: dict, name: str) -> str:
-    text = _fmt(block.get(name, float("nan")))
+def format_with_ci(block: dict, name: str) -> str:
+    text = format_value(block.get(name, float("nan")))
     ci = block.get("ci95", {}).get(name)
     if ci and not any(math.isnan(v) for v in ci):
         text += f" [{ci[0]:.3f}, {ci[1]:.3f}]"
@@ -30,7 +30,7 @@ def metrics_table_rows(metrics: dict) -> list[list[str]]:
     blocks = [(part, block) for part, block in metrics["per_body_part"].items()]
     blocks += [("ALL studies", metrics["study"]), ("ALL images", metrics["image"])]
     for name, block in blocks:
-        rows.append([name] + [_with_ci(block, c) if c in ("auc", "kappa") else _fmt(block.get(c, "")) for c in _COLUMNS])
+        rows.append([name] + [format_with_ci(block, c) if c in ("auc", "kappa") else format_value(block.get(c, "")) for c in _COLUMNS])
     return rows
 
 
@@ -68,12 +68,12 @@ def format_seed001_table(metrics: dict) -> str:
              "|---" * (len(_SEED001_COLUMNS) + 1) + "|"]
     blocks = list(metrics.get("per_body_part", {}).items()) + [("Average / all studies", metrics.get("study", {}))]
     for name, block in blocks:
-        lines.append(f"| {name} | " + " | ".join(_fmt(block.get(c, float("nan"))) for c in _SEED001_COLUMNS) + " |")
+        lines.append(f"| {name} | " + " | ".join(format_value(block.get(c, float("nan"))) for c in _SEED001_COLUMNS) + " |")
     routing = metrics.get("routing", {})
     training = metrics.get("training", {})
     lines.append("")
     if routing:
-        lines.append(f"Router (bone detector) accuracy: {_fmt(routing.get('router_accuracy', float('nan')))} "
+        lines.append(f"Router (bone detector) accuracy: {format_value(routing.get('router_accuracy', float('nan')))} "
                      f"on {routing.get('n_images', 0)} images.")
     if training:
         models = training.get("models", {})
