@@ -38,13 +38,14 @@ MANIFEST_FILE = "routing.json"
 
 
 def transfer_network(out_channels: int, in_channels: int = 1, pretrained_path: str | None = None,
-                     trainable_layers: int | None = 20, freeze_batchnorm: bool = True) -> nn.Module:
+                     trainable_layers: int | None = 20, freeze_batchnorm: bool = True, pooling: str = "avg") -> nn.Module:
     """EfficientNet-B0 with seed 001's transfer-learning freeze when pretrained weights are given.
 
     Freezing only makes sense on top of learnt weights: from random initialisation every layer
     trains (logged), since frozen random filters would cripple the model.
     """
-    net = efficientnet_b0(in_channels=in_channels, out_channels=out_channels, pretrained_path=pretrained_path or None)
+    net = efficientnet_b0(in_channels=in_channels, out_channels=out_channels, pretrained_path=pretrained_path or None,
+                          pooling=pooling)
     if pretrained_path:
         return freeze_all_but_last(net, trainable_layers, freeze_batchnorm=freeze_batchnorm)
     logger.info("no pretrained weights: training all layers of EfficientNet-B0 (the freeze applies to transfer learning)")
@@ -129,15 +130,15 @@ def combine_checkpoints(ckpt_dir: str | Path, parts: list[str]) -> dict:
     return summary
 
 
-def build_routed_classifier(ckpt_dir: str | Path, in_channels: int = 1) -> RoutedClassifier:
+def build_routed_classifier(ckpt_dir: str | Path, in_channels: int = 1, pooling: str = "avg") -> RoutedClassifier:
     """An untrained RoutedClassifier shaped like the one trained in ``ckpt_dir`` (its manifest's parts)."""
     manifest = Path(ckpt_dir) / MANIFEST_FILE
     if not manifest.is_file():
         raise FileNotFoundError(f"no trained router pipeline: {manifest} is missing (train the bundle first)")
     parts = json.loads(manifest.read_text())["parts"]
     return RoutedClassifier(
-        router=efficientnet_b0(in_channels=in_channels, out_channels=len(BODY_PARTS)),
-        part_models={p: efficientnet_b0(in_channels=in_channels, out_channels=1) for p in parts},
+        router=efficientnet_b0(in_channels=in_channels, out_channels=len(BODY_PARTS), pooling=pooling),
+        part_models={p: efficientnet_b0(in_channels=in_channels, out_channels=1, pooling=pooling) for p in parts},
     )
 
 

@@ -9,11 +9,29 @@ from torch import nn
 
 from mura_monai.networks.pretrained import load_pretrained
 
-__all__ = ["densenet169", "efficientnet_b0", "resnet50"]
+__all__ = ["POOLINGS", "densenet169", "efficientnet_b0", "global_pooling", "resnet50"]
+
+POOLINGS = ("avg", "max")
+
+
+def global_pooling(mode: str = "avg") -> nn.Module:
+    """The pooling before the classifier: ``avg`` as the papers, or ``max``.
+
+    A fracture line or a small lesion lights up a few positions of the last feature map;
+    average pooling divides that by the map's area (16 positions at 128 px), max pooling keeps
+    it, which trains faster from scratch on small data sets. The choice has no weights, so
+    checkpoints and pretrained files load either way.
+    """
+    if mode == "avg":
+        return nn.AdaptiveAvgPool2d(1)
+    if mode == "max":
+        return nn.AdaptiveMaxPool2d(1)
+    raise ValueError(f"unknown pooling {mode!r}; choose one of {', '.join(POOLINGS)}")
 
 
 def densenet169(
-    in_channels: int = 1, out_channels: int = 1, dropout_prob: float = 0.0, pretrained_path: str | Path | None = None
+    in_channels: int = 1, out_channels: int = 1, dropout_prob: float = 0.0, pretrained_path: str | Path | None = None,
+    pooling: str = "avg",
 ) -> nn.Module:
     """DenseNet-169 of the MURA baseline (seed 004): one logit for "abnormal".
 
@@ -22,14 +40,17 @@ def densenet169(
         out_channels: 1 logit (sigmoid in the loss and at inference).
         dropout_prob: dropout after each dense layer.
         pretrained_path: local weights file (torchvision or MONAI DenseNet-169 naming); never downloaded.
+        pooling: global pooling before the classifier, ``avg`` (the paper's) or ``max`` (see :func:`global_pooling`).
     """
     net = DenseNet169(
         spatial_dims=2, in_channels=in_channels, out_channels=out_channels, dropout_prob=dropout_prob, pretrained=False
     )
+    net.class_layers.pool = global_pooling(pooling)
     return load_pretrained(net, pretrained_path)
 
 
-def resnet50(in_channels: int = 1, out_channels: int = 1, pretrained_path: str | Path | None = None) -> nn.Module:
+def resnet50(in_channels: int = 1, out_channels: int = 1, pretrained_path: str | Path | None = None,
+             pooling: str = "avg") -> nn.Module:
     """ResNet-50 of seed 000, laid out exactly as torchvision's so ImageNet files load unrenamed.
 
     MONAI's defaults differ from torchvision's in two places that matter for the weights: a
@@ -42,6 +63,7 @@ def resnet50(in_channels: int = 1, out_channels: int = 1, pretrained_path: str |
         in_channels: 1 for radiographs; 3 when feeding RGB-replicated images to ImageNet weights.
         out_channels: 1 logit for "abnormal" (sigmoid in the loss and at inference).
         pretrained_path: local torchvision- or MONAI-named weights file; never downloaded.
+        pooling: global pooling before the classifier, ``avg`` (the paper's) or ``max`` (see :func:`global_pooling`).
     """
     net = ResNet(
         block=ResNetBottleneck,
@@ -54,11 +76,12 @@ def resnet50(in_channels: int = 1, out_channels: int = 1, pretrained_path: str |
         bias_downsample=False,
         num_classes=out_channels,
     )
+    net.avgpool = global_pooling(pooling)
     return load_pretrained(net, pretrained_path)
 
 
 def efficientnet_b0(
-    in_channels: int = 1, out_channels: int = 1, pretrained_path: str | Path | None = None
+    in_channels: int = 1, out_channels: int = 1, pretrained_path: str | Path | None = None, pooling: str = "avg"
 ) -> nn.Module:
     """EfficientNet-B0 of seed 001: the 7-class body-part router and the 1-logit abnormality model.
 
@@ -72,8 +95,10 @@ def efficientnet_b0(
         in_channels: 1 for radiographs; 3 when feeding RGB-replicated images to ImageNet weights.
         out_channels: 7 for the body-part router, 1 logit for "abnormal".
         pretrained_path: local weights file; never downloaded.
+        pooling: global pooling before the classifier, ``avg`` (the paper's) or ``max`` (see :func:`global_pooling`).
     """
     net = EfficientNetBN(
         "efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=in_channels, num_classes=out_channels
     )
+    net._avg_pooling = global_pooling(pooling)
     return load_pretrained(net, pretrained_path)

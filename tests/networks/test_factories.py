@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mura_monai.networks import VGG19, efficientnet_b0, resnet50, vgg19
+from mura_monai.networks import VGG19, densenet169, efficientnet_b0, resnet50, vgg19
 
 # torchvision's module indices, written out by hand rather than derived from our own config
 _VGG19_CONVS = (0, 2, 5, 7, 10, 12, 14, 16, 19, 21, 23, 25, 28, 30, 32, 34)
@@ -130,3 +130,20 @@ def test_efficientnet_b0_loads_monai_named_rgb_weights(tmp_path):
     assert torch.allclose(net["_conv_stem.weight"], source["_conv_stem.weight"].sum(1, keepdim=True))
     assert torch.equal(net["_conv_head.weight"], source["_conv_head.weight"])
     assert net["_fc.weight"].shape == (7, 1280)
+
+
+@pytest.mark.parametrize("factory", [densenet169, resnet50, efficientnet_b0])
+def test_max_pooling_option_keeps_the_weights_layout(factory):
+    avg, mx = factory(pooling="avg"), factory(pooling="max")
+    assert list(avg.state_dict()) == list(mx.state_dict())  # checkpoints load either way
+    mx.load_state_dict(avg.state_dict())
+    x = torch.zeros(1, 1, 64, 64)
+    x[..., 40:44, 40:44] = 5.0  # one small bright spot: max pooling responds differently from the mean
+    avg.eval(), mx.eval()
+    with torch.no_grad():
+        assert not torch.allclose(avg(x), mx(x), rtol=1e-3, atol=0.0)
+
+
+def test_unknown_pooling_is_named():
+    with pytest.raises(ValueError, match="median"):
+        densenet169(pooling="median")
