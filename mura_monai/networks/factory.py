@@ -81,7 +81,8 @@ def resnet50(in_channels: int = 1, out_channels: int = 1, pretrained_path: str |
 
 
 def efficientnet_b0(
-    in_channels: int = 1, out_channels: int = 1, pretrained_path: str | Path | None = None, pooling: str = "avg"
+    in_channels: int = 1, out_channels: int = 1, pretrained_path: str | Path | None = None, pooling: str = "avg",
+    bn_momentum: float = 0.1,
 ) -> nn.Module:
     """EfficientNet-B0 of seed 001: the 7-class body-part router and the 1-logit abnormality model.
 
@@ -96,9 +97,16 @@ def efficientnet_b0(
         out_channels: 7 for the body-part router, 1 logit for "abnormal".
         pretrained_path: local weights file; never downloaded.
         pooling: global pooling before the classifier, ``avg`` (the paper's) or ``max`` (see :func:`global_pooling`).
+        bn_momentum: BatchNorm running-statistics momentum (PyTorch's convention). MONAI keeps
+            TensorFlow's 0.99, i.e. 0.01 here, with which the statistics that evaluation uses
+            trail the weights for thousands of iterations: a short from-scratch training then
+            validates at chance (measured: router accuracy 1/7 after 3 epochs while its training
+            loss fell). 0.1 lets them follow within an epoch; it changes no weight, so
+            pretrained files load the same.
     """
     net = EfficientNetBN(
-        "efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=in_channels, num_classes=out_channels
+        "efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=in_channels, num_classes=out_channels,
+        norm=("batch", {"eps": 1e-3, "momentum": bn_momentum}),
     )
     net._avg_pooling = global_pooling(pooling)
     return load_pretrained(net, pretrained_path)

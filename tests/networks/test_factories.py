@@ -147,3 +147,17 @@ def test_max_pooling_option_keeps_the_weights_layout(factory):
 def test_unknown_pooling_is_named():
     with pytest.raises(ValueError, match="median"):
         densenet169(pooling="median")
+
+
+def test_efficientnet_batchnorm_statistics_follow_training():
+    net, slow = efficientnet_b0(out_channels=7), efficientnet_b0(out_channels=7, bn_momentum=0.01)
+    slow.load_state_dict(net.state_dict())
+    assert all(m.momentum == 0.1 for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    x = torch.rand(2, 1, 32, 32) + 2.0
+    for model in (net, slow):
+        model.train()
+        with torch.no_grad():
+            model(x)
+    stem, stem_slow = net._bn0.running_mean, slow._bn0.running_mean
+    # one step moves the running mean a tenth of the way to the batch mean, not MONAI's hundredth
+    assert torch.allclose(stem, 10 * stem_slow, rtol=1e-3, atol=1e-6) and stem.abs().max() > 0
