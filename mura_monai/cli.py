@@ -119,6 +119,8 @@ def main(args: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if parsed.debug else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if not parsed.debug:  # the JPEG 2000 encoder logs every tile at INFO: one line per synthetic DICOM file
+        logging.getLogger("openjpeg").setLevel(logging.WARNING)
     from mura_monai.data.mura import MuraDatasetError
     from mura_monai.data.radiograph_reader import RadiographReadError
 

@@ -189,6 +189,7 @@ class BundlePredictor:
         """The infer JSON document: ``{"studies": [...]}`` as DESIGN.md specifies."""
         images = self.predict_images(collect_inputs(inputs), progress=progress)
         return {
-            "bundle": str(self.bundle_dir),
+            "bundle": self.bundle_dir.resolve().name,
+            "bundle_dir": str(self.bundle_dir.resolve()),
             "studies": group_studies(images, self.loaded.threshold, self.loaded.aggregation),
         }

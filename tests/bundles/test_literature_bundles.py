@@ -55,7 +55,9 @@ def test_mura_monai_infer_scores_a_study(trained, tmp_path):
     out = tmp_path / "infer.json"
     assert cli_main(["infer", "--bundle", str(BUNDLES / trained["name"]), "--models-dir", str(trained["ckpt"]),
                      str(study), "--output", str(out)]) == 0
-    (result,) = json.loads(out.read_text())["studies"]
+    doc = json.loads(out.read_text())
+    assert doc["bundle"] == trained["name"]  # the bundle's name, whatever path it was called by
+    (result,) = doc["studies"]
     assert len(result["images"]) == len(list(study.glob("*.png")))
     assert 0.0 <= result["probability"] <= 1.0
 
