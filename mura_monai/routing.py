@@ -14,7 +14,9 @@ import logging
 from pathlib import Path
 
 import torch
+from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
+from sklearn.metrics import accuracy_score, confusion_matrix
 from torch import nn
 
 from mura_monai.constants import BODY_PARTS
@@ -25,6 +27,7 @@ from mura_monai.engines.training_summary import SUMMARY_FILE, read_training_summ
 from mura_monai.networks.factory import efficientnet_b0
 from mura_monai.networks.freeze import freeze_all_but_last
 from mura_monai.networks.routed import RoutedClassifier
+from mura_monai.report import format_seed001_table
 
 __all__ = [
     "ROUTER", "MANIFEST_FILE", "RoutingReportWriter", "transfer_network", "trainable_targets", "validation_records", "train_pipeline", "combine_checkpoints",
@@ -160,8 +163,6 @@ class RoutingReportWriter:
         self.routed: list[int] = []
 
     def attach(self, engine) -> None:
-        from ignite.engine import Events
-
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
@@ -177,8 +178,6 @@ class RoutingReportWriter:
         self.true += torch.as_tensor(engine.state.batch[self.body_part_key]).reshape(-1).tolist()
 
     def routing_metrics(self) -> dict:
-        from sklearn.metrics import accuracy_score, confusion_matrix
-
         labels = list(range(len(BODY_PARTS)))
         return {
             "router_accuracy": float(accuracy_score(self.true, self.routed)) if self.true else float("nan"),
@@ -188,8 +187,6 @@ class RoutingReportWriter:
         }
 
     def write(self, _engine=None) -> dict:
-        from mura_monai.report import format_seed001_table
-
         path = self.output_dir / "metrics.json"
         doc = json.loads(path.read_text()) if path.is_file() else {}
         doc["routing"] = self.routing_metrics()
