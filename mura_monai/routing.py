@@ -92,8 +92,8 @@ def train_pipeline(bundle_root: str | Path, config_files: str | list[str], targe
     """
     root = Path(bundle_root).resolve()
     files = [config_files] if isinstance(config_files, str) else list(config_files)
-    for target in targets:
-        logger.info("=== training %s (%d/%d)", target, targets.index(target) + 1, len(targets))
+    for number, target in enumerate(targets, start=1):
+        logger.info("=== training %s (%d/%d)", target, number, len(targets))
         workflow = ConfigWorkflow(
             config_file=[str(root / f) for f in files], meta_file=str(root / "configs" / "metadata.json"),
             run_id=run_id, **{**overrides, "bundle_root": str(root), "target": target},
