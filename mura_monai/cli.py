@@ -36,7 +36,11 @@ def _setup_argparser() -> argparse.ArgumentParser:
     infer.add_argument("--output", type=Path, help="write the JSON here (default: print it)")
     infer.add_argument("--models-dir", type=Path, help="checkpoint folder (default: the bundle's models/)")
     infer.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
-    infer.add_argument("--heatmaps", type=Path, metavar="DIR", help="write CAM heatmaps here (not available yet)")
+    infer.add_argument("--heatmaps", type=Path, metavar="DIR", help="write CAM heatmap overlays (PNG) here (ensemble bundles)")
+    infer.add_argument("--dicom-out", type=Path, metavar="DIR",
+                       help="write a DICOM SR and heatmap secondary captures per DICOM study here (ensemble bundles)")
+    infer.add_argument("--members-models-dir", type=Path, metavar="DIR",
+                       help="ensemble: folder holding one checkpoint folder per member (default: each member's models/)")
 
     evaluate = sub.add_parser("evaluate", help="evaluate a trained bundle on the valid split of a MURA root")
     evaluate.add_argument("--bundle", type=Path, required=True, help="bundle folder with models/model.pt")
@@ -45,6 +49,18 @@ def _setup_argparser() -> argparse.ArgumentParser:
     evaluate.add_argument("--models-dir", type=Path, help="checkpoint folder (default: the bundle's models/)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     evaluate.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    evaluate.add_argument("--members-models-dir", type=Path, metavar="DIR",
+                          help="ensemble: folder holding one checkpoint folder per member (default: each member's models/)")
+
+    fit = sub.add_parser("fit-ensemble", help="fit an ensemble's combination, calibration and thresholds on a valid split")
+    fit.add_argument("--bundle", type=Path, required=True, help="ensemble bundle folder (configs/inference.json names the members)")
+    fit.add_argument("--dataset-dir", type=Path, required=True, help="MURA root whose valid split the ensemble is fitted on")
+    fit.add_argument("--models-dir", type=Path, help="where ensemble.json goes (default: the bundle's models/)")
+    fit.add_argument("--members-models-dir", type=Path, metavar="DIR",
+                     help="folder holding one checkpoint folder per member (default: each member's models/)")
+    fit.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    fit.add_argument("--combine", choices=["mean", "weighted_mean", "vote", "stacking"], help="override the bundle's combine")
+    fit.add_argument("--calibration", choices=["none", "platt", "isotonic"], help="override the bundle's calibration")
 
     compare = sub.add_parser("compare", help="one table of several evaluated bundles (comparison.md, comparison.csv)")
     compare.add_argument("outputs", nargs="+", type=Path, metavar="OUTPUT_DIR",
@@ -70,12 +86,19 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _infer(args: argparse.Namespace) -> int:
+    from mura_monai.ensemble_predictor import EnsemblePredictor, is_ensemble_bundle
     from mura_monai.inference import BundlePredictor
 
-    if args.heatmaps:
-        raise ValueError("--heatmaps is not available yet in this version (CAM heatmaps land with the ensemble)")
-    predictor = BundlePredictor(args.bundle, device=args.device, models_dir=args.models_dir)
-    result = predictor.predict(args.inputs, progress=sys.stderr.isatty())
+    progress = sys.stderr.isatty()
+    if is_ensemble_bundle(args.bundle):
+        predictor = EnsemblePredictor(args.bundle, device=args.device, models_dir=args.models_dir,
+                                      members_models_dir=args.members_models_dir)
+        result = predictor.predict(args.inputs, progress=progress, heatmaps_dir=args.heatmaps, dicom_out=args.dicom_out)
+    else:
+        if args.heatmaps or args.dicom_out:
+            raise ValueError("--heatmaps and --dicom-out need an ensemble bundle (e.g. bundles/ensemble)")
+        predictor = BundlePredictor(args.bundle, device=args.device, models_dir=args.models_dir)
+        result = predictor.predict(args.inputs, progress=progress)
     text = json.dumps(result, indent=2)
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -84,20 +107,45 @@ def _infer(args: argparse.Namespace) -> int:
         print(f"{len(result['studies'])} studies ({abnormal} abnormal) written to {args.output}")
     else:
         print(text)
+    for folder, what in ((args.heatmaps, "heatmaps"), (args.dicom_out, "DICOM SR and SC")):
+        if folder:
+            print(f"{what}: {folder}")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from mura_monai.evaluation import evaluate_bundle
+    from mura_monai.ensemble_predictor import is_ensemble_bundle
+    from mura_monai.evaluation import evaluate_bundle, evaluate_ensemble
     from mura_monai.report import format_metrics_table, write_html_report
 
-    metrics = evaluate_bundle(
-        args.bundle, args.dataset_dir, args.output_dir, device=args.device, models_dir=args.models_dir,
-        overrides={"n_bootstrap": args.n_bootstrap},
-    )
-    report = write_html_report(metrics, args.output_dir / "report.html", title=f"{args.bundle.name} on {args.dataset_dir}")
+    if is_ensemble_bundle(args.bundle):
+        metrics = evaluate_ensemble(
+            args.bundle, args.dataset_dir, args.output_dir, device=args.device, models_dir=args.models_dir,
+            members_models_dir=args.members_models_dir, n_bootstrap=args.n_bootstrap, progress=sys.stderr.isatty(),
+        )
+    else:
+        metrics = evaluate_bundle(
+            args.bundle, args.dataset_dir, args.output_dir, device=args.device, models_dir=args.models_dir,
+            overrides={"n_bootstrap": args.n_bootstrap},
+        )
+    report = write_html_report(metrics, args.output_dir / "report.html", title=f"{args.bundle.resolve().name} on {args.dataset_dir}")
     print(format_metrics_table(metrics))
     print(f"metrics: {args.output_dir / 'metrics.json'}\nreport:  {report}")
+    return 0
+
+
+def _fit_ensemble(args: argparse.Namespace) -> int:
+    from mura_monai.ensemble_predictor import EnsemblePredictor
+
+    overrides = {k: v for k, v in (("combine", args.combine), ("calibration", args.calibration)) if v}
+    predictor = EnsemblePredictor(args.bundle, device=args.device, models_dir=args.models_dir,
+                                  members_models_dir=args.members_models_dir, overrides=overrides, fitted=False)
+    fitted = predictor.fit(args.dataset_dir, progress=sys.stderr.isatty())
+    summary = fitted.fit_summary
+    aucs = ", ".join(f"{name} {auc:.3f}" for name, auc in summary["member_study_auc"].items())
+    print(f"fitted {fitted.combine} + {fitted.calibration} calibration on {summary['n_studies']} studies "
+          f"(members' study AUC: {aucs}); thresholds for {', '.join(fitted.thresholds)}")
+    print(f"ensemble: {predictor.fitted_path}")
     return 0
 
 
@@ -111,7 +159,7 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"synth": _synth, "infer": _infer, "evaluate": _evaluate, "compare": _compare}
+_COMMANDS = {"synth": _synth, "infer": _infer, "evaluate": _evaluate, "fit-ensemble": _fit_ensemble, "compare": _compare}
 
 
 def main(args: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ from monai.bundle import ConfigWorkflow
 from mura_monai.data.mura import find_mura_root
 from mura_monai.model_settings import load_model_settings
 
-__all__ = ["bundle_configs", "evaluate_bundle"]
+__all__ = ["bundle_configs", "evaluate_bundle", "evaluate_ensemble"]
 
 
 def bundle_configs(bundle_dir: str | Path, *names: str) -> list[str]:
@@ -62,3 +62,45 @@ def evaluate_bundle(
     workflow.run()
     workflow.finalize()
     return json.loads((Path(output_dir) / "metrics.json").read_text())
+
+
+def evaluate_ensemble(
+    bundle_dir: str | Path,
+    dataset_dir: str | Path,
+    output_dir: str | Path,
+    device: str = "auto",
+    models_dir: str | Path | None = None,
+    members_models_dir: str | Path | None = None,
+    n_bootstrap: int = 1000,
+    progress: bool = False,
+) -> dict:
+    """metrics.json of an ensemble bundle, with each member's figures on the same studies.
+
+    The ensemble's probabilities are out of fold when it was fitted on this split (see
+    :meth:`EnsemblePredictor.evaluation_records`); thresholded figures use its all-studies
+    threshold at the configured operating point.
+    """
+    from mura_monai.engines.prediction_buffer import write_evaluation
+    from mura_monai.ensemble_predictor import EnsemblePredictor
+    from mura_monai.metrics import evaluate_predictions
+
+    predictor = EnsemblePredictor(bundle_dir, device=device, models_dir=models_dir, members_models_dir=members_models_dir)
+    records = predictor.evaluation_records(dataset_dir, progress=progress)
+    operating_point = predictor.settings["operating_point"]
+    threshold, _ = predictor.fitted.threshold("ALL", operating_point)
+    aggregation = predictor.fitted.aggregation
+    members = {}
+    for name in predictor.member_names:
+        member_records = [{**r, "probability": r["members"][name]} for r in records]
+        member = evaluate_predictions(member_records, predictor.members[predictor.member_names.index(name)].threshold,
+                                      aggregation, n_bootstrap)
+        members[name] = {"study": member["study"], "n_studies": member["n_studies"]}
+    extra = {
+        "bundle": Path(bundle_dir).resolve().name,
+        "ensemble": predictor.describe(),
+        "operating_point": operating_point,
+        "cross_fitted": bool(records and records[0]["cross_fitted"]),
+        "members": members,
+        "thresholds": predictor.fitted.thresholds,
+    }
+    return write_evaluation(records, output_dir, threshold, aggregation, n_bootstrap, extra=extra)

@@ -14,13 +14,14 @@ from pathlib import Path
 
 import torch
 from monai.bundle import ConfigParser
+from monai.transforms import Compose
 
 from mura_monai.constants import BODY_PARTS, DICOM_BODY_PART
 from mura_monai.data.radiograph_reader import is_dicom
 from mura_monai.metrics import study_probabilities
 from mura_monai.model_settings import load_model_settings
 
-__all__ = ["BundlePredictor", "collect_inputs", "body_part_of", "group_studies"]
+__all__ = ["BundlePredictor", "body_part_of", "body_part_source", "collect_inputs", "group_studies", "image_record", "study_body_part"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,34 +55,50 @@ def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-def body_part_of(path: Path, meta: dict) -> str:
-    """MURA study type of an image: DICOM BodyPartExamined, then descriptions, then the path.
+def body_part_source(path: Path, meta: dict) -> tuple[str, str]:
+    """MURA study type of an image and where it was read: ``(part, source)``.
 
-    Returns ``"UNKNOWN"`` when none says it; the caller decides what an unknown part means.
+    Sources in the order tried: ``dicom`` (BodyPartExamined), ``description`` (study, then
+    series description), ``path`` (a MURA folder name such as ``XR_WRIST``). Returns
+    ``("UNKNOWN", "unknown")`` when none says it: the caller decides what an unknown part means
+    (the ensemble asks its router, or reports it as unknown), never this function.
     """
     part = str(meta.get("BodyPartExamined", "") or "").upper().strip()
     if part in _DICOM_TO_MURA:
-        return _DICOM_TO_MURA[part]
+        return _DICOM_TO_MURA[part], "dicom"
     for key in ("StudyDescription", "SeriesDescription"):
-        text = str(meta.get(key, "") or "").upper()
+        words = str(meta.get(key, "") or "").upper().replace("_", " ").split()
         for dicom_name, mura_name in _DICOM_TO_MURA.items():
-            if dicom_name in text.replace("_", " ").split():
-                return mura_name
+            if dicom_name in words:
+                return mura_name, "description"
     for component in reversed(path.parts):
         if component.upper() in BODY_PARTS:
-            return component.upper()
-    return "UNKNOWN"
+            return component.upper(), "path"
+    return "UNKNOWN", "unknown"
+
+
+def body_part_of(path: Path, meta: dict) -> str:
+    """MURA study type of an image (see :func:`body_part_source`); ``"UNKNOWN"`` when unsaid."""
+    return body_part_source(path, meta)[0]
+
+
+def study_body_part(parts) -> str:
+    """One body part for a study from its images' parts: the part they agree on, ``UNKNOWN``
+    when none is known, ``MIXED:A+B`` when they disagree (reported, not resolved by guessing)."""
+    known = sorted(set(parts) - {"UNKNOWN"})
+    if not known:
+        return "UNKNOWN"
+    return known[0] if len(known) == 1 else "MIXED:" + "+".join(known)
 
 
 def group_studies(images: Sequence[dict], threshold: float, aggregation: str = "mean") -> list[dict]:
     """The ``studies`` list of the infer JSON contract (DESIGN.md) from per-image results."""
     studies = []
     for study, members, probability in study_probabilities(images, aggregation):
-        parts = sorted({m["body_part"] for m in members} - {"UNKNOWN"})
         studies.append(
             {
                 "study": study,
-                "body_part": parts[0] if len(parts) == 1 else ("UNKNOWN" if not parts else "MIXED:" + "+".join(parts)),
+                "body_part": study_body_part(m["body_part"] for m in members),
                 "probability": probability,
                 "abnormal": probability > threshold,
                 "threshold": threshold,
@@ -89,6 +106,20 @@ def group_studies(images: Sequence[dict], threshold: float, aggregation: str = "
             }
         )
     return studies
+
+
+def image_record(path: Path, image) -> dict:
+    """The per-image record of the infer JSON, before a probability is known."""
+    meta = dict(getattr(image, "meta", {}) or {})
+    part = body_part_source(path, meta)
+    return {
+        "path": str(path),
+        "study": meta.get("StudyInstanceUID") or str(path.parent),
+        "sop_instance_uid": meta.get("SOPInstanceUID") or None,
+        "body_part": part[0],
+        "body_part_source": part[1],
+        "probability": None,
+    }
 
 
 @dataclass
@@ -144,42 +175,49 @@ class BundlePredictor:
             batch_size=int(parser.get_parsed_content("batch_size")),
             device=torch_device,
         )
+        transforms = list(self.loaded.preprocessing.transforms)
+        self._loader, self._rest = transforms[0], Compose(transforms[1:])
 
     @property
     def threshold(self) -> float:
         return self.loaded.threshold
 
+    def load(self, path: Path) -> dict:
+        """Read one radiograph with the bundle's loader (the first preprocessing transform)."""
+        return self._loader({"image": str(path)})
+
+    def prepare(self, loaded: dict) -> torch.Tensor:
+        """The network input of an image :meth:`load` read (the rest of the preprocessing).
+
+        Loading and preparing are separate so that an ensemble decodes each file once and
+        hands every member its own copy.
+        """
+        return torch.as_tensor(self._rest({"image": loaded["image"].clone()})["image"]).float()
+
+    def forward(self, batch: Sequence[torch.Tensor]) -> list[float]:
+        """Abnormality probability of each prepared image; AMP on CUDA."""
+        loaded = self.loaded
+        with torch.no_grad(), torch.autocast(loaded.device.type, enabled=loaded.device.type == "cuda"):
+            logits = loaded.network(torch.stack(list(batch)).to(loaded.device))
+        return torch.sigmoid(logits.float().reshape(len(batch), -1)[:, 0]).cpu().tolist()
+
     def predict_images(self, paths: Sequence[Path], progress: bool = False) -> list[dict]:
         """One record per image: path, probability, study id, body part, DICOM meta."""
         from tqdm import tqdm
 
-        loaded = self.loaded
         records: list[dict] = []
         batch: list[torch.Tensor] = []
 
         def flush() -> None:
-            with torch.no_grad(), torch.autocast(loaded.device.type, enabled=loaded.device.type == "cuda"):
-                logits = loaded.network(torch.stack(batch).to(loaded.device))
-            probs = torch.sigmoid(logits.float().reshape(len(batch), -1)[:, 0]).cpu().tolist()
-            for record, prob in zip(records[-len(batch):], probs):
+            for record, prob in zip(records[-len(batch):], self.forward(batch)):
                 record["probability"] = prob
             batch.clear()
 
         for path in tqdm(paths, desc="infer", unit="image", disable=not progress):
-            item = loaded.preprocessing({"image": str(path)})
-            image = item["image"]
-            meta = dict(getattr(image, "meta", {}) or {})
-            study = meta.get("StudyInstanceUID") or str(path.parent)
-            records.append(
-                {
-                    "path": str(path),
-                    "study": study,
-                    "body_part": body_part_of(path, meta),
-                    "probability": None,
-                }
-            )
-            batch.append(torch.as_tensor(image).float())
-            if len(batch) == loaded.batch_size:
+            loaded = self.load(path)
+            records.append(image_record(path, loaded["image"]))
+            batch.append(self.prepare(loaded))
+            if len(batch) == self.loaded.batch_size:
                 flush()
         if batch:
             flush()

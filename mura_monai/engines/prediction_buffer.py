@@ -20,7 +20,7 @@ from monai.utils import CommonKeys
 from mura_monai.engines.training_summary import model_size, read_training_summary
 from mura_monai.metrics import aggregate_studies, binary_metrics, evaluate_predictions
 
-__all__ = ["PredictionBuffer", "StudyAUC", "MetricsReportWriter"]
+__all__ = ["PredictionBuffer", "StudyAUC", "MetricsReportWriter", "write_evaluation"]
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,30 @@ class StudyAUC(Metric):
         return binary_metrics([s["label"] for s in studies], [s["probability"] for s in studies])["auc"]
 
 
+def write_evaluation(
+    records: list[dict],
+    output_dir: str | Path,
+    threshold: float = 0.5,
+    aggregation: str = "mean",
+    n_bootstrap: int = 1000,
+    seed: int = 0,
+    extra: dict | None = None,
+) -> dict:
+    """``metrics.json`` and ``predictions.json`` of labelled image predictions in ``output_dir``."""
+    doc = evaluate_predictions(records, threshold, aggregation, n_bootstrap, seed)
+    studies = doc.pop("studies")
+    doc.update(extra or {})
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "metrics.json").write_text(json.dumps(doc, indent=2, allow_nan=True))
+    (output_dir / "predictions.json").write_text(json.dumps({"images": records, "studies": studies}, indent=2))
+    logger.info(
+        "study AUC %.4f, kappa %.4f on %d studies; metrics written to %s",
+        doc["study"]["auc"], doc["study"]["kappa"], doc["n_studies"], output_dir / "metrics.json",
+    )
+    return doc
+
+
 class MetricsReportWriter:
     """Writes ``metrics.json`` (DESIGN.md format) and ``predictions.json`` when an evaluation ends.
 
@@ -142,24 +166,12 @@ class MetricsReportWriter:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
 
     def write(self, engine: Engine | None = None) -> dict:
-        records = self.buffer.records
-        doc = evaluate_predictions(records, self.threshold, self.aggregation, self.n_bootstrap, self.seed)
-        studies = doc.pop("studies")
-        doc.update(self.extra)
         training = self._training()
-        if training:
-            doc["training"] = training
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        (self.output_dir / "metrics.json").write_text(json.dumps(doc, indent=2, allow_nan=True))
-        (self.output_dir / "predictions.json").write_text(
-            json.dumps({"images": records, "studies": studies}, indent=2)
+        extra = self.extra | ({"training": training} if training else {})
+        self.document = write_evaluation(
+            self.buffer.records, self.output_dir, self.threshold, self.aggregation, self.n_bootstrap, self.seed, extra
         )
-        logger.info(
-            "study AUC %.4f, kappa %.4f on %d studies; metrics written to %s",
-            doc["study"]["auc"], doc["study"]["kappa"], doc["n_studies"], self.output_dir / "metrics.json",
-        )
-        self.document = doc
-        return doc
+        return self.document
 
     def _training(self) -> dict:
         training = read_training_summary(self.ckpt_dir) if self.ckpt_dir else {}

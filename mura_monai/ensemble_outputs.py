@@ -1,0 +1,69 @@
+"""What an analysed study leaves behind besides JSON: heatmap overlays and DICOM objects.
+
+Kept apart from :mod:`mura_monai.ensemble_predictor` because heatmaps need gradients (a backward
+pass per member and image) and DICOM writing needs the source datasets: both cost more than the
+scoring itself, and the listener asks for them per study.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["cam_weights", "write_study_outputs"]
+
+logger = logging.getLogger(__name__)
+
+
+def cam_weights(fitted) -> list[float]:
+    """How much each member's CAM counts: its weight in the combination (the absolute stacking
+    coefficient for ``stacking``, its weight for ``weighted_mean``, equal otherwise)."""
+    n = len(fitted.members)
+    if fitted.combine == "stacking" and fitted.stacking:
+        weights = [abs(float(c)) for c in fitted.stacking["coef"]]
+    elif fitted.combine == "weighted_mean":
+        weights = list(fitted.weights)
+    else:
+        weights = [1.0] * n
+    return weights if sum(weights) > 0 else [1.0] * n
+
+
+def _folder_name(study: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", study).strip("_")[-96:] or "study"
+
+
+def write_study_outputs(predictor, study: dict, heatmaps_dir: str | Path | None, dicom_out: str | Path | None) -> None:
+    """Heatmap PNGs (``heatmaps_dir/<study>/NN_<image>.png``) and, for DICOM studies, an SR and
+    one secondary capture per image under ``dicom_out``; paths are added to ``study``."""
+    from mura_monai.explain import explain_image, write_overlay_png
+
+    members = [(m.loaded.network, m.loaded.preprocessing, w)
+               for m, w in zip(predictor.members, cam_weights(predictor.fitted))]
+    method = predictor.settings.get("heatmap_method", "gradcam")
+    alpha = float(predictor.settings.get("heatmap_alpha", 0.4))
+    overlays: dict[str, np.ndarray] = {}
+    for n, image in enumerate(study["images"], start=1):
+        explained = explain_image(members, image["path"], method=method, alpha=alpha)
+        if heatmaps_dir is not None:
+            path = Path(heatmaps_dir) / _folder_name(study["study"]) / f"{n:02d}_{Path(image['path']).stem}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_overlay_png(path, explained["overlay"])
+            image["heatmap"] = str(path)
+        if image.get("sop_instance_uid"):
+            overlays[image["sop_instance_uid"]] = explained["overlay"]
+    if dicom_out is None:
+        return
+    dicom_images = [image for image in study["images"] if image.get("sop_instance_uid")]
+    if not dicom_images:
+        logger.info("study %s holds no DICOM images: no SR or secondary capture written", _folder_name(study["study"]))
+        study["dicom_outputs"] = []
+        return
+    import pydicom
+
+    from mura_monai.dicom_out import write_dicom_outputs
+
+    sources = [pydicom.dcmread(image["path"]) for image in dicom_images]
+    written = write_dicom_outputs(study, sources, overlays, predictor.algorithm, dicom_out)
+    study["dicom_outputs"] = [str(p) for p in written]

@@ -1,0 +1,325 @@
+"""Running an ensemble bundle: its members, its router, its fitted combination, its outputs.
+
+``bundles/ensemble/configs/inference.json`` names the members (other bundles of this project)
+and the combination settings; ``ckpt_dir/ensemble.json`` holds what :func:`fit` learned on a
+valid split. This module loads every member once (the listener keeps it loaded), reads each
+radiograph once for all members, and produces the infer JSON of DESIGN.md extended with what a
+reader and a PACS need: per-body-part threshold and operating point, member probabilities,
+uncertainty, and optionally heatmaps and DICOM SR / secondary captures.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.bundle import ConfigParser
+
+from mura_monai.constants import BODY_PARTS
+from mura_monai.data.mura import find_mura_root, mura_datalist
+from mura_monai.ensemble import FittedEnsemble, cross_fitted_probabilities, fit_ensemble_parameters, study_uncertainty
+from mura_monai.inference import BundlePredictor, collect_inputs, image_record, study_body_part
+from mura_monai.metrics import AGGREGATIONS
+
+__all__ = ["EnsemblePredictor", "MemberSpec", "is_ensemble_bundle"]
+
+logger = logging.getLogger(__name__)
+
+_SETTINGS = (
+    "combine", "calibration", "operating_point", "aggregation", "weights", "min_studies_per_class",
+    "target_sensitivity", "target_specificity", "uncertainty_margin", "uncertain_level", "batch_size",
+    "heatmap_method", "heatmap_alpha", "cv_folds",
+)
+
+
+def is_ensemble_bundle(bundle_dir: str | Path) -> bool:
+    """Whether a bundle folder is an ensemble (its inference config names members)."""
+    config = Path(bundle_dir) / "configs" / "inference.json"
+    return config.is_file() and "members" in json.loads(config.read_text())
+
+
+@dataclass
+class MemberSpec:
+    """One member: which bundle, which checkpoint folder, its weight for ``weighted_mean``."""
+
+    name: str
+    bundle_dir: Path
+    models_dir: Path
+    weight: float = 1.0
+
+    @property
+    def version(self) -> str:
+        meta = self.bundle_dir / "configs" / "metadata.json"
+        return json.loads(meta.read_text()).get("version", "") if meta.is_file() else ""
+
+
+def _member_specs(members: Sequence[dict], bundles_dir: Path, members_models_dir: str) -> list[MemberSpec]:
+    """Members resolved to folders: ``bundle`` defaults to ``bundles_dir/<name>``; ``models_dir``
+    to ``members_models_dir/<name>`` when that is set, else the member bundle's ``models/``."""
+    if not members:
+        raise ValueError("an ensemble needs at least one member in configs/inference.json 'members'")
+    specs = []
+    for entry in members:
+        if "name" not in entry:
+            raise ValueError(f"ensemble member without a 'name': {entry}")
+        bundle = Path(entry.get("bundle") or bundles_dir / entry["name"])
+        if not (bundle / "configs" / "inference.json").is_file():
+            raise FileNotFoundError(f"ensemble member {entry['name']!r} is not a bundle: {bundle}")
+        default_models = Path(members_models_dir) / entry["name"] if members_models_dir else bundle / "models"
+        specs.append(MemberSpec(entry["name"], bundle, Path(entry.get("models_dir") or default_models),
+                                float(entry.get("weight", 1.0))))
+    return specs
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-80:] or "study"
+
+
+class EnsemblePredictor:
+    """An ensemble bundle loaded for inference, fitting and evaluation.
+
+    Args:
+        bundle_dir: the ensemble bundle (``configs/inference.json``).
+        device: ``auto``, ``cpu`` or ``cuda[:N]``, for every member.
+        models_dir: where ``ensemble.json`` lives (default the bundle's ``models/``).
+        members_models_dir: a folder holding one checkpoint folder per member name (default:
+            each member bundle's own ``models/``).
+        overrides: config values replacing the bundle's (``combine``, ``operating_point``, ...).
+        fitted: load ``ensemble.json``; :meth:`fit` needs the members only.
+    """
+
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        device: str = "auto",
+        models_dir: str | Path | None = None,
+        members_models_dir: str | Path | None = None,
+        overrides: dict | None = None,
+        fitted: bool = True,
+    ) -> None:
+        self.bundle_dir = Path(bundle_dir).resolve()
+        config_file = self.bundle_dir / "configs" / "inference.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(f"bundle has no inference config: {config_file}")
+        parser = ConfigParser()
+        parser.read_config(str(config_file))
+        parser["bundle_root"] = str(self.bundle_dir)
+        if models_dir is not None:
+            parser["ckpt_dir"] = str(Path(models_dir).resolve())
+        if members_models_dir is not None:
+            parser["members_models_dir"] = str(Path(members_models_dir).resolve())
+        for key, value in (overrides or {}).items():
+            if key not in parser.get():
+                raise ValueError(f"unknown ensemble setting {key!r}")
+            parser[key] = value
+        self.settings = {key: parser.get_parsed_content(key) for key in _SETTINGS if key in parser.get()}
+        self.fitted_path = Path(parser.get_parsed_content("fitted_path"))
+        self.specs = _member_specs(
+            parser.get_parsed_content("members"), Path(parser.get_parsed_content("bundles_dir")),
+            parser.get_parsed_content("members_models_dir"),
+        )
+        self.members = [BundlePredictor(s.bundle_dir, device=device, models_dir=s.models_dir) for s in self.specs]
+        router = parser.get_parsed_content("router")
+        self.router = BundlePredictor(router["bundle"], device=device, models_dir=router.get("models_dir")) if router else None
+        self.version = json.loads((self.bundle_dir / "configs" / "metadata.json").read_text()).get("version", "")
+        self.fitted = FittedEnsemble.load(self.fitted_path) if fitted else None
+
+    @property
+    def member_names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    @property
+    def algorithm(self) -> dict:
+        """What the DICOM outputs name as the algorithm: the ensemble and its members' versions."""
+        return {
+            "name": f"mura-monai {self.bundle_dir.name}",
+            "version": self.version,
+            "manufacturer": "mura-monai",
+            "members": [{"name": s.name, "version": s.version} for s in self.specs],
+        }
+
+    # -- running the members -----------------------------------------------------------
+    def member_probabilities(self, paths: Sequence[Path], progress: bool = False) -> tuple[list[dict], np.ndarray]:
+        """Image records (study, body part and its source, SOP instance) and the members'
+        probabilities ``(N, M)``; each file is decoded once for all members."""
+        from tqdm import tqdm
+
+        batch_size = int(self.settings.get("batch_size", 8))
+        records: list[dict] = []
+        rows: list[list[float]] = []
+        pending: list[list[torch.Tensor]] = [[] for _ in self.members]
+        pending_router: list[torch.Tensor] = []
+        pending_index: list[int] = []
+
+        def flush() -> None:
+            columns = [member.forward(batch) for member, batch in zip(self.members, pending)]
+            rows.extend(list(r) for r in zip(*columns))
+            if pending_router:
+                self._route([records[i] for i in pending_index], pending_router)
+            for batch in pending:
+                batch.clear()
+            pending_router.clear()
+            pending_index.clear()
+
+        for path in tqdm(paths, desc="ensemble", unit="image", disable=not progress):
+            loaded = self.members[0].load(path)
+            record = image_record(path, loaded["image"])
+            records.append(record)
+            for member, batch in zip(self.members, pending):
+                batch.append(member.prepare(loaded))
+            if record["body_part"] == "UNKNOWN" and self.router is not None:
+                pending_router.append(self.router.prepare(loaded))
+                pending_index.append(len(records) - 1)
+            if len(pending[0]) == batch_size:
+                flush()
+        if pending[0]:
+            flush()
+        return records, np.asarray(rows, dtype=float).reshape(len(records), len(self.members))
+
+    def _route(self, records: list[dict], batch: list[torch.Tensor]) -> None:
+        """Body part from the router for images whose DICOM and path say nothing."""
+        loaded = self.router.loaded
+        with torch.no_grad():
+            logits = loaded.network.router(torch.stack(batch).to(loaded.device))
+        for record, index in zip(records, logits.argmax(dim=1).cpu().tolist()):
+            record["body_part"], record["body_part_source"] = BODY_PARTS[index], "router"
+
+    # -- inference ---------------------------------------------------------------------
+    def predict(
+        self,
+        inputs: Iterable[str | Path],
+        progress: bool = False,
+        heatmaps_dir: str | Path | None = None,
+        dicom_out: str | Path | None = None,
+    ) -> dict:
+        """The infer JSON document for the inputs, writing heatmaps and DICOM outputs on request."""
+        records, P = self.member_probabilities(collect_inputs(inputs), progress=progress)
+        studies = self.studies(records, P)
+        if heatmaps_dir is not None or dicom_out is not None:
+            from mura_monai.ensemble_outputs import write_study_outputs
+
+            for study in studies:
+                write_study_outputs(self, study, heatmaps_dir, dicom_out)
+        return {
+            "bundle": self.bundle_dir.name,
+            "bundle_dir": str(self.bundle_dir),
+            "ensemble": self.describe(),
+            "studies": studies,
+        }
+
+    def describe(self) -> dict:
+        fitted = self._require_fitted()
+        return {
+            **self.algorithm,
+            "combine": fitted.combine,
+            "calibration": fitted.calibration,
+            "operating_point": self.settings["operating_point"],
+            "aggregation": fitted.aggregation,
+        }
+
+    def studies(self, records: list[dict], P: np.ndarray) -> list[dict]:
+        """Study results from image records and member probabilities."""
+        fitted = self._require_fitted()
+        prob = fitted(P)
+        member_prob = fitted.member_probabilities(P)
+        reduce = AGGREGATIONS[fitted.aggregation]
+        operating_point = self.settings["operating_point"]
+        grouped: dict[str, list[int]] = {}
+        for i, record in enumerate(records):
+            grouped.setdefault(record["study"], []).append(i)
+        studies = []
+        for study, index in grouped.items():
+            part = study_body_part(records[i]["body_part"] for i in index)
+            sources = sorted({records[i]["body_part_source"] for i in index})
+            p = float(reduce(prob[index]))
+            members = {name: float(reduce(member_prob[index, j])) for j, name in enumerate(self.member_names)}
+            threshold, fitted_on = fitted.threshold(part, operating_point)
+            doubt = study_uncertainty(list(members.values()), p, threshold, self.settings["uncertainty_margin"])
+            studies.append({
+                "study": study,
+                "body_part": part,
+                "body_part_source": "+".join(sources),
+                "probability": p,
+                "abnormal": p > threshold,
+                "threshold": threshold,
+                "threshold_fitted_on": fitted_on,
+                "operating_point": operating_point,
+                **doubt,
+                "uncertain": doubt["uncertainty"] >= self.settings["uncertain_level"],
+                "members": members,
+                "images": [
+                    {
+                        "path": records[i]["path"],
+                        "probability": float(prob[i]),
+                        "sop_instance_uid": records[i]["sop_instance_uid"],
+                        "body_part": records[i]["body_part"],
+                        "members": {name: float(member_prob[i, j]) for j, name in enumerate(self.member_names)},
+                    }
+                    for i in index
+                ],
+            })
+        return studies
+
+    def _require_fitted(self) -> FittedEnsemble:
+        if self.fitted is None:
+            raise FileNotFoundError(f"ensemble is not fitted: {self.fitted_path} (run `mura-monai fit-ensemble` first)")
+        return self.fitted
+
+    # -- fitting and evaluation on a MURA root -------------------------------------------
+    def valid_split(self, dataset_dir: str | Path, progress: bool = False) -> tuple[list[dict], np.ndarray]:
+        """MURA valid-split image records (with labels) and the members' probabilities on them."""
+        images = mura_datalist(find_mura_root(dataset_dir), "valid")
+        _, P = self.member_probabilities([Path(r["image"]) for r in images], progress=progress)
+        return images, P
+
+    def _fit_kwargs(self) -> dict:
+        weights = self.settings.get("weights", "auto")
+        return {
+            "combine": self.settings["combine"],
+            "calibration": self.settings["calibration"],
+            "aggregation": self.settings["aggregation"],
+            "weights": None if weights in ("auto", None) else [float(w) for w in weights],
+            "min_studies_per_class": int(self.settings["min_studies_per_class"]),
+            "target_sensitivity": float(self.settings["target_sensitivity"]),
+            "target_specificity": float(self.settings["target_specificity"]),
+        }
+
+    def fit(self, dataset_dir: str | Path, progress: bool = False) -> FittedEnsemble:
+        """Fit combination, calibration and thresholds on the valid split and save ``ensemble.json``."""
+        images, P = self.valid_split(dataset_dir, progress=progress)
+        args = ([r["label"] for r in images], [r["study"] for r in images], [r["body_part"] for r in images],
+                self.member_names)
+        self.fitted = fit_ensemble_parameters(P, *args, **self._fit_kwargs())
+        self.fitted.fit_summary["dataset_dir"] = str(find_mura_root(dataset_dir))
+        self.fitted.save(self.fitted_path)
+        logger.info("ensemble fitted on %d studies; written to %s", self.fitted.fit_summary["n_studies"], self.fitted_path)
+        return self.fitted
+
+    def evaluation_records(self, dataset_dir: str | Path, progress: bool = False) -> list[dict]:
+        """Labelled image records scored by the ensemble and by each member on the valid split.
+
+        The ensemble's probabilities are cross-fitted (out of fold) when the ensemble was fitted
+        on this same split with a fit that changes the ranking, so its AUC compares fairly with
+        its members'.
+        """
+        images, P = self.valid_split(dataset_dir, progress=progress)
+        fitted = self._require_fitted()
+        labels, studies, parts = [r["label"] for r in images], [r["study"] for r in images], [r["body_part"] for r in images]
+        same_split = fitted.fit_summary.get("dataset_dir") == str(find_mura_root(dataset_dir))
+        cross_fit = same_split and fitted.ranking_is_fitted
+        if cross_fit:
+            prob = cross_fitted_probabilities(P, labels, studies, parts, self.member_names,
+                                              n_folds=int(self.settings.get("cv_folds", 5)), **self._fit_kwargs())
+        else:
+            prob = fitted(P)
+        return [
+            {"path": r["image"], "study": r["study"], "body_part": r["body_part"], "label": int(r["label"]),
+             "probability": float(p), "members": dict(zip(self.member_names, map(float, row))),
+             "cross_fitted": cross_fit}
+            for r, p, row in zip(images, prob, P)
+        ]

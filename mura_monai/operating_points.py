@@ -1,0 +1,73 @@
+"""Decision thresholds on a probability, chosen from labelled predictions.
+
+A probability alone does not tell a reader what to do; a threshold does, and which threshold is
+right depends on the use. Seed 000 reports the point where precision equals recall; ROC analysis
+usually takes Youden's J; clinical products offer a high-sensitivity point (triage: miss little)
+and a high-specificity point (few false alarms). All four come from scikit-learn's curves.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+__all__ = ["OPERATING_POINTS", "operating_points", "sensitivity_specificity"]
+
+OPERATING_POINTS: tuple[str, ...] = ("pr_equal", "youden", "high_sensitivity", "high_specificity")
+
+
+def _finite(thresholds: np.ndarray) -> np.ndarray:
+    """roc_curve's first threshold is +inf (nothing called positive); clip it to 1."""
+    return np.minimum(thresholds, 1.0)
+
+
+def operating_points(
+    y_true: Sequence[int], prob: Sequence[float], target_sensitivity: float = 0.95, target_specificity: float = 0.95
+) -> dict[str, float]:
+    """Thresholds ``t`` at which to call a prediction abnormal when ``p > t`` (as :func:`binary_metrics` does).
+
+    - ``pr_equal``: where precision and recall cross (seed 000's operating point).
+    - ``youden``: maximises sensitivity + specificity - 1.
+    - ``high_sensitivity``: the highest threshold whose sensitivity reaches ``target_sensitivity``.
+    - ``high_specificity``: the lowest threshold whose specificity reaches ``target_specificity``.
+
+    Thresholds sit just below the score they admit, so that ``p > t`` calls that score abnormal.
+
+    Raises:
+        ValueError: when the labels hold only one class (no curve exists).
+    """
+    y = np.asarray(y_true, dtype=int)
+    p = np.asarray(prob, dtype=float)
+    if y.size == 0 or y.min() == y.max():
+        raise ValueError("operating points need both normal and abnormal examples")
+    fpr, tpr, roc_t = roc_curve(y, p, drop_intermediate=False)
+    roc_t = _finite(roc_t)
+    youden = roc_t[int(np.argmax(tpr - fpr))]
+    sens_ok = np.flatnonzero(tpr >= target_sensitivity)
+    high_sens = roc_t[sens_ok[0]]
+    spec_ok = np.flatnonzero(1.0 - fpr >= target_specificity)
+    high_spec = roc_t[spec_ok[-1]]
+    precision, recall, pr_t = precision_recall_curve(y, p)
+    gap = np.abs(precision[:-1] - recall[:-1])
+    pr_equal = pr_t[int(np.argmin(gap))]
+    return {name: _below(float(t), p) for name, t in
+            zip(OPERATING_POINTS, (pr_equal, youden, high_sens, high_spec))}
+
+
+def _below(threshold: float, prob: np.ndarray) -> float:
+    """The midpoint between ``threshold`` (a score from the curve) and the next lower score."""
+    lower = prob[prob < threshold]
+    if lower.size == 0:
+        return float(max(threshold - 1e-6, 0.0))
+    return float((threshold + lower.max()) / 2.0)
+
+
+def sensitivity_specificity(y_true: Sequence[int], prob: Sequence[float], threshold: float) -> tuple[float, float]:
+    """Sensitivity and specificity when ``p > threshold`` is called abnormal (NaN for an absent class)."""
+    y = np.asarray(y_true, dtype=int)
+    called = np.asarray(prob, dtype=float) > threshold
+    pos, neg = y == 1, y == 0
+    sens = float(called[pos].mean()) if pos.any() else float("nan")
+    spec = float((~called[neg]).mean()) if neg.any() else float("nan")
+    return sens, spec
