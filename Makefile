@@ -42,6 +42,7 @@ test: install system-deps
 bench: install
 	$(BIN)/python benchmarks/preprocessing.py
 	$(BIN)/python benchmarks/training.py
+	$(BIN)/python benchmarks/inference.py
 
 clean:
 	rm -rf $(DEMO_DIR) bundles/*/models bundles/*/eval .pytest_cache

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The demo of the README: synthetic MURA root -> train the DenseNet-169 bundle briefly ->
-# evaluate on the valid split -> score a DICOM study. Run it through `make demo`.
+# The demo of the README: synthetic MURA root -> train two member bundles briefly -> fit the
+# ensemble on the valid split -> evaluate it (metrics + report.html) -> score a DICOM study with
+# heatmaps, a DICOM SR and secondary captures. Run it through `make demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO_DIR=${DEMO_DIR:-demo}
@@ -9,40 +10,58 @@ EPOCHS=${DEMO_EPOCHS:-4}
 SIZE=${DEMO_IMAGE_SIZE:-128}
 ROOT="$PWD/$DEMO_DIR/mura"
 DICOM="$PWD/$DEMO_DIR/dicom"
-BUNDLE="$PWD/bundles/densenet169_wbce"
-MODELS="$PWD/$DEMO_DIR/models/densenet169_wbce"
-EVAL="$PWD/$DEMO_DIR/eval/densenet169_wbce"
+MODELS="$PWD/$DEMO_DIR/models"
+EVAL="$PWD/$DEMO_DIR/eval"
+ENSEMBLE="$PWD/bundles/ensemble"
+MEMBERS=(densenet169_wbce resnet50)
 
-echo "== 1/4 synthetic MURA root: $PATIENTS patients -> $ROOT (DICOM copies in $DICOM)"
-rm -rf "$ROOT" "$DICOM" && mkdir -p "$DEMO_DIR"
+echo "== 1/5 synthetic MURA root: $PATIENTS patients -> $ROOT (DICOM copies in $DICOM)"
+rm -rf "$ROOT" "$DICOM" "$DEMO_DIR/out" && mkdir -p "$DEMO_DIR"
 mura-monai synth "$ROOT" --patients "$PATIENTS" --seed 0 --dicom "$DICOM" > "$DEMO_DIR/synth_summary.json"
 
-echo "== 2/4 train densenet169_wbce from scratch: $EPOCHS epochs at ${SIZE}px, batch 16, lr 3e-4 (python -m monai.bundle run training)"
-mkdir -p "$MODELS"
-start=$(date +%s)
-(cd "$BUNDLE" && python -m monai.bundle run training \
-    --meta_file configs/metadata.json --config_file configs/train.json \
-    --dataset_dir "$ROOT" --ckpt_dir "$MODELS" --output_dir "$EVAL/train" \
-    --image_size "$SIZE" --max_epochs "$EPOCHS" --batch_size 16 --learning_rate 0.0003)
-echo "   trained in $(( $(date +%s) - start )) s"
+for member in "${MEMBERS[@]}"; do
+    echo "== 2/5 train $member from scratch: $EPOCHS epochs at ${SIZE}px, batch 16, lr 3e-4 (python -m monai.bundle run training)"
+    start=$(date +%s)
+    (cd "bundles/$member" && python -m monai.bundle run training \
+        --meta_file configs/metadata.json --config_file configs/train.json \
+        --dataset_dir "$ROOT" --ckpt_dir "$MODELS/$member" --output_dir "$EVAL/$member/train" \
+        --image_size "$SIZE" --max_epochs "$EPOCHS" --batch_size 16 --learning_rate 0.0003 2>&1 \
+        | grep -E "Key metric|Epoch\[[0-9]+\] Complete" | grep -v Evaluator || true)
+    test -f "$MODELS/$member/model.pt"
+    echo "   trained in $(( $(date +%s) - start )) s"
+done
 
-echo "== 3/4 evaluate on the valid split"
-mura-monai evaluate --bundle "$BUNDLE" --models-dir "$MODELS" --dataset-dir "$ROOT" --output-dir "$EVAL"
+echo "== 3/5 fit the ensemble (mean of members, Platt calibration, thresholds per body part) on the valid split"
+mura-monai fit-ensemble --bundle "$ENSEMBLE" --dataset-dir "$ROOT" --members-models-dir "$MODELS" --models-dir "$MODELS/ensemble"
 
-echo "== 4/4 score one synthetic DICOM study with mura-monai infer"
+echo "== 4/5 evaluate the ensemble and its members on the valid split"
+mura-monai evaluate --bundle "$ENSEMBLE" --members-models-dir "$MODELS" --models-dir "$MODELS/ensemble" \
+    --dataset-dir "$ROOT" --output-dir "$EVAL/ensemble" 2>/dev/null | tail -4
+python - "$EVAL/ensemble/metrics.json" <<'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+print(f"   ensemble study AUC {m['study']['auc']:.3f}; " + ", ".join(
+    f"{name} {block['study']['auc']:.3f}" for name, block in m["members"].items()))
+PY
+
+echo "== 5/5 score one synthetic DICOM study: JSON, heatmaps, DICOM SR + secondary captures"
 STUDY=$(dirname "$(find "$DICOM/valid" -name '*.dcm' | sort | head -1)")
-mura-monai infer --bundle "$BUNDLE" --models-dir "$MODELS" "$STUDY" --output "$DEMO_DIR/infer.json"
-python - "$DEMO_DIR/infer.json" <<'PY'
+mura-monai infer --bundle "$ENSEMBLE" --members-models-dir "$MODELS" --models-dir "$MODELS/ensemble" "$STUDY" \
+    --output "$DEMO_DIR/out/infer.json" --heatmaps "$DEMO_DIR/out/heatmaps" --dicom-out "$DEMO_DIR/out/dicom"
+python - "$DEMO_DIR/out/infer.json" <<'PY'
 import json, sys
 for s in json.load(open(sys.argv[1]))["studies"]:
-    print(f"   study {s['study']}: {s['body_part']} p(abnormal)={s['probability']:.3f} -> {'ABNORMAL' if s['abnormal'] else 'normal'} ({len(s['images'])} images)")
+    flag = " (uncertain)" if s["uncertain"] else ""
+    print(f"   study {s['study']}: {s['body_part']} p(abnormal)={s['probability']:.3f} vs threshold {s['threshold']:.3f} "
+          f"({s['operating_point']}) -> {'ABNORMAL' if s['abnormal'] else 'normal'}{flag}, {len(s['images'])} images")
 PY
 echo
 echo "Files:"
 echo "   MURA root        $ROOT"
 echo "   DICOM studies    $DICOM"
-echo "   checkpoint       $MODELS/model.pt"
-echo "   metrics          $EVAL/metrics.json"
-echo "   report           $EVAL/report.html"
-echo "   inference JSON   $PWD/$DEMO_DIR/infer.json"
-echo "   TensorBoard logs $EVAL/train"
+echo "   checkpoints      $MODELS/{$(IFS=,; echo "${MEMBERS[*]}"),ensemble}"
+echo "   metrics          $EVAL/ensemble/metrics.json"
+echo "   report           $EVAL/ensemble/report.html"
+echo "   inference JSON   $PWD/$DEMO_DIR/out/infer.json"
+echo "   heatmaps         $PWD/$DEMO_DIR/out/heatmaps"
+echo "   DICOM SR + SC    $PWD/$DEMO_DIR/out/dicom"

@@ -1,0 +1,214 @@
+"""Heatmaps that show a reader where the networks looked: CAMs through ``monai.visualize``.
+
+Grad-CAM (batched), Grad-CAM++ and SmoothGrad (batch 1: MONAI's limit) on any of this project's
+networks, mapped back from the square network input to the radiograph's own pixel grid (the
+preprocessing resized and padded it), combined across an ensemble's members by weight and
+probability, and blended over the radiograph for PNG files and DICOM secondary captures.
+
+``monai.visualize`` registers hooks on the model that it never removes and switches the target
+layer's ``inplace`` off; members stay loaded in the listener for days, so every call here leaves
+the network exactly as it found it.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from monai.visualize import GradCAM, GradCAMpp, SmoothGrad
+from torch import nn
+
+__all__ = [
+    "CAM_METHODS", "cam_to_original", "compute_cam", "ensemble_cam", "explain_image", "overlay", "target_layer",
+    "write_overlay_png",
+]
+
+CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcampp", "smoothgrad")
+_NOT_FEATURES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d, nn.Dropout, nn.Flatten)
+
+
+def _first_conv(network: nn.Module) -> nn.Conv2d:
+    for module in network.modules():
+        if isinstance(module, nn.Conv2d):
+            return module
+    raise ValueError(f"{type(network).__name__} has no 2-D convolution: no CAM layer to take")
+
+
+def target_layer(network: nn.Module, probe_size: int = 128) -> str:
+    """Name of the last layer whose output is still a spatial feature map (the CAM layer).
+
+    Found by one probe forward pass, so it works for MONAI's DenseNet, ResNet, EfficientNet and
+    our VGG alike without a table of names; pooling and dropout layers are skipped because their
+    maps are coarser copies of the features before them, and so are modules called more than once
+    per forward (EfficientNet reuses one activation in the stem and the head): MONAI's backward
+    hook would keep the gradient of the wrong call.
+    """
+    conv = _first_conv(network)
+    order: list[str] = []
+    handles = []
+    for name, module in network.named_modules():
+        if name and not isinstance(module, _NOT_FEATURES):
+            def record(_m, _i, output, name=name):
+                if isinstance(output, torch.Tensor) and output.ndim == 4 and min(output.shape[2:]) > 1:
+                    order.append(name)
+            handles.append(module.register_forward_hook(record))
+    try:
+        with _eval_mode(network), torch.no_grad():
+            network(torch.zeros(1, conv.in_channels, probe_size, probe_size, device=conv.weight.device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    once = [name for name in order if order.count(name) == 1]
+    if not once:
+        raise ValueError(f"no spatial feature map found in {type(network).__name__}")
+    return once[-1]
+
+
+@contextmanager
+def _eval_mode(network: nn.Module):
+    training = network.training
+    network.eval()
+    try:
+        yield
+    finally:
+        network.train(training)
+
+
+@contextmanager
+def _restored(network: nn.Module):
+    """Undo what ``monai.visualize`` leaves behind: hooks, ``inplace`` switches, gradients."""
+    modules = list(network.modules())
+    hooks = [(set(m._forward_hooks), set(m._backward_hooks)) for m in modules]
+    inplace = [(m, m.__dict__["inplace"]) for m in modules if "inplace" in m.__dict__]
+    grads = [p.grad for p in network.parameters()]
+    try:
+        with _eval_mode(network):
+            yield
+    finally:
+        for module, (forward, backward) in zip(modules, hooks):
+            for key in set(module._forward_hooks) - forward:
+                del module._forward_hooks[key]
+            for key in set(module._backward_hooks) - backward:
+                del module._backward_hooks[key]
+        for module, value in inplace:
+            module.__dict__["inplace"] = value
+        for param, grad in zip(network.parameters(), grads):
+            param.grad = grad
+
+
+def _normalise(maps: torch.Tensor) -> torch.Tensor:
+    """Per-image min-max to [0, 1]; a constant map (nothing stands out) becomes zeros."""
+    flat = maps.reshape(maps.shape[0], -1)
+    lo, hi = flat.min(dim=1).values, flat.max(dim=1).values
+    span = (hi - lo).clamp_min(1e-12)
+    out = (flat - lo[:, None]) / span[:, None]
+    out[(hi - lo) <= 1e-12] = 0.0
+    return torch.nan_to_num(out, nan=0.0).reshape(maps.shape)
+
+
+def compute_cam(
+    network: nn.Module,
+    images: torch.Tensor,
+    method: str = "gradcam",
+    layer: str | None = None,
+    class_idx: int = 0,
+    smoothgrad_samples: int = 8,
+) -> torch.Tensor:
+    """Saliency of the abnormality logit, ``(B, 1, H, W)`` in [0, 1] at the input's size."""
+    if method not in CAM_METHODS:
+        raise ValueError(f"method must be one of {list(CAM_METHODS)}, got {method!r}")
+    device = next(network.parameters()).device
+    x = images.detach().to(device).float()
+    x = x.as_tensor() if hasattr(x, "as_tensor") else x
+    with _restored(network), torch.enable_grad():
+        if method == "smoothgrad":
+            saliency = SmoothGrad(network, n_samples=smoothgrad_samples, verbose=False)
+            maps = torch.cat([saliency(x[i : i + 1].clone(), index=class_idx).abs().amax(dim=1, keepdim=True)
+                              for i in range(x.shape[0])])
+        else:
+            name = layer or target_layer(network)
+            cam_class = GradCAM if method == "gradcam" else GradCAMpp
+            cam = cam_class(network, target_layers=name)
+            inputs = x.clone().requires_grad_(True)  # gradients reach frozen layers' outputs too
+            if method == "gradcam":
+                maps = cam(inputs, class_idx=class_idx)
+            else:
+                maps = torch.cat([cam(inputs[i : i + 1], class_idx=class_idx) for i in range(x.shape[0])])
+    return _normalise(maps.detach().float()).cpu()
+
+
+def cam_to_original(cam: torch.Tensor | np.ndarray, original_shape: Sequence[int]) -> np.ndarray:
+    """A CAM on the square network input mapped back to the radiograph's ``(rows, columns)``.
+
+    Undoes :class:`~mura_monai.transforms.ResizeWithAspectPad` geometrically (its resize keeps
+    the aspect ratio, its padding is symmetric): crop the padding, then resize to the original.
+    """
+    grid = np.asarray(cam, dtype=np.float32).reshape(np.asarray(cam).shape[-2:])
+    side = grid.shape[0]
+    rows, cols = int(original_shape[0]), int(original_shape[1])
+    scale = side / max(rows, cols)
+    h, w = max(1, int(round(rows * scale))), max(1, int(round(cols * scale)))
+    top, left = (side - h) // 2, (grid.shape[1] - w) // 2
+    crop = grid[top : top + h, left : left + w]
+    return cv2.resize(crop, (cols, rows), interpolation=cv2.INTER_LINEAR).clip(0.0, 1.0)
+
+
+def ensemble_cam(maps: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """Weighted mean of members' CAMs (already on the original grid), renormalised to [0, 1].
+
+    Weights are the caller's member weight times the member's probability, so a member that
+    finds nothing abnormal contributes little; all-zero weights fall back to a plain mean.
+    """
+    if not maps:
+        raise ValueError("no CAMs to combine")
+    w = np.asarray(weights, dtype=float)
+    if w.shape != (len(maps),) or (w < 0).any():
+        raise ValueError(f"need {len(maps)} non-negative weights, got {list(weights)}")
+    w = w / w.sum() if w.sum() > 0 else np.full(len(maps), 1.0 / len(maps))
+    combined = sum(wi * np.asarray(m, dtype=np.float32) for wi, m in zip(w, maps))
+    return _normalise(torch.from_numpy(np.asarray(combined))[None]).numpy()[0]
+
+
+def overlay(radiograph: np.ndarray, cam: np.ndarray, alpha: float = 0.4, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
+    """The radiograph in grey with the CAM colour-mapped over it, ``(H, W, 3)`` RGB uint8."""
+    grey = (np.clip(radiograph, 0.0, 1.0) * 255).astype(np.uint8)
+    heat = cv2.applyColorMap((np.clip(cam, 0.0, 1.0) * 255).astype(np.uint8), colormap)
+    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
+    base = np.repeat(grey[..., None], 3, axis=2)
+    return cv2.addWeighted(heat, float(alpha), base, 1.0 - float(alpha), 0.0)
+
+
+def write_overlay_png(path: str | Path, rgb: np.ndarray) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"cannot write PNG: {path}")
+    return path
+
+
+def explain_image(members: Sequence[tuple], path: str | Path, method: str = "gradcam", alpha: float = 0.4) -> dict:
+    """Ensemble heatmap of one radiograph.
+
+    ``members`` holds ``(network, preprocessing, weight)``: each member's own preprocessing
+    (image size, enhancement) feeds its own network. Returns the original radiograph, each
+    member's probability, the combined CAM on the radiograph's grid and the blended overlay.
+    """
+    from mura_monai.data.radiograph_reader import read_radiograph
+
+    radiograph, _ = read_radiograph(path)
+    maps, weights, probabilities = [], [], []
+    for network, preprocessing, weight in members:
+        image = preprocessing({"image": str(path)})["image"]
+        x = torch.as_tensor(image).float()[None]
+        with torch.no_grad(), _eval_mode(network):
+            logit = network(x.to(next(network.parameters()).device))
+        probability = float(torch.sigmoid(logit.float().reshape(-1)[0]))
+        cam = compute_cam(network, x, method=method)[0, 0]
+        maps.append(cam_to_original(cam, radiograph.shape))
+        weights.append(float(weight) * probability)
+        probabilities.append(probability)
+    cam = ensemble_cam(maps, weights)
+    return {"radiograph": radiograph, "cam": cam, "overlay": overlay(radiograph, cam, alpha), "probabilities": probabilities}

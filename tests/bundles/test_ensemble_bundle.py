@@ -1,0 +1,157 @@
+"""bundles/ensemble end to end through the CLI: fit, infer with heatmaps and DICOM outputs, evaluate.
+
+Members are the real densenet169_wbce and resnet50 bundles with randomly initialised checkpoints at
+64 px (tests never download or train for long); the fit, the outputs and the evaluation are real.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import pydicom
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from mura_monai.cli import main
+from mura_monai.model_settings import save_model_settings
+from tests.dicom_out.dciodvfy import dciodvfy_errors
+
+REPO = Path(__file__).resolve().parents[2]
+ENSEMBLE = REPO / "bundles" / "ensemble"
+MEMBER_SETTINGS = {"densenet169_wbce": {"image_size": 64}, "resnet50": {"image_size": 64}}
+
+
+def _random_member(name: str, models_dir: Path, seed: int) -> None:
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / name / "configs" / "inference.json"))
+    parser["bundle_root"] = str(REPO / "bundles" / name)
+    parser["device"] = "cpu"
+    for key, value in MEMBER_SETTINGS[name].items():
+        parser[key] = value
+    torch.manual_seed(seed)
+    network = parser.get_parsed_content("network_def")
+    models_dir.mkdir(parents=True, exist_ok=True)
+    torch.save(network.state_dict(), models_dir / "model.pt")
+    save_model_settings(models_dir, **MEMBER_SETTINGS[name])
+
+
+@pytest.fixture(scope="module")
+def fitted(synth_root, tmp_path_factory):
+    """Members' checkpoints and an ensemble fitted on the synthetic valid split."""
+    base = tmp_path_factory.mktemp("ensemble")
+    members = base / "members"
+    for seed, name in enumerate(MEMBER_SETTINGS):
+        _random_member(name, members / name, seed)
+    models = base / "models"
+    rc = main(["fit-ensemble", "--bundle", str(ENSEMBLE), "--dataset-dir", str(synth_root),
+               "--members-models-dir", str(members), "--models-dir", str(models), "--device", "cpu"])
+    assert rc == 0
+    return {"members": members, "models": models, "root": synth_root, "base": base}
+
+
+def _common(fitted) -> list[str]:
+    return ["--bundle", str(ENSEMBLE), "--members-models-dir", str(fitted["members"]),
+            "--models-dir", str(fitted["models"]), "--device", "cpu"]
+
+
+def test_fit_writes_ensemble_json_with_operating_points(fitted):
+    doc = json.loads((fitted["models"] / "ensemble.json").read_text())
+    assert doc["members"] == ["densenet169_wbce", "resnet50"]
+    assert doc["combine"] == "mean" and doc["calibration"] == "platt"
+    assert set(doc["thresholds"]["ALL"]) == {"pr_equal", "youden", "high_sensitivity", "high_specificity"}
+    assert all(0.0 <= t <= 1.0 for t in doc["thresholds"]["ALL"].values())
+    assert doc["fit_summary"]["n_studies"] > 0
+    assert set(doc["fit_summary"]["member_study_auc"]) == {"densenet169_wbce", "resnet50"}
+
+
+def test_infer_dicom_study_writes_json_heatmaps_sr_and_sc(fitted, tmp_path):
+    study_dir = next(p.parent for p in sorted((fitted["root"].parent / "dicom" / "valid").rglob("*.dcm")))
+    out = tmp_path / "infer.json"
+    rc = main(["infer", *_common(fitted), str(study_dir), "--output", str(out),
+               "--heatmaps", str(tmp_path / "heat"), "--dicom-out", str(tmp_path / "dicom")])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    assert doc["bundle"] == "ensemble" and [m["name"] for m in doc["ensemble"]["members"]] == ["densenet169_wbce", "resnet50"]
+    (study,) = doc["studies"]
+    sources = [pydicom.dcmread(p) for p in sorted(study_dir.glob("*.dcm"))]
+    assert study["study"] == sources[0].StudyInstanceUID
+    assert study["body_part_source"] == "dicom" and study["body_part"].startswith("XR_")
+    assert study["abnormal"] == (study["probability"] > study["threshold"])
+    assert study["operating_point"] == "youden"
+    assert 0.0 <= study["uncertainty"] <= 1.0 and isinstance(study["uncertain"], bool)
+    assert set(study["members"]) == {"densenet169_wbce", "resnet50"}
+    assert {i["sop_instance_uid"] for i in study["images"]} == {s.SOPInstanceUID for s in sources}
+    for image, source in zip(sorted(study["images"], key=lambda i: i["path"]), sources):
+        heat = cv2.imread(image["heatmap"])
+        assert heat.shape[:2] == (source.Rows, source.Columns)  # resampled to the original radiograph
+    written = [Path(p) for p in study["dicom_outputs"]]
+    assert len(written) == len(sources) + 1
+    for path in written:
+        assert dciodvfy_errors(path) == [], path
+    sr = pydicom.dcmread(next(p for p in written if p.name == "sr.dcm"))
+    assert sr.StudyInstanceUID == study["study"] and sr.Modality == "SR"
+
+
+def test_infer_png_study_takes_body_part_from_path_and_skips_dicom(fitted, tmp_path):
+    study_dir = next(p.parent for p in sorted((fitted["root"] / "MURA-v1.1" / "valid").rglob("*.png")))
+    out = tmp_path / "infer.json"
+    assert main(["infer", *_common(fitted), str(study_dir), "--output", str(out), "--dicom-out", str(tmp_path / "d")]) == 0
+    (study,) = json.loads(out.read_text())["studies"]
+    assert study["body_part"] == study_dir.parts[-3] and study["body_part_source"] == "path"
+    assert study["dicom_outputs"] == []
+
+
+def test_unknown_body_part_is_reported_not_guessed(fitted, tmp_path):
+    source = sorted((fitted["root"].parent / "dicom" / "valid").rglob("*.dcm"))[0]
+    ds = pydicom.dcmread(source)
+    for keyword in ("BodyPartExamined", "StudyDescription", "SeriesDescription"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    (tmp_path / "anon").mkdir()
+    ds.save_as(tmp_path / "anon" / "image.dcm")
+    out = tmp_path / "infer.json"
+    assert main(["infer", *_common(fitted), str(tmp_path / "anon"), "--output", str(out)]) == 0
+    (study,) = json.loads(out.read_text())["studies"]
+    assert study["body_part"] == "UNKNOWN" and study["body_part_source"] == "unknown"
+    assert study["threshold_fitted_on"] == "ALL"
+
+
+def test_evaluate_reports_members_and_the_ensemble(fitted, tmp_path):
+    out = tmp_path / "eval"
+    assert main(["evaluate", *_common(fitted), "--dataset-dir", str(fitted["root"]), "--output-dir", str(out),
+                 "--n-bootstrap", "20"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["bundle"] == "ensemble"
+    assert metrics["cross_fitted"] is False  # a mean under Platt ranks as fitted: nothing to cross-fit
+    assert set(metrics["members"]) == {"densenet169_wbce", "resnet50"}
+    assert metrics["members"]["resnet50"]["n_studies"] == metrics["n_studies"]
+    assert metrics["study"]["threshold"] == pytest.approx(metrics["thresholds"]["ALL"]["youden"])
+    assert (out / "report.html").is_file()
+
+
+def test_stacking_is_evaluated_out_of_fold_on_its_own_fit_split(fitted, tmp_path):
+    models = tmp_path / "stacking"
+    common = ["--bundle", str(ENSEMBLE), "--members-models-dir", str(fitted["members"]), "--models-dir", str(models),
+              "--device", "cpu"]
+    assert main(["fit-ensemble", *common, "--dataset-dir", str(fitted["root"]), "--combine", "stacking"]) == 0
+    assert json.loads((models / "ensemble.json").read_text())["stacking"]["coef"]
+    out = tmp_path / "eval"
+    assert main(["evaluate", *common, "--dataset-dir", str(fitted["root"]), "--output-dir", str(out),
+                 "--n-bootstrap", "0"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["cross_fitted"] is True
+
+
+def test_missing_member_checkpoint_and_unfitted_ensemble_name_the_path(fitted, tmp_path, capsys):
+    shutil.copytree(fitted["members"] / "densenet169_wbce", tmp_path / "members" / "densenet169_wbce")
+    rc = main(["infer", "--bundle", str(ENSEMBLE), "--members-models-dir", str(tmp_path / "members"),
+               "--models-dir", str(fitted["models"]), "--device", "cpu", str(fitted["root"])])
+    assert rc == 2
+    assert str(tmp_path / "members" / "resnet50" / "model.pt") in capsys.readouterr().err
+    rc = main(["infer", "--bundle", str(ENSEMBLE), "--members-models-dir", str(fitted["members"]),
+               "--models-dir", str(tmp_path / "nowhere"), "--device", "cpu", str(fitted["root"])])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "fit-ensemble" in err and str(tmp_path / "nowhere" / "ensemble.json") in err
