@@ -49,6 +49,8 @@ def _setup_argparser() -> argparse.ArgumentParser:
     evaluate.add_argument("--models-dir", type=Path, help="checkpoint folder (default: the bundle's models/)")
     evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     evaluate.add_argument("--n-bootstrap", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
+    evaluate.add_argument("--sample-heatmaps", type=int, default=4, metavar="N",
+                          help="heatmaps of N evaluated studies in the report (default 4; 0 for none)")
     evaluate.add_argument("--members-models-dir", type=Path, metavar="DIR",
                           help="ensemble: folder holding one checkpoint folder per member (default: each member's models/)")
 
@@ -114,21 +116,29 @@ def _infer(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from mura_monai.ensemble_predictor import is_ensemble_bundle
+    from mura_monai.ensemble_outputs import cam_weights, write_sample_heatmaps
+    from mura_monai.ensemble_predictor import EnsemblePredictor, is_ensemble_bundle
     from mura_monai.evaluation import evaluate_bundle, evaluate_ensemble
+    from mura_monai.inference import BundlePredictor
     from mura_monai.report import format_metrics_table, write_html_report
 
     if is_ensemble_bundle(args.bundle):
-        metrics = evaluate_ensemble(
-            args.bundle, args.dataset_dir, args.output_dir, device=args.device, models_dir=args.models_dir,
-            members_models_dir=args.members_models_dir, n_bootstrap=args.n_bootstrap, progress=sys.stderr.isatty(),
-        )
+        ensemble = EnsemblePredictor(args.bundle, device=args.device, models_dir=args.models_dir,
+                                     members_models_dir=args.members_models_dir)
+        metrics = evaluate_ensemble(ensemble, args.dataset_dir, args.output_dir, n_bootstrap=args.n_bootstrap,
+                                    progress=sys.stderr.isatty())
+        members = [(m.loaded.network, m.loaded.preprocessing, w) for m, w in zip(ensemble.members, cam_weights(ensemble.fitted))]
     else:
         metrics = evaluate_bundle(
             args.bundle, args.dataset_dir, args.output_dir, device=args.device, models_dir=args.models_dir,
             overrides={"n_bootstrap": args.n_bootstrap},
         )
-    report = write_html_report(metrics, args.output_dir / "report.html", title=f"{args.bundle.resolve().name} on {args.dataset_dir}")
+        single = BundlePredictor(args.bundle, device=args.device, models_dir=args.models_dir)
+        members = [(single.loaded.network, single.loaded.preprocessing, 1.0)]
+    predictions = json.loads((args.output_dir / "predictions.json").read_text())
+    samples = write_sample_heatmaps(members, predictions, args.output_dir / "heatmaps", n=args.sample_heatmaps)
+    report = write_html_report(metrics, args.output_dir / "report.html", title=f"{args.bundle.resolve().name} on {args.dataset_dir}",
+                               heatmaps=samples)
     print(format_metrics_table(metrics))
     print(f"metrics: {args.output_dir / 'metrics.json'}\nreport:  {report}")
     return 0

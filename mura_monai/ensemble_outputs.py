@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["cam_weights", "write_study_outputs"]
+__all__ = ["cam_weights", "write_sample_heatmaps", "write_study_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,3 +67,29 @@ def write_study_outputs(predictor, study: dict, heatmaps_dir: str | Path | None,
     sources = [pydicom.dcmread(image["path"]) for image in dicom_images]
     written = write_dicom_outputs(study, sources, overlays, predictor.algorithm, dicom_out)
     study["dicom_outputs"] = [str(p) for p in written]
+
+
+def write_sample_heatmaps(members, predictions: dict, out_dir: str | Path, n: int = 4, method: str = "gradcam") -> list[tuple[str, str]]:
+    """Heatmaps of a few evaluated studies for the report: the most and the least suspicious
+    abnormal studies and the most suspicious normal ones, so a reader sees hits and misses.
+
+    ``members`` as :func:`~mura_monai.explain.explain_image` takes them; ``predictions`` is the
+    evaluation's ``predictions.json``. Returns ``(caption, png path)`` pairs.
+    """
+    from mura_monai.explain import explain_image, write_overlay_png
+
+    studies = sorted(predictions["studies"], key=lambda s: -s["probability"])
+    abnormal = [s for s in studies if s["label"] == 1]
+    normal = [s for s in studies if s["label"] == 0]
+    chosen = abnormal[: (n + 1) // 2 - 1] + abnormal[-1:] + normal[: n // 2]
+    first_image = {}
+    for image in predictions["images"]:
+        first_image.setdefault(image["study"], image["path"])
+    samples = []
+    for k, study in enumerate(chosen[:n], start=1):
+        path = first_image[study["study"]]
+        explained = explain_image(members, path, method=method)
+        png = write_overlay_png(Path(out_dir) / f"sample_{k}_{_folder_name(study['study'])}.png", explained["overlay"])
+        label = "abnormal" if study["label"] else "normal"
+        samples.append((f"{study['study']} ({study['body_part']}, truth {label}, p={study['probability']:.3f})", str(png)))
+    return samples

@@ -64,16 +64,8 @@ def evaluate_bundle(
     return json.loads((Path(output_dir) / "metrics.json").read_text())
 
 
-def evaluate_ensemble(
-    bundle_dir: str | Path,
-    dataset_dir: str | Path,
-    output_dir: str | Path,
-    device: str = "auto",
-    models_dir: str | Path | None = None,
-    members_models_dir: str | Path | None = None,
-    n_bootstrap: int = 1000,
-    progress: bool = False,
-) -> dict:
+def evaluate_ensemble(predictor, dataset_dir: str | Path, output_dir: str | Path, n_bootstrap: int = 1000,
+                      progress: bool = False) -> dict:
     """metrics.json of an ensemble bundle, with each member's figures on the same studies.
 
     The ensemble's probabilities are out of fold when it was fitted on this split (see
@@ -81,10 +73,8 @@ def evaluate_ensemble(
     threshold at the configured operating point.
     """
     from mura_monai.engines.prediction_buffer import write_evaluation
-    from mura_monai.ensemble_predictor import EnsemblePredictor
     from mura_monai.metrics import evaluate_predictions
 
-    predictor = EnsemblePredictor(bundle_dir, device=device, models_dir=models_dir, members_models_dir=members_models_dir)
     records = predictor.evaluation_records(dataset_dir, progress=progress)
     operating_point = predictor.settings["operating_point"]
     threshold, _ = predictor.fitted.threshold("ALL", operating_point)
@@ -96,7 +86,7 @@ def evaluate_ensemble(
                                       aggregation, n_bootstrap)
         members[name] = {"study": member["study"], "n_studies": member["n_studies"]}
     extra = {
-        "bundle": Path(bundle_dir).resolve().name,
+        "bundle": predictor.bundle_dir.name,
         "ensemble": predictor.describe(),
         "operating_point": operating_point,
         "cross_fitted": bool(records and records[0]["cross_fitted"]),

@@ -173,12 +173,17 @@ def ensemble_cam(maps: Sequence[np.ndarray], weights: Sequence[float]) -> np.nda
 
 
 def overlay(radiograph: np.ndarray, cam: np.ndarray, alpha: float = 0.4, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
-    """The radiograph in grey with the CAM colour-mapped over it, ``(H, W, 3)`` RGB uint8."""
-    grey = (np.clip(radiograph, 0.0, 1.0) * 255).astype(np.uint8)
+    """The radiograph in grey with the CAM colour-mapped over it, ``(H, W, 3)`` RGB uint8.
+
+    Colour opacity follows the CAM (``alpha`` where it is hottest, none where it is cold), so the
+    reader sees the plain radiograph wherever the networks did not look.
+    """
+    grey = np.clip(radiograph, 0.0, 1.0).astype(np.float32)
+    weight = (np.clip(cam, 0.0, 1.0) * float(alpha)).astype(np.float32)[..., None]
     heat = cv2.applyColorMap((np.clip(cam, 0.0, 1.0) * 255).astype(np.uint8), colormap)
-    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB)
-    base = np.repeat(grey[..., None], 3, axis=2)
-    return cv2.addWeighted(heat, float(alpha), base, 1.0 - float(alpha), 0.0)
+    heat = cv2.cvtColor(heat, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0
+    blended = grey[..., None] * (1.0 - weight) + heat * weight
+    return (blended * 255.0 + 0.5).astype(np.uint8)
 
 
 def write_overlay_png(path: str | Path, rgb: np.ndarray) -> Path:

@@ -264,7 +264,7 @@ def write_html_report(
 <h2>Metrics per body part</h2>
 <p>Study level (MURA's unit), at threshold {threshold:.3f}; AUC and &kappa; with bootstrap 95% intervals. The last row is image level.</p>
 {_table(report_table_rows(metrics), "metrics")}
-<h2>Operating points</h2>
+{_ensemble_section(metrics)}<h2>Operating points</h2>
 {op_html}
 <h2>Figures</h2>
 {_figures_section(studies, path.parent, thresholds, threshold)}
@@ -273,6 +273,29 @@ def write_html_report(
 </body></html>"""
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _ensemble_section(metrics: dict) -> str:
+    """For an ensemble: it against each member on the same studies, and how it was fitted."""
+    members = metrics.get("members")
+    if not members:
+        return ""
+    rows = [["model", "study AUC [95% CI]", "study κ [95% CI]", "threshold"]]
+    rows.append(["ensemble", format_with_ci(metrics["study"], "auc"), format_with_ci(metrics["study"], "kappa"),
+                 format_value(metrics["study"].get("threshold", float("nan")))])
+    for name, block in members.items():
+        rows.append([name, format_with_ci(block["study"], "auc"), format_with_ci(block["study"], "kappa"),
+                     format_value(block["study"].get("threshold", float("nan")))])
+    ensemble = metrics.get("ensemble", {})
+    how = (f"{ensemble.get('combine', '?')} of the members, {ensemble.get('calibration', '?')} calibration, "
+           f"operating point {metrics.get('operating_point', '?')}")
+    fold = ("The ensemble's probabilities are out of fold: each study scored by a combination fitted on the other "
+            "studies, since it was fitted on this split." if metrics.get("cross_fitted") else
+            "Its fit does not change how studies rank, so its AUC is not flattered by being fitted on this split; "
+            "its thresholds were fitted here.")
+    parts = ", ".join(sorted(p for p in metrics.get("thresholds", {}) if p != "ALL")) or "none (all studies' threshold used)"
+    return (f"<h2>Ensemble and members</h2><p>{html.escape(how)}. {html.escape(fold)} "
+            f"Body parts with their own thresholds: {html.escape(parts)}.</p>{_table(rows, 'ensemble')}\n")
 
 
 _SEED001_COLUMNS = ("tp", "fn", "fp", "tn", "accuracy", "precision", "sensitivity", "f1")

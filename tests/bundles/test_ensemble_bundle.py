@@ -129,7 +129,32 @@ def test_evaluate_reports_members_and_the_ensemble(fitted, tmp_path):
     assert set(metrics["members"]) == {"densenet169_wbce", "resnet50"}
     assert metrics["members"]["resnet50"]["n_studies"] == metrics["n_studies"]
     assert metrics["study"]["threshold"] == pytest.approx(metrics["thresholds"]["ALL"]["youden"])
-    assert (out / "report.html").is_file()
+    page = (out / "report.html").read_text()
+    assert "Ensemble and members" in page and 'id="ensemble-resnet50"' in page
+    samples = sorted((out / "heatmaps").glob("sample_*.png"))
+    assert 1 <= len(samples) <= 4
+    assert page.count("data:image/png;base64,") == 3 + len(samples)  # ROC, PR, calibration + heatmaps
+
+
+def test_real_cr_radiographs_from_pydicom_data_get_heatmaps_sr_and_sc(fitted, tmp_path):
+    """pydicom-data's CR images: MONOCHROME1, uncompressed and JPEG 2000, no pixel spacing."""
+    data_store = pytest.importorskip("data_store")
+    data = Path(data_store.__file__).parent / "data"
+    (tmp_path / "in").mkdir()
+    for name in ("RG1_UNCR.dcm", "RG3_J2KR.dcm"):
+        shutil.copy(data / name, tmp_path / "in" / name)
+    out = tmp_path / "infer.json"
+    assert main(["infer", *_common(fitted), str(tmp_path / "in"), "--output", str(out),
+                 "--heatmaps", str(tmp_path / "heat"), "--dicom-out", str(tmp_path / "dicom")]) == 0
+    studies = json.loads(out.read_text())["studies"]
+    assert len(studies) == 2
+    for study in studies:
+        (image,) = study["images"]
+        source = pydicom.dcmread(image["path"])
+        assert cv2.imread(image["heatmap"]).shape[:2] == (source.Rows, source.Columns)
+        assert len(study["dicom_outputs"]) == 2
+        for path in study["dicom_outputs"]:
+            assert dciodvfy_errors(Path(path)) == [], path
 
 
 def test_stacking_is_evaluated_out_of_fold_on_its_own_fit_split(fitted, tmp_path):
