@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
 
 from mura_monai.constants import BODY_PARTS
 from mura_monai.data.mura import find_mura_root, mura_datalist
 from mura_monai.ensemble import FittedEnsemble, cross_fitted_probabilities, fit_ensemble_parameters, study_uncertainty
-from mura_monai.inference import BundlePredictor, collect_inputs, image_record, study_body_part
+from mura_monai.inference import BundlePredictor, collect_inputs, image_record, read_inference_config, study_body_part
 from mura_monai.metrics import AGGREGATIONS
 
 __all__ = ["EnsemblePredictor", "MemberSpec", "is_ensemble_bundle"]
@@ -76,10 +74,6 @@ def _member_specs(members: Sequence[dict], bundles_dir: Path, members_models_dir
     return specs
 
 
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_")[-80:] or "study"
-
-
 class EnsemblePredictor:
     """An ensemble bundle loaded for inference, fitting and evaluation.
 
@@ -103,14 +97,7 @@ class EnsemblePredictor:
         fitted: bool = True,
     ) -> None:
         self.bundle_dir = Path(bundle_dir).resolve()
-        config_file = self.bundle_dir / "configs" / "inference.json"
-        if not config_file.is_file():
-            raise FileNotFoundError(f"bundle has no inference config: {config_file}")
-        parser = ConfigParser()
-        parser.read_config(str(config_file))
-        parser["bundle_root"] = str(self.bundle_dir)
-        if models_dir is not None:
-            parser["ckpt_dir"] = str(Path(models_dir).resolve())
+        parser = read_inference_config(self.bundle_dir, Path(models_dir).resolve() if models_dir is not None else None)
         if members_models_dir is not None:
             parser["members_models_dir"] = str(Path(members_models_dir).resolve())
         for key, value in (overrides or {}).items():

@@ -21,7 +21,7 @@ from mura_monai.data.radiograph_reader import is_dicom
 from mura_monai.metrics import study_probabilities
 from mura_monai.model_settings import load_model_settings
 
-__all__ = ["BundlePredictor", "body_part_of", "body_part_source", "collect_inputs", "group_studies", "image_record", "study_body_part"]
+__all__ = ["BundlePredictor", "body_part_of", "body_part_source", "collect_inputs", "group_studies", "image_record", "read_inference_config", "study_body_part"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +108,19 @@ def group_studies(images: Sequence[dict], threshold: float, aggregation: str = "
     return studies
 
 
+def read_inference_config(bundle_dir: Path, models_dir: str | Path | None = None) -> ConfigParser:
+    """A bundle's ``configs/inference.json``, rooted at the bundle, its checkpoints where given."""
+    config_file = Path(bundle_dir) / "configs" / "inference.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"bundle has no inference config: {config_file}")
+    parser = ConfigParser()
+    parser.read_config(str(config_file))
+    parser["bundle_root"] = str(bundle_dir)
+    if models_dir is not None:
+        parser["ckpt_dir"] = str(models_dir)
+    return parser
+
+
 def image_record(path: Path, image) -> dict:
     """The per-image record of the infer JSON, before a probability is known."""
     meta = dict(getattr(image, "meta", {}) or {})
@@ -146,15 +159,8 @@ class BundlePredictor:
         self, bundle_dir: str | Path, device: str = "auto", models_dir: str | Path | None = None, overrides: dict | None = None
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
-        config_file = self.bundle_dir / "configs" / "inference.json"
-        if not config_file.is_file():
-            raise FileNotFoundError(f"bundle has no inference config: {config_file}")
-        parser = ConfigParser()
-        parser.read_config(str(config_file))
-        parser["bundle_root"] = str(self.bundle_dir)
+        parser = read_inference_config(self.bundle_dir, models_dir)
         parser["device"] = device
-        if models_dir is not None:
-            parser["ckpt_dir"] = str(models_dir)
         ckpt_dir = parser.get_parsed_content("ckpt_dir")
         for key, value in {**load_model_settings(ckpt_dir), **(overrides or {})}.items():
             if key in parser.get():

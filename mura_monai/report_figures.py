@@ -170,6 +170,20 @@ def _points(ax, y: np.ndarray, p: np.ndarray, points: Mapping[str, float] | None
                 markeredgecolor="black", markeredgewidth=1.6, zorder=5, label=label)
 
 
+def _plot_groups(ax, groups, plot_one) -> list[str]:
+    """Draw one curve per group with both classes (all studies thick, on top); returns the body
+    parts that had a single class and so no curve."""
+    skipped = []
+    for (name, y, p), colour in zip(groups, _colours(len(groups))):
+        if not _both_classes(y):
+            if name != _ALL and y.size:
+                skipped.append(name)
+            continue
+        style = {"color": colour, "linewidth": 2.4 if name == _ALL else 1.3, "zorder": 4 if name == _ALL else 3}
+        plot_one(ax, name, y, p, style)
+    return skipped
+
+
 def roc_figure(studies: Sequence[Mapping], path: str | Path, points: Mapping[str, float] | None = None) -> Path:
     """ROC curves of all studies and of each body part, AUC in the legend; ``points`` (name ->
     threshold, as from ``operating_points``) are marked on the all-studies curve, so a reader
@@ -177,15 +191,11 @@ def roc_figure(studies: Sequence[Mapping], path: str | Path, points: Mapping[str
     groups = study_groups(studies)
     fig, ax = _new_figure()
     ax.plot([0, 1], [0, 1], linestyle=":", color="#999", linewidth=1, label="chance")
-    skipped = []
-    for (name, y, p), colour in zip(groups, _colours(len(groups))):
-        if not _both_classes(y):
-            if name != _ALL and y.size:
-                skipped.append(name)
-            continue
+    def roc(ax, name, y, p, style):
         fpr, tpr, _ = roc_curve(y, p)
-        ax.plot(fpr, tpr, color=colour, linewidth=2.4 if name == _ALL else 1.3, zorder=4 if name == _ALL else 3,
-                label=f"{name} (AUC {roc_auc_score(y, p):.3f}, n={y.size})")
+        ax.plot(fpr, tpr, **style, label=f"{name} (AUC {roc_auc_score(y, p):.3f}, n={y.size})")
+
+    skipped = _plot_groups(ax, groups, roc)
     _, y, p = groups[0]
     if _both_classes(y):
         _points(ax, y, p, points, pr=False)
@@ -203,15 +213,12 @@ def pr_figure(studies: Sequence[Mapping], path: str | Path, points: Mapping[str,
     ROC curve looks good while most positive calls are wrong, which only this plot shows."""
     groups = study_groups(studies)
     fig, ax = _new_figure()
-    skipped = []
-    for (name, y, p), colour in zip(groups, _colours(len(groups))):
-        if not _both_classes(y):
-            if name != _ALL and y.size:
-                skipped.append(name)
-            continue
+    def pr(ax, name, y, p, style):
         precision, recall, _ = precision_recall_curve(y, p)
-        ax.plot(recall, precision, color=colour, linewidth=2.4 if name == _ALL else 1.3, zorder=4 if name == _ALL else 3,
-                drawstyle="steps-post", label=f"{name} (AP {average_precision_score(y, p):.3f}, n={y.size})")
+        ax.plot(recall, precision, **style, drawstyle="steps-post",
+                label=f"{name} (AP {average_precision_score(y, p):.3f}, n={y.size})")
+
+    skipped = _plot_groups(ax, groups, pr)
     _, y, p = groups[0]
     if _both_classes(y):
         ax.axhline(y.mean(), linestyle=":", color="#999", linewidth=1, label=f"prevalence ({y.mean():.2f})")
