@@ -180,3 +180,28 @@ def test_missing_member_checkpoint_and_unfitted_ensemble_name_the_path(fitted, t
     assert rc == 2
     err = capsys.readouterr().err
     assert "fit-ensemble" in err and str(tmp_path / "nowhere" / "ensemble.json") in err
+
+
+def test_router_names_the_body_part_when_dicom_and_path_do_not(fitted, tmp_path):
+    """The efficientnet_b0_router bundle's router (random weights here) fills in unknown parts."""
+    from mura_monai.constants import BODY_PARTS
+    from mura_monai.ensemble_predictor import EnsemblePredictor
+    from mura_monai.routing import MANIFEST_FILE, build_routed_classifier
+
+    router_dir = tmp_path / "router"
+    router_dir.mkdir()
+    (router_dir / MANIFEST_FILE).write_text(json.dumps({"router": "router", "parts": ["XR_WRIST"]}))
+    torch.manual_seed(0)
+    torch.save(build_routed_classifier(router_dir).state_dict(), router_dir / "model.pt")
+    save_model_settings(router_dir, image_size=64)
+    source = sorted((fitted["root"].parent / "dicom" / "valid").rglob("*.dcm"))[0]
+    ds = pydicom.dcmread(source)
+    for keyword in ("BodyPartExamined", "StudyDescription", "SeriesDescription"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    ds.save_as(tmp_path / "image.dcm")
+    router = {"bundle": str(REPO / "bundles" / "efficientnet_b0_router"), "models_dir": str(router_dir)}
+    predictor = EnsemblePredictor(ENSEMBLE, device="cpu", models_dir=fitted["models"],
+                                  members_models_dir=fitted["members"], overrides={"router": router})
+    (study,) = predictor.predict([tmp_path / "image.dcm"])["studies"]
+    assert study["body_part_source"] == "router" and study["body_part"] in BODY_PARTS
