@@ -1,0 +1,283 @@
+"""The listener's memory: received instances, studies and their state, the outbox. SQLite in WAL mode.
+
+Every piece of the service (SCP threads, the worker, the exporter, the status command) talks to
+this one database, so that a crash at any point loses nothing that was acknowledged: an instance
+is recorded before the SCP answers success; a study claimed by a worker that died is claimed
+again on restart; an SR waiting for a PACS that is down stays in the outbox across restarts.
+``synchronous=FULL``: a committed row survives a power cut, which is what an ack promises.
+
+Study states, as the status command shows them:
+``received`` (instances arriving), ``waiting`` (stable, queued for analysis), ``analysing``,
+``analysed`` (results in the outbox), ``sent`` (every destination has them), ``failed``.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["STATES", "Export", "Store", "Study"]
+
+STATES = ("received", "waiting", "analysing", "analysed", "sent", "failed")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    study_key TEXT NOT NULL,
+    sop_class_uid TEXT NOT NULL,
+    path TEXT NOT NULL,
+    received_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_study ON instances(study_key);
+CREATE TABLE IF NOT EXISTS studies (
+    study_key TEXT PRIMARY KEY,
+    study_uid TEXT NOT NULL,
+    calling_ae TEXT NOT NULL,
+    state TEXT NOT NULL,
+    first_received REAL NOT NULL,
+    last_received REAL NOT NULL,
+    claimed_at REAL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    version INTEGER NOT NULL DEFAULT 0,
+    priority INTEGER NOT NULL DEFAULT 0,
+    reason TEXT,
+    result TEXT,
+    sr_path TEXT,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS studies_state ON studies(state, priority, last_received);
+CREATE TABLE IF NOT EXISTS outbox (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_key TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    destination TEXT NOT NULL,
+    path TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    state TEXT NOT NULL DEFAULT 'pending',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_attempt_at);
+"""
+
+
+def study_key(study_uid: str, calling_ae: str) -> str:
+    """Studies are told apart by StudyInstanceUID and the modality that sent them."""
+    return f"{calling_ae.strip()}|{study_uid}"
+
+
+@dataclass
+class Study:
+    key: str
+    study_uid: str
+    calling_ae: str
+    state: str
+    attempts: int
+    version: int
+    priority: int
+    last_received: float
+    reason: str | None = None
+    result: dict | None = None
+    sr_path: str | None = None
+
+
+@dataclass
+class Export:
+    id: int
+    study_key: str
+    destination: str
+    path: str
+    attempts: int
+    created_at: float
+
+
+def _study(row: sqlite3.Row) -> Study:
+    return Study(
+        key=row["study_key"], study_uid=row["study_uid"], calling_ae=row["calling_ae"], state=row["state"],
+        attempts=row["attempts"], version=row["version"], priority=row["priority"], last_received=row["last_received"],
+        reason=row["reason"], result=json.loads(row["result"]) if row["result"] else None, sr_path=row["sr_path"],
+    )
+
+
+class Store:
+    """One SQLite database per spool; safe to share between threads (one connection each)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._db().executescript(_SCHEMA)
+
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            self._local.db = db
+        return db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One immediate transaction: writers queue instead of failing on a busy database."""
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+    # -- receiving -----------------------------------------------------------------------
+    def record_instance(self, sop_instance_uid: str, study_uid: str, calling_ae: str, sop_class_uid: str,
+                        path: str | Path, now: float | None = None) -> str:
+        """Record a stored instance (the SCP acks only after this returns); returns its study key.
+
+        An instance of a study already analysed re-opens it: the next analysis is a new version.
+        """
+        now = time.time() if now is None else now
+        key = study_key(study_uid, calling_ae)
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO instances VALUES (?, ?, ?, ?, ?) ON CONFLICT(sop_instance_uid) DO UPDATE SET "
+                "study_key=excluded.study_key, sop_class_uid=excluded.sop_class_uid, path=excluded.path, "
+                "received_at=excluded.received_at",
+                (sop_instance_uid, key, sop_class_uid, str(path), now),
+            )
+            db.execute(
+                "INSERT INTO studies (study_key, study_uid, calling_ae, state, first_received, last_received, updated_at) "
+                "VALUES (?, ?, ?, 'received', ?, ?, ?) ON CONFLICT(study_key) DO UPDATE SET "
+                "state=CASE WHEN studies.state='analysing' THEN 'analysing' ELSE 'received' END, "
+                "last_received=excluded.last_received, updated_at=excluded.updated_at, attempts=CASE WHEN "
+                "studies.state IN ('failed', 'analysed', 'sent') THEN 0 ELSE studies.attempts END",
+                (key, study_uid, calling_ae.strip(), now, now, now),
+            )
+        return key
+
+    def instances(self, key: str) -> list[dict]:
+        rows = self._db().execute("SELECT * FROM instances WHERE study_key=? ORDER BY received_at, sop_instance_uid", (key,))
+        return [dict(r) for r in rows]
+
+    # -- the analysis queue --------------------------------------------------------------
+    def promote_stable(self, stable_age_s: float, now: float | None = None) -> list[str]:
+        """Studies with no new instance for ``stable_age_s`` become ``waiting`` (complete)."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            keys = [r[0] for r in db.execute(
+                "SELECT study_key FROM studies WHERE state='received' AND last_received <= ?", (now - stable_age_s,))]
+            db.executemany("UPDATE studies SET state='waiting', updated_at=? WHERE study_key=?", [(now, k) for k in keys])
+        return keys
+
+    def recover(self) -> int:
+        """At start: studies a dead worker had claimed are queued again; returns how many."""
+        with self._write() as db:
+            return db.execute("UPDATE studies SET state='waiting' WHERE state='analysing'").rowcount
+
+    def claim(self, now: float | None = None) -> Study | None:
+        """The next waiting study for the worker (oldest first), marked ``analysing``."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            row = db.execute("SELECT * FROM studies WHERE state='waiting' ORDER BY last_received LIMIT 1").fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE studies SET state='analysing', claimed_at=?, attempts=attempts+1, updated_at=? "
+                       "WHERE study_key=?", (now, now, row["study_key"]))
+        study = _study(row)
+        study.state, study.attempts = "analysing", study.attempts + 1
+        return study
+
+    def finish(self, key: str, result: dict, outputs: list[str | Path], destinations: list[str], priority: int,
+               sr_path: str | Path | None, now: float | None = None) -> int:
+        """Store a finished analysis and put its files in the outbox for every destination;
+        returns the new version. A study that received instances meanwhile goes back to
+        ``received`` so that it is analysed again with them."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            row = db.execute("SELECT version, last_received, claimed_at FROM studies WHERE study_key=?", (key,)).fetchone()
+            version = row["version"] + 1
+            newer = row["claimed_at"] is not None and row["last_received"] > row["claimed_at"]
+            state = "received" if newer else ("analysed" if outputs and destinations else "sent")
+            db.execute("UPDATE studies SET state=?, version=?, priority=?, result=?, sr_path=?, reason=NULL, updated_at=? "
+                       "WHERE study_key=?", (state, version, priority, json.dumps(result), str(sr_path) if sr_path else None,
+                                             now, key))
+            db.executemany(
+                "INSERT INTO outbox (study_key, version, destination, path, priority, created_at, next_attempt_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(key, version, d, str(p), priority, now, now) for d in destinations for p in outputs],
+            )
+        return version
+
+    def fail(self, key: str, reason: str, retry: bool, max_attempts: int, now: float | None = None) -> str:
+        """A study that could not be analysed: queued again while ``retry`` and attempts remain,
+        else ``failed`` with its reason (never retried forever). Returns the new state."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            attempts = db.execute("SELECT attempts FROM studies WHERE study_key=?", (key,)).fetchone()[0]
+            state = "waiting" if retry and attempts < max_attempts else "failed"
+            db.execute("UPDATE studies SET state=?, reason=?, updated_at=? WHERE study_key=?", (state, reason, now, key))
+        return state
+
+    # -- the outbox ------------------------------------------------------------------------
+    def due_exports(self, now: float | None = None, limit: int = 50) -> list[Export]:
+        """Pending files whose next attempt is due; abnormal and uncertain studies first."""
+        now = time.time() if now is None else now
+        rows = self._db().execute(
+            "SELECT * FROM outbox WHERE state='pending' AND next_attempt_at <= ? "
+            "ORDER BY priority DESC, id LIMIT ?", (now, limit))
+        return [Export(r["id"], r["study_key"], r["destination"], r["path"], r["attempts"], r["created_at"]) for r in rows]
+
+    def export_done(self, export_id: int, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        with self._write() as db:
+            db.execute("UPDATE outbox SET state='sent', attempts=attempts+1, last_error=NULL WHERE id=?", (export_id,))
+            self._settle(db, export_id, now)
+
+    def export_failed(self, export_id: int, error: str, next_attempt_at: float | None, now: float | None = None) -> None:
+        """Another try at ``next_attempt_at``, or given up when that is None."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            if next_attempt_at is None:
+                db.execute("UPDATE outbox SET state='gave_up', attempts=attempts+1, last_error=? WHERE id=?",
+                           (error, export_id))
+            else:
+                db.execute("UPDATE outbox SET attempts=attempts+1, last_error=?, next_attempt_at=? WHERE id=?",
+                           (error, next_attempt_at, export_id))
+            self._settle(db, export_id, now)
+
+    @staticmethod
+    def _settle(db: sqlite3.Connection, export_id: int, now: float) -> None:
+        """An analysed study whose outbox emptied is ``sent`` (or ``failed`` if a file was given up)."""
+        key = db.execute("SELECT study_key FROM outbox WHERE id=?", (export_id,)).fetchone()[0]
+        counts = dict(db.execute("SELECT state, COUNT(*) FROM outbox WHERE study_key=? GROUP BY state", (key,)).fetchall())
+        if counts.get("pending"):
+            return
+        state, reason = ("failed", "export given up") if counts.get("gave_up") else ("sent", None)
+        db.execute("UPDATE studies SET state=?, reason=COALESCE(?, reason), updated_at=? "
+                   "WHERE study_key=? AND state='analysed'", (state, reason, now, key))
+
+    # -- status ----------------------------------------------------------------------------
+    def study(self, key: str) -> Study | None:
+        row = self._db().execute("SELECT * FROM studies WHERE study_key=?", (key,)).fetchone()
+        return _study(row) if row else None
+
+    def studies(self) -> list[Study]:
+        return [_study(r) for r in self._db().execute("SELECT * FROM studies ORDER BY last_received DESC")]
+
+    def outbox(self, key: str | None = None) -> list[dict]:
+        query = "SELECT * FROM outbox" + (" WHERE study_key=?" if key else "") + " ORDER BY id"
+        return [dict(r) for r in self._db().execute(query, (key,) if key else ())]
