@@ -34,9 +34,12 @@ def _folder_name(study: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", study).strip("_")[-96:] or "study"
 
 
-def write_study_outputs(predictor, study: dict, heatmaps_dir: str | Path | None, dicom_out: str | Path | None) -> None:
+def write_study_outputs(predictor, study: dict, heatmaps_dir: str | Path | None, dicom_out: str | Path | None,
+                        predecessor=None) -> None:
     """Heatmap PNGs (``heatmaps_dir/<study>/NN_<image>.png``) and, for DICOM studies, an SR and
-    one secondary capture per image under ``dicom_out``; paths are added to ``study``."""
+    one secondary capture per image under ``dicom_out``; paths are added to ``study``.
+    ``predecessor`` is the SR of an earlier analysis of the same study, which the new one
+    references (the listener re-analyses a study that gained images)."""
     from mura_monai.explain import explain_image, write_overlay_png
 
     members = [(m.loaded.network, m.loaded.preprocessing, w)
@@ -65,7 +68,7 @@ def write_study_outputs(predictor, study: dict, heatmaps_dir: str | Path | None,
     from mura_monai.dicom_out import write_dicom_outputs
 
     sources = [pydicom.dcmread(image["path"]) for image in dicom_images]
-    written = write_dicom_outputs(study, sources, overlays, predictor.algorithm, dicom_out)
+    written = write_dicom_outputs(study, sources, overlays, predictor.algorithm, dicom_out, predecessor=predecessor)
     study["dicom_outputs"] = [str(p) for p in written]
 
 

@@ -20,6 +20,7 @@ import torch
 
 from mura_monai.constants import BODY_PARTS
 from mura_monai.data.mura import find_mura_root, mura_datalist
+from mura_monai.data.radiograph_reader import RadiographReadError
 from mura_monai.ensemble import FittedEnsemble, cross_fitted_probabilities, fit_ensemble_parameters, study_uncertainty
 from mura_monai.inference import BundlePredictor, collect_inputs, image_record, read_inference_config, study_body_part
 from mura_monai.metrics import AGGREGATIONS
@@ -131,9 +132,16 @@ class EnsemblePredictor:
         }
 
     # -- running the members -----------------------------------------------------------
-    def member_probabilities(self, paths: Sequence[Path], progress: bool = False) -> tuple[list[dict], np.ndarray]:
+    def member_probabilities(
+        self, paths: Sequence[Path], progress: bool = False, unreadable: list | None = None
+    ) -> tuple[list[dict], np.ndarray]:
         """Image records (study, body part and its source, SOP instance) and the members'
-        probabilities ``(N, M)``; each file is decoded once for all members."""
+        probabilities ``(N, M)``; each file is decoded once for all members.
+
+        A file that cannot be read raises :class:`RadiographReadError`, unless ``unreadable`` is
+        a list: then ``(path, reason)`` goes there and the study goes on without it (the
+        listener analyses what it can of a study and records what it could not).
+        """
         from tqdm import tqdm
 
         batch_size = int(self.settings.get("batch_size", 8))
@@ -154,7 +162,13 @@ class EnsemblePredictor:
             pending_index.clear()
 
         for path in tqdm(paths, desc="ensemble", unit="image", disable=not progress):
-            loaded = self.members[0].load(path)
+            try:
+                loaded = self.members[0].load(path)
+            except RadiographReadError as exc:
+                if unreadable is None:
+                    raise
+                unreadable.append((str(path), str(exc.reason)))
+                continue
             record = image_record(path, loaded["image"])
             records.append(record)
             for member, batch in zip(self.members, pending):

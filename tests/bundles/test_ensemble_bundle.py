@@ -1,7 +1,7 @@
 """bundles/ensemble end to end through the CLI: fit, infer with heatmaps and DICOM outputs, evaluate.
 
-Members are the real densenet169_wbce and resnet50 bundles with randomly initialised checkpoints at
-64 px (tests never download or train for long); the fit, the outputs and the evaluation are real.
+Members are the real densenet169_wbce and resnet50 bundles with random weights
+(tests/ensemble_support.py); the fit, the outputs and the evaluation are real.
 """
 from __future__ import annotations
 
@@ -13,43 +13,16 @@ import cv2
 import pydicom
 import pytest
 import torch
-from monai.bundle import ConfigParser
 
 from mura_monai.cli import main
 from mura_monai.model_settings import save_model_settings
 from tests.dicom_out.dciodvfy import dciodvfy_errors
-
-REPO = Path(__file__).resolve().parents[2]
-ENSEMBLE = REPO / "bundles" / "ensemble"
-MEMBER_SETTINGS = {"densenet169_wbce": {"image_size": 64}, "resnet50": {"image_size": 64}}
-
-
-def _random_member(name: str, models_dir: Path, seed: int) -> None:
-    parser = ConfigParser()
-    parser.read_config(str(REPO / "bundles" / name / "configs" / "inference.json"))
-    parser["bundle_root"] = str(REPO / "bundles" / name)
-    parser["device"] = "cpu"
-    for key, value in MEMBER_SETTINGS[name].items():
-        parser[key] = value
-    torch.manual_seed(seed)
-    network = parser.get_parsed_content("network_def")
-    models_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(network.state_dict(), models_dir / "model.pt")
-    save_model_settings(models_dir, **MEMBER_SETTINGS[name])
-
+from tests.ensemble_support import ENSEMBLE, REPO, fitted_ensemble
 
 @pytest.fixture(scope="module")
 def fitted(synth_root, tmp_path_factory):
     """Members' checkpoints and an ensemble fitted on the synthetic valid split."""
-    base = tmp_path_factory.mktemp("ensemble")
-    members = base / "members"
-    for seed, name in enumerate(MEMBER_SETTINGS):
-        _random_member(name, members / name, seed)
-    models = base / "models"
-    rc = main(["fit-ensemble", "--bundle", str(ENSEMBLE), "--dataset-dir", str(synth_root),
-               "--members-models-dir", str(members), "--models-dir", str(models), "--device", "cpu"])
-    assert rc == 0
-    return {"members": members, "models": models, "root": synth_root, "base": base}
+    return fitted_ensemble(synth_root, tmp_path_factory.mktemp("ensemble"))
 
 
 def _common(fitted) -> list[str]:
