@@ -295,8 +295,10 @@ class EnsemblePredictor:
         images, P = self.valid_split(dataset_dir, progress=progress)
         args = ([r["label"] for r in images], [r["study"] for r in images], [r["body_part"] for r in images],
                 self.member_names)
-        self.fitted = fit_ensemble_parameters(P, *args, **self._fit_kwargs())
+        settings = self._fit_kwargs()
+        self.fitted = fit_ensemble_parameters(P, *args, **settings)
         self.fitted.fit_summary["dataset_dir"] = str(find_mura_root(dataset_dir))
+        self.fitted.fit_summary["settings"] = settings  # cross-fitting repeats this exact recipe
         self.fitted.save(self.fitted_path)
         logger.info("ensemble fitted on %d studies; written to %s", self.fitted.fit_summary["n_studies"], self.fitted_path)
         return self.fitted
@@ -315,7 +317,8 @@ class EnsemblePredictor:
         cross_fit = same_split and fitted.ranking_is_fitted
         if cross_fit:
             prob = cross_fitted_probabilities(P, labels, studies, parts, self.member_names,
-                                              n_folds=int(self.settings.get("cv_folds", 5)), **self._fit_kwargs())
+                                              n_folds=int(self.settings.get("cv_folds", 5)),
+                                              **fitted.fit_summary.get("settings", self._fit_kwargs()))
         else:
             prob = fitted(P)
         return [

@@ -139,7 +139,10 @@ def test_stacking_is_evaluated_out_of_fold_on_its_own_fit_split(fitted, tmp_path
     out = tmp_path / "eval"
     assert main(["evaluate", *common, "--dataset-dir", str(fitted["root"]), "--output-dir", str(out),
                  "--n-bootstrap", "0"]) == 0
-    assert json.loads((out / "metrics.json").read_text())["cross_fitted"] is True
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["cross_fitted"] is True and metrics["ensemble"]["combine"] == "stacking"
+    fitted_settings = json.loads((models / "ensemble.json").read_text())["fit_summary"]["settings"]
+    assert fitted_settings["combine"] == "stacking"  # what the cross-fit repeats, not the config's mean
 
 
 def test_missing_member_checkpoint_and_unfitted_ensemble_name_the_path(fitted, tmp_path, capsys):
