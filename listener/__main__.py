@@ -1,12 +1,14 @@
-"""``mura-listener --config listener.toml`` (also ``python -m listener``).
+"""``mura-listener --config listener.toml`` (also ``python -m listener``), and ``status``.
 
-The DICOM listener (C-STORE SCP, spool, study assembly, worker, exporter) is not built yet:
-it is tracked as its own issue. Until then this entry point says so and exits with status 2,
-rather than pretending to listen.
+``mura-listener [serve] --config listener.toml`` runs the service until SIGTERM or Ctrl-C;
+``mura-listener status --config listener.toml [--json]`` lists the studies and their state
+(received, waiting, analysing, analysed, sent, failed) from the spool's database.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import signal
 import sys
 
 __all__ = ["main"]
@@ -14,14 +16,49 @@ __all__ = ["main"]
 
 def _setup_argparser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mura-listener", description="mura-monai DICOM listener")
+    parser.add_argument("command", nargs="?", choices=["serve", "status"], default="serve",
+                        help="serve (default): run the service; status: list studies and their state")
     parser.add_argument("--config", required=True, help="listener.toml")
+    parser.add_argument("--json", action="store_true", help="status: print JSON instead of a table")
     return parser
 
 
+def _status(config, as_json: bool) -> int:
+    from listener.service import status_rows
+
+    rows = status_rows(config)
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    columns = ("study", "calling_ae", "state", "version", "images", "body_part", "probability", "abnormal", "uncertain",
+               "exports_pending", "reason")
+    table = [columns] + [tuple("" if r[c] is None else (f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]))
+                               for c in columns) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+    return 0
+
+
 def main(args: list[str] | None = None) -> int:
-    _setup_argparser().parse_args(args)
-    print("mura-listener: error: the DICOM listener is not implemented in this version yet", file=sys.stderr)
-    return 2
+    parsed = _setup_argparser().parse_args(args)
+    from listener.config import ConfigError, load_config
+
+    try:
+        config = load_config(parsed.config)
+    except ConfigError as exc:
+        print(f"mura-listener: error: {exc}", file=sys.stderr)
+        return 2
+    if parsed.command == "status":
+        return _status(config, parsed.json)
+    from listener.logs import setup_logging
+    from listener.service import ListenerService
+
+    setup_logging(config.listener.log_format)
+    service = ListenerService(config)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: service.stop.set())
+    return service.run()
 
 
 if __name__ == "__main__":

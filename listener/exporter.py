@@ -1,0 +1,118 @@
+"""The exporter: C-STORE of every outbox file to its destination, retried until the PACS takes it.
+
+The outbox is a table in the store, so nothing waits only in memory: a PACS down for an hour, or
+a listener restarted meanwhile, delays results and loses none. Retries back off exponentially
+(``retry_initial_s`` doubling up to ``retry_max_s``); a file still refused ``give_up_after_s``
+after it was queued is given up with a log line and its study marked failed.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import defaultdict
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+from pynetdicom import AE
+
+from listener.config import Destination, ListenerConfig
+from listener.store import Export, Store
+
+__all__ = ["Exporter", "destination_key", "next_attempt"]
+
+logger = logging.getLogger("listener.exporter")
+
+
+def destination_key(destination: Destination) -> str:
+    """How the outbox names a destination: ``AE@host:port``."""
+    return f"{destination.ae_title}@{destination.host}:{destination.port}"
+
+
+def next_attempt(destination: Destination, attempts: int, created_at: float, now: float) -> float | None:
+    """When to try again after ``attempts`` failures, or None once the give-up time has passed."""
+    if now - created_at >= destination.give_up_after_s:
+        return None
+    return now + min(destination.retry_max_s, destination.retry_initial_s * 2 ** attempts)
+
+
+def _ref(study_key: str) -> str:
+    return hashlib.sha256(study_key.encode()).hexdigest()[:12]
+
+
+class Exporter:
+    def __init__(self, config: ListenerConfig, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.destinations = {destination_key(d): d for d in config.destinations}
+
+    def run(self, stop: threading.Event, poll_s: float = 0.5) -> None:
+        while not stop.is_set():
+            if not self.run_once():
+                stop.wait(poll_s)
+
+    def run_once(self, now: float | None = None) -> int:
+        """Send what is due (one association per destination); returns how many were stored."""
+        now = time.time() if now is None else now
+        by_destination: dict[str, list[Export]] = defaultdict(list)
+        for export in self.store.due_exports(now):
+            by_destination[export.destination].append(export)
+        sent = 0
+        for key, exports in by_destination.items():
+            destination = self.destinations.get(key)
+            if destination is None:  # removed from listener.toml since: nothing will ever take it
+                for export in exports:
+                    self._failed(export, None, "destination no longer configured", now)
+                continue
+            sent += self._send(destination, exports, now)
+        return sent
+
+    def _send(self, destination: Destination, exports: list[Export], now: float) -> int:
+        datasets = []
+        for export in exports:
+            try:
+                datasets.append((export, pydicom.dcmread(export.path)))
+            except (OSError, InvalidDicomError) as exc:
+                self._failed(export, None, f"outbox file unreadable ({type(exc).__name__})", now)
+        if not datasets:
+            return 0
+        ae = AE(ae_title=destination.calling_ae_title or self.config.listener.ae_title)
+        for sop_class, syntax in sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for _, ds in datasets}):
+            ae.add_requested_context(sop_class, syntax)
+        try:
+            assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        except Exception as exc:  # network errors: the PACS is down or unreachable
+            assoc, error = None, type(exc).__name__
+        else:
+            error = "association rejected or aborted" if not assoc.is_established else ""
+        if assoc is None or not assoc.is_established:
+            for export, _ in datasets:
+                self._failed(export, destination, error, now)
+            return 0
+        sent = 0
+        try:
+            for export, ds in datasets:
+                status = assoc.send_c_store(ds)
+                code = int(status.Status) if status and "Status" in status else None
+                if code is not None and (code == 0 or 0xB000 <= code <= 0xBFFF):
+                    self.store.export_done(export.id, now)
+                    sent += 1
+                    logger.info("result sent", extra={"destination": destination_key(destination),
+                                                      "study_ref": _ref(export.study_key), "outbox_id": export.id})
+                else:
+                    reason = f"C-STORE status 0x{code:04X}" if code is not None else "no C-STORE response"
+                    self._failed(export, destination, reason, now)
+        finally:
+            assoc.release()
+        return sent
+
+    def _failed(self, export: Export, destination: Destination | None, reason: str, now: float) -> None:
+        retry_at = next_attempt(destination, export.attempts, export.created_at, now) if destination else None
+        self.store.export_failed(export.id, reason, retry_at, now)
+        extra = {"destination": export.destination, "study_ref": _ref(export.study_key), "outbox_id": export.id,
+                 "reason": reason, "attempts": export.attempts + 1}
+        if retry_at is None:
+            logger.error("result given up", extra=extra)
+        else:
+            logger.warning("result not sent; will retry", extra=extra | {"retry_in_s": round(retry_at - now, 1)})

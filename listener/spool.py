@@ -1,0 +1,58 @@
+"""Where received instances live on disk, written so that a file exists only when complete.
+
+An acknowledged instance must survive a crash: the bytes go to a temporary file on the same
+filesystem, are flushed and fsynced, renamed into place (atomic), and the directory is fsynced
+so the rename itself is durable. File names are hashes, never UIDs (folder listings end up in
+support tickets).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+__all__ = ["Spool"]
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+class Spool:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.tmp = self.root / "tmp"
+        self.instances = self.root / "instances"
+        for folder in (self.tmp, self.instances):
+            folder.mkdir(parents=True, exist_ok=True)
+        for leftover in self.tmp.iterdir():  # a crash mid-write: never acknowledged, safe to drop
+            leftover.unlink(missing_ok=True)
+
+    def instance_path(self, study_uid: str, sop_instance_uid: str) -> Path:
+        return self.instances / _digest(study_uid) / f"{_digest(sop_instance_uid)}.dcm"
+
+    def write_durably(self, chunks, final_path: Path) -> Path:
+        """Write ``chunks`` (bytes objects) to ``final_path`` all or nothing, durably."""
+        final_path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=self.tmp, suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp_name, final_path)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        dir_fd = os.open(final_path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return final_path
+
+    def free_mb(self) -> float:
+        return shutil.disk_usage(self.root).free / 2**20
