@@ -4,9 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-# Debian packages the tests call: dciodvfy (dicom3tools) validates every DICOM object we write.
-DEBIAN_PACKAGES := dicom3tools
-DEBIAN_COMMANDS := dciodvfy
+# Debian packages the tests call: dciodvfy (dicom3tools) validates every DICOM object we write;
+# dcmtk's storescu/echoscu are the modality and Orthanc the PACS of the listener tests.
+DEBIAN_PACKAGES := dicom3tools dcmtk orthanc
+DEBIAN_COMMANDS := dciodvfy storescu echoscu /usr/sbin/Orthanc
 DEMO_DIR ?= demo
 DEMO_PATIENTS ?= 200
 DEMO_EPOCHS ?= 4
@@ -28,7 +29,9 @@ system-deps:
 	@missing=""; for cmd in $(DEBIAN_COMMANDS); do command -v $$cmd >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
+	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_PACKAGES) >/dev/null; \
+	    status=$$?; rm -f /usr/sbin/policy-rc.d; test $$status = 0 || exit $$status; \
 	  else echo "missing Debian packages; run as root: apt-get install -y $(DEBIAN_PACKAGES)" >&2; exit 1; fi; \
 	fi
 

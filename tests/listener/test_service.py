@@ -1,0 +1,150 @@
+"""The whole service as a process: storescu pushes a study, the SR and heatmaps land in Orthanc.
+
+Real parts only: `python -m listener` in its own process (worker process inside), dcmtk's storescu
+as the modality, Debian's Orthanc as the PACS, dciodvfy on what arrives, kill -9 and restart.
+"""
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from mura_monai.dicom_out import read_sr_result
+from tests.dicom_out.dciodvfy import dciodvfy_errors
+from tests.ensemble_support import ENSEMBLE, fitted_ensemble
+from tests.listener.orthanc import OrthancServer, have_orthanc
+from tests.listener.support import write_config
+
+pytestmark = pytest.mark.skipif(not have_orthanc() or shutil.which("storescu") is None,
+                                reason="Debian's orthanc and dcmtk are needed")
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def ensemble(synth_root, tmp_path_factory):
+    return fitted_ensemble(synth_root, tmp_path_factory.mktemp("listener_ensemble"))
+
+
+@pytest.fixture
+def pacs(tmp_path):
+    server = OrthancServer(tmp_path / "orthanc").start()
+    yield server
+    server.stop()
+
+
+def _config(tmp_path, ensemble, pacs, **listener):
+    return write_config(
+        tmp_path / "svc", destinations=[{"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port,
+                                         "retry_initial_s": 0.5, "retry_max_s": 2.0}],
+        model_bundle=str(ENSEMBLE), model_device="cpu", model_models_dir=str(ensemble["models"]),
+        model_members_models_dir=str(ensemble["members"]), **listener)
+
+
+class Listener:
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.log = open(config.parent / "listener.log", "ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "listener", "--config", str(config)], cwd=REPO,
+                                        stdout=self.log, stderr=self.log)
+        port = int(next(line.split("=")[1] for line in config.read_text().splitlines() if line.startswith("port")))
+        self.port = port
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # readiness of another process: C-ECHO answers
+            if subprocess.run(["echoscu", "-aec", "MURA_AI", "127.0.0.1", str(port)], capture_output=True).returncode == 0:
+                return
+            assert self.process.poll() is None, (config.parent / "listener.log").read_text()[-2000:]
+            time.sleep(0.2)
+        raise TimeoutError("listener did not start")
+
+    def status(self) -> list[dict]:
+        out = subprocess.run([sys.executable, "-m", "listener", "status", "--config", str(self.config), "--json"],
+                             capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        self.process.send_signal(sig)
+        return self.process.wait(timeout=120)
+
+
+def _push(port: int, files) -> None:
+    result = subprocess.run(["storescu", "-xv", "-aet", "MODALITY", "-aec", "MURA_AI", "127.0.0.1", str(port),
+                             *map(str, files)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+
+
+def _study_files(root: Path, index: int = 0) -> list[Path]:
+    studies = sorted({p.parent for p in (root.parent / "dicom" / "valid").rglob("*.dcm")})
+    return sorted(studies[index].glob("*.dcm"))
+
+
+def _arrived(pacs: OrthancServer, n: int, timeout_s: float = 180) -> list[pydicom.Dataset]:
+    ids = pacs.wait_for_instances(n, timeout_s)
+    return [pydicom.dcmread(io.BytesIO(pacs.instance_file(i))) for i in ids]
+
+
+def test_a_pushed_study_comes_back_as_sr_and_heatmaps(tmp_path, ensemble, pacs):
+    listener = Listener(_config(tmp_path, ensemble, pacs))
+    try:
+        files = _study_files(ensemble["root"])
+        _push(listener.port, files)
+        arrived = _arrived(pacs, len(files) + 1)
+        sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+        srs = [ds for ds in arrived if ds.Modality == "SR"]
+        assert len(srs) == 1 and len(arrived) == len(files) + 1
+        assert all(ds.StudyInstanceUID == sources[0].StudyInstanceUID for ds in arrived)
+        for k, ds in enumerate(arrived):
+            path = tmp_path / f"arrived_{k}.dcm"
+            ds.save_as(path)
+            assert dciodvfy_errors(path) == []
+        (row,) = listener.status()
+        assert row["state"] == "sent" and row["images"] == len(files) and row["version"] == 1
+        assert row["study"] == sources[0].StudyInstanceUID
+        log = (tmp_path / "svc" / "listener.log").read_text()
+        assert str(sources[0].PatientName) not in log and sources[0].StudyInstanceUID not in log
+    finally:
+        assert listener.stop() == 0
+
+
+def test_kill_9_after_the_ack_loses_nothing(tmp_path, ensemble, pacs):
+    config = _config(tmp_path, ensemble, pacs, stable_age_s=600.0)  # nothing analysed before the kill
+    listener = Listener(config)
+    files = _study_files(ensemble["root"], 1)
+    _push(listener.port, files)  # storescu exits 0: every instance acknowledged
+    listener.process.send_signal(signal.SIGKILL)
+    listener.process.wait(timeout=30)
+    config.write_text(config.read_text().replace("stable_age_s = 600.0", "stable_age_s = 1.0"))
+    restarted = Listener(config)
+    try:
+        arrived = _arrived(pacs, len(files) + 1)
+        sr = next(ds for ds in arrived if ds.Modality == "SR")
+        referenced = set(read_sr_result(sr)["referenced_sop_instance_uids"])
+        assert referenced == {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}
+        (row,) = restarted.status()
+        assert row["images"] == len(files) and row["state"] == "sent"
+    finally:
+        assert restarted.stop() == 0
+
+
+def test_one_study_over_two_associations_is_analysed_once(tmp_path, ensemble, pacs):
+    listener = Listener(_config(tmp_path, ensemble, pacs, stable_age_s=3.0))
+    try:
+        files = _study_files(ensemble["root"], 2)
+        if len(files) < 2:
+            files = _study_files(ensemble["root"], 3)
+        for f in files:
+            _push(listener.port, [f])
+        arrived = _arrived(pacs, len(files) + 1)
+        assert sum(ds.Modality == "SR" for ds in arrived) == 1
+        (row,) = listener.status()
+        assert row["version"] == 1 and row["images"] == len(files)
+    finally:
+        assert listener.stop() == 0
