@@ -35,7 +35,7 @@ system-deps:
 	  else echo "missing Debian packages; run as root: apt-get install -y $(DEBIAN_PACKAGES)" >&2; exit 1; fi; \
 	fi
 
-demo: install
+demo: install system-deps
 	DEMO_DIR=$(DEMO_DIR) DEMO_PATIENTS=$(DEMO_PATIENTS) DEMO_EPOCHS=$(DEMO_EPOCHS) \
 	DEMO_IMAGE_SIZE=$(DEMO_IMAGE_SIZE) PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/demo.sh
 

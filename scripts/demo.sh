@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo of the README: synthetic MURA root -> train two member bundles briefly -> fit the
 # ensemble on the valid split -> evaluate it (metrics + report.html) -> score a DICOM study with
-# heatmaps, a DICOM SR and secondary captures. Run it through `make demo`.
+# heatmaps, a DICOM SR and secondary captures -> run the DICOM listener beside Orthanc (the PACS)
+# and push a study with dcmtk's storescu. Run it through `make demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO_DIR=${DEMO_DIR:-demo}
@@ -15,12 +16,12 @@ EVAL="$PWD/$DEMO_DIR/eval"
 ENSEMBLE="$PWD/bundles/ensemble"
 MEMBERS=(densenet169_wbce resnet50)
 
-echo "== 1/5 synthetic MURA root: $PATIENTS patients -> $ROOT (DICOM copies in $DICOM)"
+echo "== 1/6 synthetic MURA root: $PATIENTS patients -> $ROOT (DICOM copies in $DICOM)"
 rm -rf "$ROOT" "$DICOM" "$DEMO_DIR/out" && mkdir -p "$DEMO_DIR"
 mura-monai synth "$ROOT" --patients "$PATIENTS" --seed 0 --dicom "$DICOM" > "$DEMO_DIR/synth_summary.json"
 
 for member in "${MEMBERS[@]}"; do
-    echo "== 2/5 train $member from scratch: $EPOCHS epochs at ${SIZE}px, batch 16, lr 3e-4 (python -m monai.bundle run training)"
+    echo "== 2/6 train $member from scratch: $EPOCHS epochs at ${SIZE}px, batch 16, lr 3e-4 (python -m monai.bundle run training)"
     start=$(date +%s)
     (cd "bundles/$member" && python -m monai.bundle run training \
         --meta_file configs/metadata.json --config_file configs/train.json \
@@ -31,10 +32,10 @@ for member in "${MEMBERS[@]}"; do
     echo "   trained in $(( $(date +%s) - start )) s"
 done
 
-echo "== 3/5 fit the ensemble (mean of members, Platt calibration, thresholds per body part) on the valid split"
+echo "== 3/6 fit the ensemble (mean of members, Platt calibration, thresholds per body part) on the valid split"
 mura-monai fit-ensemble --bundle "$ENSEMBLE" --dataset-dir "$ROOT" --members-models-dir "$MODELS" --models-dir "$MODELS/ensemble"
 
-echo "== 4/5 evaluate the ensemble and its members on the valid split"
+echo "== 4/6 evaluate the ensemble and its members on the valid split"
 mura-monai evaluate --bundle "$ENSEMBLE" --members-models-dir "$MODELS" --models-dir "$MODELS/ensemble" \
     --dataset-dir "$ROOT" --output-dir "$EVAL/ensemble" 2>/dev/null | tail -4
 python - "$EVAL/ensemble/metrics.json" <<'PY'
@@ -44,7 +45,7 @@ print(f"   ensemble study AUC {m['study']['auc']:.3f}; " + ", ".join(
     f"{name} {block['study']['auc']:.3f}" for name, block in m["members"].items()))
 PY
 
-echo "== 5/5 score one synthetic DICOM study: JSON, heatmaps, DICOM SR + secondary captures"
+echo "== 5/6 score one synthetic DICOM study: JSON, heatmaps, DICOM SR + secondary captures"
 STUDY=$(dirname "$(find "$DICOM/valid" -name '*.dcm' | sort | head -1)")
 mura-monai infer --bundle "$ENSEMBLE" --members-models-dir "$MODELS" --models-dir "$MODELS/ensemble" "$STUDY" \
     --output "$DEMO_DIR/out/infer.json" --heatmaps "$DEMO_DIR/out/heatmaps" --dicom-out "$DEMO_DIR/out/dicom"
@@ -55,6 +56,8 @@ for s in json.load(open(sys.argv[1]))["studies"]:
     print(f"   study {s['study']}: {s['body_part']} p(abnormal)={s['probability']:.3f} vs threshold {s['threshold']:.3f} "
           f"({s['operating_point']}) -> {'ABNORMAL' if s['abnormal'] else 'normal'}{flag}, {len(s['images'])} images")
 PY
+echo "== 6/6 the listener: Orthanc as the PACS, mura-listener with the ensemble, storescu as the modality"
+python scripts/demo_listener.py "$DEMO_DIR" "$MODELS" "$STUDY"
 echo
 echo "Files:"
 echo "   MURA root        $ROOT"

@@ -11,6 +11,8 @@ import urllib.request
 from pathlib import Path
 
 ORTHANC = "/usr/sbin/Orthanc"
+# dcmtk's clients by full path: pynetdicom installs console scripts of the same names into the venv
+STORESCU, ECHOSCU = "/usr/bin/storescu", "/usr/bin/echoscu"
 
 
 def free_port() -> int:

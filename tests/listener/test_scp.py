@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -16,9 +15,10 @@ from pynetdicom.sop_class import ComputedRadiographyImageStorage, Verification
 from listener.scp import StorageSCP
 from listener.spool import Spool
 from listener.store import Store
+from tests.listener.orthanc import ECHOSCU, STORESCU
 from tests.listener.support import load
 
-pytestmark = pytest.mark.skipif(shutil.which("storescu") is None, reason="dcmtk (storescu) not installed")
+pytestmark = pytest.mark.skipif(not Path(STORESCU).is_file(), reason="dcmtk (storescu) not installed")
 
 
 @pytest.fixture
@@ -46,13 +46,13 @@ def dicom_study(tmp_path_factory):
 
 
 def _storescu(port: int, *files, aet="MODALITY", extra=()):
-    return subprocess.run(["storescu", "-aet", aet, "-aec", "MURA_AI", *extra, "127.0.0.1", str(port), *map(str, files)],
+    return subprocess.run([STORESCU, "-aet", aet, "-aec", "MURA_AI", *extra, "127.0.0.1", str(port), *map(str, files)],
                           capture_output=True, text=True, timeout=60)
 
 
 def test_echo_and_a_study_stored_as_sent(scp, dicom_study):
     server, store, config = scp()
-    echo = subprocess.run(["echoscu", "-aet", "MODALITY", "-aec", "MURA_AI", "127.0.0.1", str(server.port)],
+    echo = subprocess.run([ECHOSCU, "-aet", "MODALITY", "-aec", "MURA_AI", "127.0.0.1", str(server.port)],
                           capture_output=True, timeout=30)
     assert echo.returncode == 0
     files = sorted(dicom_study.glob("*.dcm"))

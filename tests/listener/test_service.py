@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -20,10 +19,10 @@ import pytest
 from mura_monai.dicom_out import read_sr_result
 from tests.dicom_out.dciodvfy import dciodvfy_errors
 from tests.ensemble_support import ENSEMBLE, fitted_ensemble
-from tests.listener.orthanc import OrthancServer, have_orthanc
+from tests.listener.orthanc import ECHOSCU, STORESCU, OrthancServer, have_orthanc
 from tests.listener.support import write_config
 
-pytestmark = pytest.mark.skipif(not have_orthanc() or shutil.which("storescu") is None,
+pytestmark = pytest.mark.skipif(not have_orthanc() or not Path(STORESCU).is_file(),
                                 reason="Debian's orthanc and dcmtk are needed")
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,7 +57,7 @@ class Listener:
         self.port = port
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # readiness of another process: C-ECHO answers
-            if subprocess.run(["echoscu", "-aec", "MURA_AI", "127.0.0.1", str(port)], capture_output=True).returncode == 0:
+            if subprocess.run([ECHOSCU, "-aec", "MURA_AI", "127.0.0.1", str(port)], capture_output=True).returncode == 0:
                 return
             assert self.process.poll() is None, (config.parent / "listener.log").read_text()[-2000:]
             time.sleep(0.2)
@@ -76,7 +75,7 @@ class Listener:
 
 
 def _push(port: int, files) -> None:
-    result = subprocess.run(["storescu", "-xv", "-aet", "MODALITY", "-aec", "MURA_AI", "127.0.0.1", str(port),
+    result = subprocess.run([STORESCU, "-xv", "-aet", "MODALITY", "-aec", "MURA_AI", "127.0.0.1", str(port),
                              *map(str, files)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
 
