@@ -1,0 +1,80 @@
+"""listener.toml checking and the store's study life cycle (re-analysis, recovery, failures)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from listener.config import ConfigError, load_config
+from listener.store import Store
+from tests.listener.support import write_config
+
+REPO_EXAMPLE = Path(__file__).resolve().parents[2] / "listener.example.toml"
+
+
+def test_the_example_config_loads_and_relative_paths_follow_the_file(tmp_path):
+    config = load_config(REPO_EXAMPLE)
+    assert config.listener.ae_title == "MURA_AI" and config.destinations[0].port == 4242
+    assert config.spool_dir == REPO_EXAMPLE.parent / "var" / "spool"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[listener]\nallowed_calling_aet = ['A']\n", "unknown key"),
+    ("[listener]\nport = 'x'\n", "expected a int"),
+    ("[listener]\nae_title = 'A_TITLE_FAR_TOO_LONG'\n", "1 to 16 characters"),
+    ("[listner]\n", "unknown table"),
+    ("[listener\n", "not valid TOML"),
+    ("[listener]\ntls_cert = 'cert.pem'\n", "go together"),
+])
+def test_bad_configs_name_the_key(tmp_path, text, message):
+    path = tmp_path / "listener.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "absent.toml")
+
+
+def test_instances_after_an_analysis_reopen_the_study_for_a_new_version(tmp_path):
+    store = Store(tmp_path / "q.sqlite3")
+    key = store.record_instance("1.1", "9", "MOD", "cr", "a", now=0)
+    store.promote_stable(5, now=10)
+    store.claim(now=10)
+    store.record_instance("1.2", "9", "MOD", "cr", "b", now=11)  # arrives during the analysis
+    assert store.finish(key, {}, ["sr"], ["PACS@h:1"], 0, "sr", now=12) == 1
+    assert store.study(key).state == "received"  # analysed again with the new image
+    store.promote_stable(5, now=20)
+    study = store.claim(now=20)
+    assert study.version == 1 and study.sr_path == "sr"  # the predecessor the next SR references
+    assert store.finish(key, {}, ["sr2"], ["PACS@h:1"], 0, "sr2", now=21) == 2
+    assert store.study(key).state == "analysed" and len(store.instances(key)) == 2
+
+
+def test_a_dead_workers_study_is_claimed_again_and_failures_are_not_retried_forever(tmp_path):
+    store = Store(tmp_path / "q.sqlite3")
+    key = store.record_instance("1.1", "9", "MOD", "cr", "a", now=0)
+    store.promote_stable(0, now=1)
+    store.claim(now=1)
+    assert store.recover() == 1 and store.study(key).state == "waiting"
+    store.claim(now=2)
+    assert store.fail(key, "decoder crashed", retry=True, max_attempts=3) == "waiting"
+    store.claim(now=3)
+    assert store.fail(key, "decoder crashed", retry=True, max_attempts=3) == "failed"
+    assert store.study(key).reason == "decoder crashed"
+    other = store.record_instance("2.1", "8", "MOD", "cr", "b", now=0)
+    store.promote_stable(0, now=1)
+    store.claim(now=1)
+    assert store.fail(other, "no decodable radiograph", retry=False, max_attempts=3) == "failed"
+
+
+def test_same_study_from_two_modalities_is_two_studies(tmp_path):
+    store = Store(tmp_path / "q.sqlite3")
+    a = store.record_instance("1.1", "9", "MOD_A", "cr", "a")
+    b = store.record_instance("1.2", "9", "MOD_B", "cr", "b")
+    assert a != b and len(store.studies()) == 2
+
+
+def test_write_config_helper_round_trips(tmp_path):
+    config = load_config(write_config(tmp_path, allowed_calling_aets=["X"], stable_age_s=2.5))
+    assert config.listener.allowed_calling_aets == ["X"] and config.listener.stable_age_s == 2.5
