@@ -140,3 +140,42 @@ def test_disk_reserve_answers_out_of_resources(scp):
     server, store, _ = scp(min_free_disk_mb=10**9)
     assert _send(server.port, [_cr()]) == [0xA700]
     assert store.studies() == []
+
+
+def test_non_radiograph_sop_class_is_refused_at_association(scp):
+    """An SR (or anything not a plain radiograph) has no presentation context here."""
+    from pynetdicom.sop_class import ComprehensiveSRStorage
+
+    server, store, _ = scp()
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ComprehensiveSRStorage)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="MURA_AI")
+    assert assoc.is_established
+    try:
+        assert all(cx.abstract_syntax != ComprehensiveSRStorage for cx in assoc.accepted_contexts)
+    finally:
+        assoc.release()
+    assert store.studies() == []
+
+
+@pytest.mark.skipif(not Path("/usr/bin/openssl").is_file(), reason="openssl CLI needed to make a test certificate")
+def test_tls_association(scp, tmp_path):
+    import ssl
+
+    cert, key = tmp_path / "svc" / "cert.pem", tmp_path / "svc" / "key.pem"
+    cert.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["/usr/bin/openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=localhost", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    server, store, _ = scp(tls_cert="cert.pem", tls_key="key.pem")
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    client.check_hostname = False
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", server.port, ae_title="MURA_AI", tls_args=(client, None))
+    assert assoc.is_established
+    assert assoc.send_c_echo().Status == 0
+    assoc.release()
+    plain = AE(ae_title="MODALITY")
+    plain.add_requested_context(Verification)
+    assert not plain.associate("127.0.0.1", server.port, ae_title="MURA_AI").is_established  # no TLS, no talk
