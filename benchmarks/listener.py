@@ -118,7 +118,7 @@ def latency(base: Path, stable_age_s: float) -> dict:
         _wait_echo(port)
         while b"worker ready" not in (base / "svc" / "listener.log").read_bytes():  # models loaded before timing
             time.sleep(0.2)
-        subprocess.run([STORESCU, "-aet", "MODALITY", "-aec", "MURA_AI", "127.0.0.1", str(port), *map(str, files)],
+        subprocess.run([STORESCU, "-xv", "-aet", "MODALITY", "-aec", "MURA_AI", "127.0.0.1", str(port), *map(str, files)],
                        check=True, capture_output=True)
         acked = time.perf_counter()
         ids = pacs.wait_for_instances(len(files) + 1, timeout_s=600)
