@@ -42,10 +42,11 @@ demo: install system-deps
 test: install system-deps
 	$(BIN)/python -m pytest -q
 
-bench: install
+bench: install system-deps
 	$(BIN)/python benchmarks/preprocessing.py
 	$(BIN)/python benchmarks/training.py
 	$(BIN)/python benchmarks/inference.py
+	$(BIN)/python benchmarks/listener.py
 
 clean:
 	rm -rf $(DEMO_DIR) bundles/*/models bundles/*/eval .pytest_cache
