@@ -147,3 +147,23 @@ def test_one_study_over_two_associations_is_analysed_once(tmp_path, ensemble, pa
         assert row["version"] == 1 and row["images"] == len(files)
     finally:
         assert listener.stop() == 0
+
+
+def test_pacs_down_then_up_results_still_arrive(tmp_path, ensemble, pacs):
+    pacs.stop()
+    listener = Listener(_config(tmp_path, ensemble, pacs))
+    try:
+        files = _study_files(ensemble["root"], 4)
+        _push(listener.port, files)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:  # the worker's progress, seen through the status command
+            rows = listener.status()
+            if rows and rows[0]["state"] == "analysed":
+                break
+            time.sleep(0.5)
+        assert rows[0]["state"] == "analysed" and rows[0]["exports_pending"] == len(files) + 1
+        pacs.start()
+        arrived = _arrived(pacs, len(files) + 1)
+        assert sum(ds.Modality == "SR" for ds in arrived) == 1
+    finally:
+        assert listener.stop() == 0
