@@ -50,13 +50,16 @@ class ListenerService:
         self.store = open_store(config)
         self.stop = threading.Event()
         self._mp = multiprocessing.get_context("spawn")
-        self._worker_stop = self._mp.Event()
+        self._worker_stop = None
         self._worker: multiprocessing.Process | None = None
 
     def _start_worker(self) -> None:
         recovered = self.store.recover()
         if recovered:
             logger.warning("studies claimed by a stopped worker queued again", extra={"studies": recovered})
+        # a fresh stop event per worker: one killed while waiting on an event leaves it unusable
+        # (its waiter count never drops), and setting it would then block the shutdown forever
+        self._worker_stop = self._mp.Event()
         self._worker = self._mp.Process(
             target=_worker_main, args=(str(self.config.path), self._worker_stop, self.config.listener.log_format),
             name="mura-listener-worker", daemon=False,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -165,5 +166,43 @@ def test_pacs_down_then_up_results_still_arrive(tmp_path, ensemble, pacs):
         pacs.start()
         arrived = _arrived(pacs, len(files) + 1)
         assert sum(ds.Modality == "SR" for ds in arrived) == 1
+    finally:
+        assert listener.stop() == 0
+
+
+def test_real_cr_including_jpeg_2000_comes_back_from_the_service(tmp_path, ensemble, pacs):
+    data_store = pytest.importorskip("data_store")
+    data = Path(data_store.__file__).parent / "data"
+    files = [data / "RG1_J2KR.dcm", data / "RG3_UNCR.dcm"]  # two studies, MONOCHROME1, no pixel spacing
+    listener = Listener(_config(tmp_path, ensemble, pacs))
+    try:
+        _push(listener.port, files)
+        arrived = _arrived(pacs, 4)
+        assert sorted(ds.Modality for ds in arrived) == ["OT", "OT", "SR", "SR"]
+        for k, ds in enumerate(arrived):
+            path = tmp_path / f"arrived_{k}.dcm"
+            ds.save_as(path)
+            assert dciodvfy_errors(path) == []
+    finally:
+        assert listener.stop() == 0
+
+
+def test_a_crashed_worker_is_restarted_and_the_study_analysed(tmp_path, ensemble, pacs):
+    listener = Listener(_config(tmp_path, ensemble, pacs))
+    try:
+        log = tmp_path / "svc" / "listener.log"
+        deadline = time.monotonic() + 120
+        while b"worker ready" not in log.read_bytes():  # the worker process has loaded the ensemble
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        children = subprocess.run(["pgrep", "-P", str(listener.process.pid), "-f", "spawn_main"],
+                                  capture_output=True, text=True).stdout.split()
+        assert len(children) == 1  # the worker (not multiprocessing's resource tracker)
+        os.kill(int(children[0]), signal.SIGKILL)
+        files = _study_files(ensemble["root"], 5)
+        _push(listener.port, files)
+        arrived = _arrived(pacs, len(files) + 1)
+        assert sum(ds.Modality == "SR" for ds in arrived) == 1
+        assert b"worker process exited; restarting it" in log.read_bytes()
     finally:
         assert listener.stop() == 0
