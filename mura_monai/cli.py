@@ -179,6 +179,7 @@ def main(args: list[str] | None = None) -> int:
     )
     if not parsed.debug:  # the JPEG 2000 encoder logs every tile at INFO: one line per synthetic DICOM file
         logging.getLogger("openjpeg").setLevel(logging.WARNING)
+        logging.getLogger("highdicom").setLevel(logging.WARNING)  # a line per copied module of every SC
     from mura_monai.data.mura import MuraDatasetError
     from mura_monai.data.radiograph_reader import RadiographReadError
 
