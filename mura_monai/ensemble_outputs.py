@@ -40,15 +40,17 @@ def write_study_outputs(predictor, study: dict, heatmaps_dir: str | Path | None,
     one secondary capture per image under ``dicom_out``; paths are added to ``study``.
     ``predecessor`` is the SR of an earlier analysis of the same study, which the new one
     references (the listener re-analyses a study that gained images)."""
-    from mura_monai.explain import explain_image, write_overlay_png
+    from mura_monai.explain import explain_prepared, write_overlay_png
 
-    members = [(m.loaded.network, m.loaded.preprocessing, w)
-               for m, w in zip(predictor.members, cam_weights(predictor.fitted))]
+    weights = cam_weights(predictor.fitted)
     method = predictor.settings.get("heatmap_method", "gradcam")
     alpha = float(predictor.settings.get("heatmap_alpha", 0.4))
     overlays: dict[str, np.ndarray] = {}
     for n, image in enumerate(study["images"], start=1):
-        explained = explain_image(members, image["path"], method=method, alpha=alpha)
+        loaded = predictor.members[0].load(image["path"])  # decoded once, prepared per member
+        prepared = [(m.loaded.network, m.prepare(loaded), w) for m, w in zip(predictor.members, weights)]
+        radiograph = np.asarray(loaded["image"], dtype=np.float32).reshape(np.asarray(loaded["image"]).shape[-2:])
+        explained = explain_prepared(prepared, radiograph, method=method, alpha=alpha)
         if heatmaps_dir is not None:
             path = Path(heatmaps_dir) / _folder_name(study["study"]) / f"{n:02d}_{Path(image['path']).stem}.png"
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from monai.visualize import GradCAM, GradCAMpp, SmoothGrad
 from torch import nn
 
 __all__ = [
-    "CAM_METHODS", "cam_to_original", "compute_cam", "ensemble_cam", "explain_image", "overlay", "target_layer",
+    "CAM_METHODS", "cam_to_original", "compute_cam", "ensemble_cam", "explain_image", "explain_prepared", "overlay", "target_layer",
     "write_overlay_png",
 ]
 
@@ -195,7 +195,7 @@ def write_overlay_png(path: str | Path, rgb: np.ndarray) -> Path:
 
 
 def explain_image(members: Sequence[tuple], path: str | Path, method: str = "gradcam", alpha: float = 0.4) -> dict:
-    """Ensemble heatmap of one radiograph.
+    """Ensemble heatmap of one radiograph file.
 
     ``members`` holds ``(network, preprocessing, weight)``: each member's own preprocessing
     (image size, enhancement) feeds its own network. Returns the original radiograph, each
@@ -204,9 +204,18 @@ def explain_image(members: Sequence[tuple], path: str | Path, method: str = "gra
     from mura_monai.data.radiograph_reader import read_radiograph
 
     radiograph, _ = read_radiograph(path)
+    prepared = [(network, torch.as_tensor(preprocessing({"image": str(path)})["image"]).float(), weight)
+                for network, preprocessing, weight in members]
+    return explain_prepared(prepared, radiograph, method, alpha)
+
+
+def explain_prepared(members: Sequence[tuple], radiograph: np.ndarray, method: str = "gradcam",
+                     alpha: float = 0.4) -> dict:
+    """:func:`explain_image` for inputs already prepared: ``(network, network input (C, H, W),
+    weight)`` per member and the radiograph ``(H0, W0)`` in [0, 1]; the listener's worker has
+    decoded the image once already and should not decode it again per member."""
     maps, weights, probabilities = [], [], []
-    for network, preprocessing, weight in members:
-        image = preprocessing({"image": str(path)})["image"]
+    for network, image, weight in members:
         x = torch.as_tensor(image).float()[None]
         with torch.no_grad(), _eval_mode(network):
             logit = network(x.to(next(network.parameters()).device))
