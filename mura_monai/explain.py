@@ -44,8 +44,12 @@ def target_layer(network: nn.Module, probe_size: int = 128) -> str:
     our VGG alike without a table of names; pooling and dropout layers are skipped because their
     maps are coarser copies of the features before them, and so are modules called more than once
     per forward (EfficientNet reuses one activation in the stem and the head): MONAI's backward
-    hook would keep the gradient of the wrong call.
+    hook would keep the gradient of the wrong call. A network with a ``cam_layer`` attribute
+    (the attention-guided CNN, whose local branch sees a crop) names its own.
     """
+    declared = getattr(network, "cam_layer", None)
+    if declared:  # a network with branches says which branch's map is in the input's frame
+        return declared
     conv = _first_conv(network)
     order: list[str] = []
     handles = []

@@ -5,10 +5,11 @@ from mura_monai.engines.checkpoints import BEST_MODEL_FILE, attach_resume, last_
 from mura_monai.engines.distributed import distributed_device, init_distributed, is_main_process, rank_shard
 from mura_monai.engines.prediction_buffer import MetricsReportWriter, PredictionBuffer, StudyAUC
 from mura_monai.engines.prepare_batch import BodyPartTarget, LabelAndBodyPart, resolve_device
+from mura_monai.engines.staged_training import StagedTraining
 from mura_monai.engines.training_summary import TrainingSummaryWriter, model_size, read_training_summary
 
 __all__ = [
-    "BEST_MODEL_FILE", "BodyPartTarget", "LabelAndBodyPart", "MetricsReportWriter", "PredictionBuffer", "StudyAUC",
+    "BEST_MODEL_FILE", "BodyPartTarget", "LabelAndBodyPart", "MetricsReportWriter", "PredictionBuffer", "StagedTraining", "StudyAUC",
     "TrainingSummaryWriter", "distributed_device", "init_distributed", "is_main_process", "last_checkpoint", "model_size", "rank_shard", "read_training_summary", "attach_resume",
     "resolve_device",
 ]

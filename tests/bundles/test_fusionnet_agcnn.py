@@ -1,0 +1,90 @@
+"""fusionnet_agcnn through MONAI's bundle CLI: three stages, evaluation, inference, resume, DDP, compare."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from mura_monai.cli import main as cli_main
+from mura_monai.networks import AttentionGuidedCNN
+from tests.bundles.bundle_runner import (
+    BUNDLES, EVALUATE, MULTI_GPU, TRAIN, assert_design_metrics, bundle_run, read_json, torchrun,
+)
+
+BUNDLE = "fusionnet_agcnn"
+TINY = ["--image_size", "64", "--batch_size", "8", "--num_workers", "0"]
+ONE_EACH = ["--stage_epochs", "{'global': 1, 'local': 1, 'fusion': 1}"]
+
+
+@pytest.fixture(scope="module")
+def trained(synth_root, tmp_path_factory):
+    work = tmp_path_factory.mktemp("agcnn")
+    ckpt = work / "models"
+    proc = bundle_run(BUNDLE, "training", TRAIN, "--dataset_dir", str(synth_root), "--ckpt_dir", str(ckpt),
+                      "--output_dir", str(work / "train_out"), *TINY, *ONE_EACH)
+    return {"ckpt": ckpt, "work": work, "root": synth_root, "log": proc.stdout + proc.stderr}
+
+
+def test_training_runs_the_three_stages_in_order_and_keeps_the_fusion_model(trained):
+    stages = read_json(trained["ckpt"] / "stages.json")["stages"]
+    assert [(s["stage"], s["first_epoch"], s["last_epoch"]) for s in stages] == [
+        ("global", 1, 1), ("local", 2, 2), ("fusion", 3, 3)]
+    assert "stage local from epoch 2" in trained["log"] and "stage fusion from epoch 3" in trained["log"]
+    summary = read_json(trained["ckpt"] / "training_summary.json")
+    assert summary["epochs_completed"] == 3 and summary["best_metric_epoch"] == 3  # model.pt: the fusion stage's best
+    settings = read_json(trained["ckpt"] / "model_settings.json")
+    assert settings["backbone"] == "resnet50" and settings["attention_threshold"] == 0.7
+
+
+def test_each_stage_changed_its_own_branch(trained):
+    """model.pt (after the fusion stage) differs from a fresh network in all three parts, and the
+    epoch-1 global weights survived the later stages that held them fixed."""
+    state = torch.load(trained["ckpt"] / "model.pt", weights_only=True)
+    state = state.get("model", state)
+    torch.manual_seed(0)
+    fresh = AttentionGuidedCNN(in_channels=1).state_dict()
+    for part in ("global_branch.net.fc.weight", "local_branch.net.fc.weight", "fusion.weight"):
+        assert not torch.equal(state[part], fresh[part]), part
+    epoch_ckpt = torch.load(trained["ckpt"] / "checkpoint_epoch=3.pt", weights_only=True)
+    assert torch.equal(epoch_ckpt["model"]["global_branch.net.conv1.weight"], state["global_branch.net.conv1.weight"])
+    assert epoch_ckpt["stages"]["index"] == 2
+
+
+def test_evaluate_infer_and_compare(trained, tmp_path):
+    out = trained["work"] / "eval"
+    bundle_run(BUNDLE, "evaluating", EVALUATE, "--dataset_dir", str(trained["root"]), "--ckpt_dir",
+               str(trained["ckpt"]), "--output_dir", str(out), "--n_bootstrap", "20", *TINY)
+    doc = read_json(out / "metrics.json")
+    assert_design_metrics(doc, trained["root"])
+    assert doc["bundle"] == BUNDLE and doc["training"]["checkpoint_mb"] > 1
+    study = sorted((trained["root"] / "MURA-v1.1" / "valid").glob("XR_*/patient*/study*"))[0]
+    assert cli_main(["infer", "--bundle", str(BUNDLES / BUNDLE), "--models-dir", str(trained["ckpt"]), str(study),
+                     "--output", str(tmp_path / "infer.json")]) == 0
+    (result,) = json.loads((tmp_path / "infer.json").read_text())["studies"]
+    assert 0.0 <= result["probability"] <= 1.0 and len(result["images"]) == len(list(study.glob("*.png")))
+    assert cli_main(["compare", str(out), "--output-dir", str(tmp_path / "cmp")]) == 0
+    assert BUNDLE in (tmp_path / "cmp" / "comparison.md").read_text()
+
+
+def test_resume_continues_the_fusion_stage(trained, tmp_path):
+    ckpt = tmp_path / "models"
+    shutil.copytree(trained["ckpt"], ckpt)
+    bundle_run(BUNDLE, "training", TRAIN, "--dataset_dir", str(trained["root"]), "--ckpt_dir", str(ckpt),
+               "--output_dir", str(tmp_path / "out"), *TINY, "--stage_epochs", "{'global': 1, 'local': 1, 'fusion': 2}",
+               "--resume", "true")
+    stages = read_json(ckpt / "stages.json")["stages"]
+    assert [(s["stage"], s["first_epoch"], s["last_epoch"]) for s in stages] == [
+        ("global", 1, 1), ("local", 2, 2), ("fusion", 3, 4)]
+    assert read_json(ckpt / "training_summary.json")["epochs_completed"] == 4
+
+
+def test_ddp_training_on_two_cpu_processes(trained, tmp_path):
+    ckpt = tmp_path / "models"
+    bundle_run(BUNDLE, "training", MULTI_GPU, "--dataset_dir", str(trained["root"]), "--ckpt_dir", str(ckpt),
+               "--output_dir", str(tmp_path / "out"), *TINY, *ONE_EACH, launcher=torchrun(2))
+    single = read_json(trained["ckpt"] / "training_summary.json")
+    ddp = read_json(ckpt / "training_summary.json")
+    assert ddp["epochs_completed"] == 3 and ddp["iterations"] < single["iterations"]
+    assert [s["stage"] for s in read_json(ckpt / "stages.json")["stages"]] == ["global", "local", "fusion"]
