@@ -16,6 +16,10 @@ __all__ = ["main"]
 logger = logging.getLogger("mura_monai")
 
 
+# mura_monai.multiview.VIEW_FUSIONS, spelt out so that --help does not import torch
+VIEW_FUSION_CHOICES = ("mean", "max", "median", "learned", "early_mean", "early_max")
+
+
 def _setup_argparser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mura-monai", description="Abnormality detection in musculoskeletal radiographs (MURA), on MONAI."
@@ -41,6 +45,13 @@ def _setup_argparser() -> argparse.ArgumentParser:
                        help="write a DICOM SR and heatmap secondary captures per DICOM study here (ensemble bundles)")
     infer.add_argument("--members-models-dir", type=Path, metavar="DIR",
                        help="ensemble: folder holding one checkpoint folder per member (default: each member's models/)")
+    infer.add_argument("--view-fusion", choices=VIEW_FUSION_CHOICES,
+                       help="how a study's views make its probability (default: the bundle's aggregation); "
+                            "learned reads --view-fusion-file")
+    infer.add_argument("--view-fusion-file", type=Path, metavar="JSON",
+                       help="fitted learned view fusion: an evaluation's view_fusion.json (default: MODELS_DIR/view_fusion.json)")
+    infer.add_argument("--zoom", action="store_true",
+                       help="seed 003's zoom to attention: predict again on the attended region at full resolution")
 
     evaluate = sub.add_parser("evaluate", help="evaluate a trained bundle on the valid split of a MURA root")
     evaluate.add_argument("--bundle", type=Path, required=True, help="bundle folder with models/model.pt")
@@ -53,6 +64,8 @@ def _setup_argparser() -> argparse.ArgumentParser:
                           help="heatmaps of N evaluated studies in the report (default 4; 0 for none)")
     evaluate.add_argument("--members-models-dir", type=Path, metavar="DIR",
                           help="ensemble: folder holding one checkpoint folder per member (default: each member's models/)")
+    evaluate.add_argument("--zoom", action="store_true",
+                          help="evaluate with seed 003's zoom to attention, beside the same model without it")
 
     fit = sub.add_parser("fit-ensemble", help="fit an ensemble's combination, calibration and thresholds on a valid split")
     fit.add_argument("--bundle", type=Path, required=True, help="ensemble bundle folder (configs/inference.json names the members)")
@@ -93,13 +106,18 @@ def _infer(args: argparse.Namespace) -> int:
 
     progress = sys.stderr.isatty()
     if is_ensemble_bundle(args.bundle):
+        if args.view_fusion or args.zoom:
+            raise ValueError("--view-fusion and --zoom apply to a single model's bundle, not an ensemble")
         predictor = EnsemblePredictor(args.bundle, device=args.device, models_dir=args.models_dir,
                                       members_models_dir=args.members_models_dir)
         result = predictor.predict(args.inputs, progress=progress, heatmaps_dir=args.heatmaps, dicom_out=args.dicom_out)
     else:
         if args.heatmaps or args.dicom_out:
             raise ValueError("--heatmaps and --dicom-out need an ensemble bundle (e.g. bundles/ensemble)")
-        predictor = BundlePredictor(args.bundle, device=args.device, models_dir=args.models_dir)
+        options = {"view_fusion": args.view_fusion, "view_fusion_file": str(args.view_fusion_file or "") or None,
+                   "zoom": True if args.zoom else None}
+        predictor = BundlePredictor(args.bundle, device=args.device, models_dir=args.models_dir,
+                                    overrides={k: v for k, v in options.items() if v is not None})
         result = predictor.predict(args.inputs, progress=progress)
     text = json.dumps(result, indent=2)
     if args.output:
@@ -118,16 +136,23 @@ def _infer(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from mura_monai.ensemble_outputs import cam_weights, write_sample_heatmaps
     from mura_monai.ensemble_predictor import EnsemblePredictor, is_ensemble_bundle
-    from mura_monai.evaluation import evaluate_bundle, evaluate_ensemble
+    from mura_monai.evaluation import evaluate_bundle, evaluate_ensemble, evaluate_zoom
     from mura_monai.inference import BundlePredictor
     from mura_monai.report import format_metrics_table, write_html_report
 
     if is_ensemble_bundle(args.bundle):
+        if args.zoom:
+            raise ValueError("--zoom applies to a single model's bundle, not an ensemble")
         ensemble = EnsemblePredictor(args.bundle, device=args.device, models_dir=args.models_dir,
                                      members_models_dir=args.members_models_dir)
         metrics = evaluate_ensemble(ensemble, args.dataset_dir, args.output_dir, n_bootstrap=args.n_bootstrap,
                                     progress=sys.stderr.isatty())
         members = [(m.loaded.network, m.loaded.preprocessing, w) for m, w in zip(ensemble.members, cam_weights(ensemble.fitted))]
+    elif args.zoom:
+        single = BundlePredictor(args.bundle, device=args.device, models_dir=args.models_dir, overrides={"zoom": True})
+        metrics = evaluate_zoom(single, args.dataset_dir, args.output_dir, n_bootstrap=args.n_bootstrap,
+                                progress=sys.stderr.isatty())
+        members = [(single.loaded.network, single.loaded.preprocessing, 1.0)]
     else:
         metrics = evaluate_bundle(
             args.bundle, args.dataset_dir, args.output_dir, device=args.device, models_dir=args.models_dir,

@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from monai.bundle import ConfigWorkflow
 
 from mura_monai.data.mura import find_mura_root
 from mura_monai.model_settings import load_model_settings
 
-__all__ = ["bundle_configs", "evaluate_bundle", "evaluate_ensemble"]
+__all__ = ["bundle_configs", "evaluate_bundle", "evaluate_ensemble", "evaluate_zoom"]
 
 
 def bundle_configs(bundle_dir: str | Path, *names: str) -> list[str]:
@@ -94,3 +96,32 @@ def evaluate_ensemble(predictor, dataset_dir: str | Path, output_dir: str | Path
         "thresholds": predictor.fitted.thresholds,
     }
     return write_evaluation(records, output_dir, threshold, aggregation, n_bootstrap, extra=extra)
+
+
+def evaluate_zoom(predictor, dataset_dir: str | Path, output_dir: str | Path, n_bootstrap: int = 1000,
+                  progress: bool = False) -> dict:
+    """metrics.json of a bundle predicting with zoom to attention, beside the same model's figures
+    without it (the first look of the same pass) under ``"without_zoom"``: the option's measured effect."""
+    from mura_monai.data.mura import mura_datalist
+    from mura_monai.engines.prediction_buffer import write_evaluation
+    from mura_monai.engines.training_summary import read_training_summary
+    from mura_monai.metrics import evaluate_predictions
+
+    if not predictor.zoom:
+        raise ValueError("evaluate_zoom needs a predictor built with zoom on")
+    datalist = mura_datalist(find_mura_root(dataset_dir), "valid")
+    records = predictor.predict_images([Path(d["image"]) for d in datalist], progress=progress)
+    for record, item in zip(records, datalist):
+        record.update({k: item[k] for k in ("study", "patient", "body_part", "label")})
+    threshold, aggregation = predictor.threshold, predictor.loaded.aggregation
+    first = evaluate_predictions([{**r, "probability": r["probability_first"]} for r in records], threshold,
+                                 aggregation, n_bootstrap)
+    extra = {
+        "bundle": predictor.bundle_dir.resolve().name,
+        "zoom": {"threshold": predictor.zoom_threshold, "combine": predictor.zoom_combine,
+                 "mean_box_fraction": float(np.mean([r["zoom_box_fraction"] for r in records]))},
+        "without_zoom": {"study": first["study"], "image": first["image"]},
+        "training": read_training_summary(predictor.ckpt_dir),
+    }
+    return write_evaluation(records, output_dir, threshold, aggregation, n_bootstrap, extra=extra)
+

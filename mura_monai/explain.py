@@ -135,7 +135,9 @@ def compute_cam(
         else:
             name = layer or target_layer(network)
             cam_class = GradCAM if method == "gradcam" else GradCAMpp
-            cam = cam_class(network, target_layers=name)
+            # MONAI's default post-processing maps (min, max) to (1, 0), flipping the map: keep the raw
+            # ReLU'd map and scale it ourselves, so that 1 marks what raised the abnormality logit most
+            cam = cam_class(network, target_layers=name, postprocessing=lambda maps: maps)
             inputs = x.clone().requires_grad_(True)  # gradients reach frozen layers' outputs too
             if method == "gradcam":
                 maps = cam(inputs, class_idx=class_idx)

@@ -18,8 +18,14 @@ from monai.transforms import Compose
 
 from mura_monai.constants import BODY_PARTS, DICOM_BODY_PART
 from mura_monai.data.radiograph_reader import is_dicom
-from mura_monai.metrics import study_probabilities
+from mura_monai.metrics import AGGREGATIONS, study_probabilities
 from mura_monai.model_settings import load_model_settings
+from mura_monai.zoom import ZOOM_COMBINES, zoom_boxes
+from mura_monai.zoom import combine as combine_zoom
+from mura_monai.multiview import (
+    EARLY_FUSIONS, VIEW_FUSION_FILE, VIEW_FUSIONS, LearnedViewFusion, capture_features, fuse_study, last_linear,
+    study_groups,
+)
 
 __all__ = ["BundlePredictor", "body_part_of", "body_part_source", "collect_inputs", "group_studies", "image_record", "read_inference_config", "study_body_part"]
 
@@ -91,10 +97,16 @@ def study_body_part(parts) -> str:
     return known[0] if len(known) == 1 else "MIXED:" + "+".join(known)
 
 
-def group_studies(images: Sequence[dict], threshold: float, aggregation: str = "mean") -> list[dict]:
-    """The ``studies`` list of the infer JSON contract (DESIGN.md) from per-image results."""
+def group_studies(images: Sequence[dict], threshold: float, aggregation: str = "mean",
+                  fused: dict[str, float] | None = None) -> list[dict]:
+    """The ``studies`` list of the infer JSON contract (DESIGN.md) from per-image results.
+
+    ``fused`` gives study probabilities computed by a view-fusion rule that needs more than the
+    image probabilities (:mod:`mura_monai.multiview`); other studies use ``aggregation``.
+    """
     studies = []
     for study, members, probability in study_probabilities(images, aggregation):
+        probability = (fused or {}).get(study, probability)
         studies.append(
             {
                 "study": study,
@@ -135,6 +147,11 @@ def image_record(path: Path, image) -> dict:
     }
 
 
+def _setting(parser: ConfigParser, key: str, default):
+    """A config value the bundle may not define (options added after it was written)."""
+    return parser.get_parsed_content(key) if key in parser.get() else default
+
+
 @dataclass
 class _Loaded:
     network: torch.nn.Module
@@ -162,6 +179,7 @@ class BundlePredictor:
         parser = read_inference_config(self.bundle_dir, models_dir)
         parser["device"] = device
         ckpt_dir = parser.get_parsed_content("ckpt_dir")
+        self.ckpt_dir = Path(ckpt_dir)
         for key, value in {**load_model_settings(ckpt_dir), **(overrides or {})}.items():
             if key in parser.get():
                 parser[key] = value
@@ -181,8 +199,48 @@ class BundlePredictor:
             batch_size=int(parser.get_parsed_content("batch_size")),
             device=torch_device,
         )
+        self.view_fusion = _setting(parser, "view_fusion", self.loaded.aggregation)
+        if self.view_fusion not in VIEW_FUSIONS:
+            raise ValueError(f"view_fusion must be one of {list(VIEW_FUSIONS)}, got {self.view_fusion!r}")
+        self._learned = LearnedViewFusion.load(self._view_fusion_file(parser, ckpt_dir)) if self.view_fusion == "learned" else None
+        self._features: list[torch.Tensor] = []
+        self.zoom = bool(_setting(parser, "zoom", False))
+        self.zoom_threshold = float(_setting(parser, "zoom_threshold", 0.7))
+        self.zoom_combine = str(_setting(parser, "zoom_combine", "mean"))
+        if self.zoom_combine not in ZOOM_COMBINES:
+            raise ValueError(f"zoom_combine must be one of {list(ZOOM_COMBINES)}, got {self.zoom_combine!r}")
+        self.input_size = int(_setting(parser, "image_size", 224))
         transforms = list(self.loaded.preprocessing.transforms)
         self._loader, self._rest = transforms[0], Compose(transforms[1:])
+
+    def _zoom(self, records: list[dict], batch: list[torch.Tensor], originals: list[torch.Tensor]) -> None:
+        """Seed 003's second look: predict again on the attended region of the full-resolution
+        radiograph and combine (see :mod:`mura_monai.zoom`)."""
+        shapes = [tuple(int(n) for n in image.shape[-2:]) for image in originals]
+        boxes = zoom_boxes(self.loaded.network, torch.stack(batch), shapes, self.input_size, self.zoom_threshold)
+        crops = [self.prepare({"image": image[..., r0:r1, c0:c1]}) for image, (r0, c0, r1, c1) in zip(originals, boxes)]
+        for record, box, shape, zoomed in zip(records, boxes, shapes, self.forward(crops, capture=False)):
+            first = record["probability"]
+            record.update(probability_first=first, probability_zoomed=zoomed, zoom_box=[int(v) for v in box],
+                          zoom_box_fraction=round(float((box[2] - box[0]) * (box[3] - box[1])) / (shape[0] * shape[1]), 4),
+                          probability=combine_zoom(first, zoomed, self.zoom_combine))
+
+    @staticmethod
+    def _view_fusion_file(parser: ConfigParser, ckpt_dir) -> Path:
+        configured = parser.get("view_fusion_file")
+        return Path(parser.get_parsed_content("view_fusion_file")) if configured else Path(ckpt_dir) / VIEW_FUSION_FILE
+
+    def fuse_views(self, images: Sequence[dict]) -> dict[str, float] | None:
+        """Study probabilities of the configured view-fusion rule, where it is not a plain
+        aggregation of image probabilities (``learned``, ``early_mean``, ``early_max``)."""
+        if self.view_fusion in AGGREGATIONS:
+            return None
+        groups = study_groups(list(images))
+        features = torch.stack([r["_features"] for r in images]) if self.view_fusion in EARLY_FUSIONS else None
+        head = last_linear(self.loaded.network) if features is not None else None
+        return {study: fuse_study(self.view_fusion, [images[i]["probability"] for i in idx],
+                                  features[idx] if features is not None else None, head, self._learned)
+                for study, idx in groups.items()}
 
     @property
     def threshold(self) -> float:
@@ -200,11 +258,16 @@ class BundlePredictor:
         """
         return torch.as_tensor(self._rest({"image": loaded["image"].clone()})["image"]).float()
 
-    def forward(self, batch: Sequence[torch.Tensor]) -> list[float]:
-        """Abnormality probability of each prepared image; AMP on CUDA."""
+    def forward(self, batch: Sequence[torch.Tensor], capture: bool = True) -> list[float]:
+        """Abnormality probability of each prepared image; AMP on CUDA. With early view fusion
+        the classifier's input features are kept too (``capture``)."""
         loaded = self.loaded
         with torch.no_grad(), torch.autocast(loaded.device.type, enabled=loaded.device.type == "cuda"):
-            logits = loaded.network(torch.stack(list(batch)).to(loaded.device))
+            if capture and self.view_fusion in EARLY_FUSIONS:
+                with capture_features(loaded.network, self._features):
+                    logits = loaded.network(torch.stack(list(batch)).to(loaded.device))
+            else:
+                logits = loaded.network(torch.stack(list(batch)).to(loaded.device))
         return torch.sigmoid(logits.float().reshape(len(batch), -1)[:, 0]).cpu().tolist()
 
     def predict_images(self, paths: Sequence[Path], progress: bool = False) -> list[dict]:
@@ -213,16 +276,26 @@ class BundlePredictor:
 
         records: list[dict] = []
         batch: list[torch.Tensor] = []
+        originals: list[torch.Tensor] = []
 
         def flush() -> None:
+            self._features.clear()
             for record, prob in zip(records[-len(batch):], self.forward(batch)):
                 record["probability"] = prob
+            if self.zoom:
+                self._zoom(records[-len(batch):], batch, originals)
+            originals.clear()
+            if self._features:  # early view fusion: each image's classifier input, kept until its study is fused
+                for record, feature in zip(records[-len(batch):], torch.cat(self._features)):
+                    record["_features"] = feature
             batch.clear()
 
         for path in tqdm(paths, desc="infer", unit="image", disable=not progress):
             loaded = self.load(path)
             records.append(image_record(path, loaded["image"]))
             batch.append(self.prepare(loaded))
+            if self.zoom:
+                originals.append(loaded["image"])
             if len(batch) == self.loaded.batch_size:
                 flush()
         if batch:
@@ -232,8 +305,12 @@ class BundlePredictor:
     def predict(self, inputs: Iterable[str | Path], progress: bool = False) -> dict:
         """The infer JSON document: ``{"studies": [...]}`` as DESIGN.md specifies."""
         images = self.predict_images(collect_inputs(inputs), progress=progress)
+        fused = self.fuse_views(images)
+        for record in images:
+            record.pop("_features", None)
         return {
             "bundle": self.bundle_dir.resolve().name,
             "bundle_dir": str(self.bundle_dir.resolve()),
-            "studies": group_studies(images, self.loaded.threshold, self.loaded.aggregation),
+            "view_fusion": self.view_fusion,
+            "studies": group_studies(images, self.loaded.threshold, self.loaded.aggregation, fused),
         }

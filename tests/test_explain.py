@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from monai.transforms import Compose
+from torch import nn
 
 from mura_monai.data import LoadRadiographd
 from mura_monai.explain import (
@@ -132,3 +133,31 @@ def test_explain_image_returns_overlay_on_the_original_grid(tmp_path, small_resn
     assert result["overlay"].shape == (90, 50, 3) and result["cam"].shape == (90, 50)
     assert len(result["probabilities"]) == 2 and result["probabilities"][0] == pytest.approx(result["probabilities"][1])
     assert _state(small_resnet) == before
+
+
+class BrightnessNet(nn.Module):
+    """A real network whose Grad-CAM is its input's brightness (positive 1x1 conv, ReLU, mean)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1)
+        self.act = nn.ReLU()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(1, 1)
+        with torch.no_grad():
+            self.conv.weight.fill_(1.0)
+            self.conv.bias.zero_()
+            self.fc.weight.fill_(1.0)
+            self.fc.bias.zero_()
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.pool(self.act(self.conv(x))), 1))
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcampp"])
+def test_cam_is_high_where_the_abnormality_logit_was_raised(method):
+    """1 marks the region that raised the logit (MONAI's default post-processing would flip it)."""
+    image = torch.zeros(1, 1, 64, 64)
+    image[0, 0, 40:53, 26:38] = 1.0
+    cam = compute_cam(BrightnessNet(), image, method=method)[0, 0]
+    assert float(cam[40:53, 26:38].mean()) > 0.9 and float(cam[:30].max()) < 0.1

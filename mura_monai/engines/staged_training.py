@@ -119,6 +119,9 @@ class StagedTraining:
         if self._best_state is not None:  # the next stage builds on this stage's best epoch
             _module(self.network).load_state_dict(self._best_state)
         self.index, self.start_epoch = self.index + 1, int(engine.state.epoch) + 1
+        start = getattr(_module(self.network), "start_stage", None)
+        if start is not None:  # e.g. the fusion layer starts from the branches' classifiers
+            start(self.stage)
         self._restart_trackers()
         self._write()
 

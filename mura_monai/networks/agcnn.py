@@ -40,13 +40,13 @@ def attention_heatmap(feature_map: torch.Tensor) -> torch.Tensor:
 
 
 def attention_boxes(heatmap: torch.Tensor, image_size: tuple[int, int], threshold: float = 0.7,
-                    min_fraction: float = 0.25) -> list[tuple[int, int, int, int]]:
+                    min_fraction: float = 0.25, min_size: tuple[int, int] = (1, 1)) -> list[tuple[int, int, int, int]]:
     """One ``(row0, col0, row1, col1)`` box per image (end exclusive) in input pixels.
 
     The heat map is upsampled to the input's size before thresholding (the feature map is 32x
     coarser than the image), the mask's largest 8-connected component is kept, and its bounding
-    box is taken, widened about its centre to at least ``min_fraction`` of each side so that a
-    single hot pixel does not become a crop of noise. A map with nothing above the threshold
+    box is taken, widened about its centre to at least ``min_fraction`` of each side (and
+    ``min_size`` pixels) so that a single hot pixel does not become a crop of noise. A map with nothing above the threshold
     (constant heat) gives the whole image.
     """
     rows, cols = image_size
@@ -60,14 +60,15 @@ def attention_boxes(heatmap: torch.Tensor, image_size: tuple[int, int], threshol
         sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, n + 1))
         largest = labels == (int(np.argmax(sizes)) + 1)
         (r0, c0), (r1, c1) = generate_spatial_bounding_box(largest[None])
-        (top, bottom), (left, right) = _widened(r0, r1, rows, min_fraction), _widened(c0, c1, cols, min_fraction)
+        top, bottom = _widened(r0, r1, rows, max(min_fraction, min_size[0] / rows))
+        left, right = _widened(c0, c1, cols, max(min_fraction, min_size[1] / cols))
         boxes.append((top, left, bottom, right))
     return boxes
 
 
 def _widened(start: int, end: int, length: int, min_fraction: float) -> tuple[int, int]:
     """``[start, end)`` grown about its centre to ``min_fraction * length``, kept inside ``[0, length)``."""
-    need = max(int(round(min_fraction * length)), end - start, 1)
+    need = min(max(int(round(min_fraction * length)), end - start, 1), length)
     centre = (start + end) / 2.0
     lo = int(round(centre - need / 2.0))
     lo = min(max(lo, 0), length - need)
@@ -126,19 +127,47 @@ class AttentionGuidedCNN(nn.Module):
         min_crop_fraction: smallest crop side as a fraction of the input side.
         pooling: global pooling of both branches (see :func:`~mura_monai.networks.factory.global_pooling`).
         stage: ``global``, ``local`` or ``fusion`` (inference uses ``fusion``).
+        local_init: where the local branch starts when its stage begins: ``global`` (the trained
+            global branch) or ``pretrained`` (as built); see :meth:`start_stage`.
     """
 
     def __init__(self, backbone: str = "resnet50", in_channels: int = 1, pretrained_path: str | Path | None = None,
                  threshold: float = 0.7, min_crop_fraction: float = 0.25, pooling: str = "avg",
-                 stage: str = "fusion") -> None:
+                 stage: str = "fusion", local_init: str = "global") -> None:
         super().__init__()
         self.global_branch = _Branch(backbone, in_channels, pretrained_path, pooling)
         self.local_branch = _Branch(backbone, in_channels, pretrained_path, pooling)
         self.fusion = nn.Linear(self.global_branch.n_features + self.local_branch.n_features, 1)
+        if local_init not in ("global", "pretrained"):
+            raise ValueError(f"local_init must be 'global' or 'pretrained', got {local_init!r}")
+        self.local_init = local_init
         self.threshold = threshold
         self.min_crop_fraction = min_crop_fraction
         self.stage = "fusion"
         self.set_stage(stage)
+
+    def start_stage(self, stage: str) -> None:
+        """Initialise what a stage trains from what the stages before it learnt (called once, when
+        training enters the stage, not on resume).
+
+        ``local``: the local branch starts from the trained global branch when ``local_init`` is
+        ``global`` — the paper starts it from ImageNet, which this offline project has only when
+        the user supplies a file (``local_init="pretrained"`` keeps what ``pretrained_path`` loaded).
+        ``fusion``: the fusion layer starts as the mean of the two branches' classifiers, so its
+        first epoch begins from averaging their logits rather than from noise.
+        """
+        if stage == "local" and self.local_init == "global":
+            self.local_branch.load_state_dict(self.global_branch.state_dict())
+        elif stage == "fusion":
+            with torch.no_grad():
+                for branch, part in ((self.global_branch, slice(0, self.global_branch.n_features)),
+                                     (self.local_branch, slice(self.global_branch.n_features, None))):
+                    self.fusion.weight[:, part] = self._head(branch).weight / 2
+                self.fusion.bias.copy_((self._head(self.global_branch).bias + self._head(self.local_branch).bias) / 2)
+
+    @staticmethod
+    def _head(branch: _Branch) -> nn.Linear:
+        return branch.net.class_layers.out if branch.backbone == "densenet169" else branch.net.fc
 
     @property
     def cam_layer(self) -> str:

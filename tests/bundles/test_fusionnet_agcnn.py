@@ -68,6 +68,47 @@ def test_evaluate_infer_and_compare(trained, tmp_path):
     assert BUNDLE in (tmp_path / "cmp" / "comparison.md").read_text()
 
 
+def test_view_fusion_rules_are_compared_and_selectable_at_inference(trained, tmp_path):
+    out = trained["work"] / "eval"
+    if not (out / "view_fusion.json").is_file():
+        pytest.skip("needs the evaluation of test_evaluate_infer_and_compare")
+    fusion = read_json(out / "view_fusion.json")
+    assert set(fusion["methods"]) == {"mean", "max", "median", "learned", "early_mean", "early_max"}
+    metrics = read_json(out / "metrics.json")
+    assert fusion["methods"]["mean"]["auc"] == pytest.approx(metrics["study"]["auc"])  # the same pass, MURA's rule
+    assert "| mean (MURA's image averaging) |" in (out / "view_fusion.md").read_text()
+    study = sorted((trained["root"] / "MURA-v1.1" / "valid").glob("XR_*/patient*/study*"))[0]
+    results = {}
+    for rule in ("mean", "early_mean", "early_max", "learned"):
+        args = ["infer", "--bundle", str(BUNDLES / BUNDLE), "--models-dir", str(trained["ckpt"]), str(study),
+                "--view-fusion", rule, "--view-fusion-file", str(out / "view_fusion.json"),
+                "--output", str(tmp_path / f"{rule}.json")]
+        assert cli_main(args) == 0
+        doc = read_json(tmp_path / f"{rule}.json")
+        assert doc["view_fusion"] == rule
+        results[rule] = doc["studies"][0]["probability"]
+    # the network's classifier is linear: pooling its input by the mean is averaging logits
+    mean_logit = torch.logit(torch.tensor([i["probability"] for i in read_json(tmp_path / "mean.json")["studies"][0]["images"]],
+                                          dtype=torch.float64)).mean()
+    assert results["early_mean"] == pytest.approx(float(torch.sigmoid(mean_logit)), abs=1e-5)
+    assert len(set(round(v, 6) for v in results.values())) >= 3
+
+
+def test_zoom_evaluates_beside_the_same_model_without_it(trained, tmp_path):
+    out = tmp_path / "zoom_eval"
+    assert cli_main(["evaluate", "--bundle", str(BUNDLES / BUNDLE), "--models-dir", str(trained["ckpt"]), "--dataset-dir",
+                     str(trained["root"]), "--output-dir", str(out), "--zoom", "--n-bootstrap", "0",
+                     "--sample-heatmaps", "0"]) == 0
+    doc = read_json(out / "metrics.json")
+    assert_design_metrics(doc, trained["root"])
+    assert {"study", "image"} <= set(doc["without_zoom"]) and 0 < doc["zoom"]["mean_box_fraction"] <= 1
+    images = read_json(out / "predictions.json")["images"]
+    for image in images:
+        r0, c0, r1, c1 = image["zoom_box"]
+        assert 0 <= r0 < r1 and 0 <= c0 < c1
+        assert image["probability"] == pytest.approx((image["probability_first"] + image["probability_zoomed"]) / 2)
+
+
 def test_resume_continues_the_fusion_stage(trained, tmp_path):
     ckpt = tmp_path / "models"
     shutil.copytree(trained["ckpt"], ckpt)

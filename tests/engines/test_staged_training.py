@@ -45,7 +45,6 @@ def test_each_epoch_trains_only_its_stage_and_the_plan_is_recorded(tmp_path):
     validator = _validator([0.5, 0.6, 0.7])
     staged = StagedTraining(net, {"fusion": 1, "global": 1, "local": 1}, validator, ckpt_dir=tmp_path, order=STAGES)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: validator.run([0]))  # as ValidationHandler, first
-    staged.attach(trainer)
     seen = []
     parts = {"global": net.global_branch, "local": net.local_branch, "fusion": net.fusion}
 
@@ -57,6 +56,7 @@ def test_each_epoch_trains_only_its_stage_and_the_plan_is_recorded(tmp_path):
     def _after(engine):
         seen.append({name: _changed(engine.state.before[name], _snapshot(m)) for name, m in parts.items()})
 
+    staged.attach(trainer)  # after the measurement: a stage's start initialises the next stage's part
     trainer.run()
     # the paper's order, whatever order the dict came in; in each epoch only that stage's part changed
     # (the frozen branches' BatchNorm statistics included)

@@ -116,3 +116,16 @@ def test_densenet_backbone_and_unknown_names():
         AttentionGuidedCNN(backbone="vgg")
     with pytest.raises(ValueError, match="stage"):
         dense.set_stage("both")
+
+
+def test_stage_starts_build_on_the_earlier_stages():
+    net = AttentionGuidedCNN(in_channels=1).eval()
+    x = torch.randn(2, 1, 64, 64)
+    net.start_stage("local")
+    assert all(torch.equal(a, b) for a, b in zip(net.global_branch.state_dict().values(),
+                                                  net.local_branch.state_dict().values()))
+    net.local_branch.net.layer4[-1].conv3.weight.mul_(2.0)  # the branches differ again
+    net.start_stage("fusion")
+    with torch.no_grad():
+        logits = net.branch_logits(x)
+    assert torch.allclose(logits["fusion"], (logits["global"] + logits["local"]) / 2, atol=1e-5)
