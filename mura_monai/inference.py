@@ -12,11 +12,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
 from mura_monai.constants import BODY_PARTS, DICOM_BODY_PART
+from mura_monai.data.patient_metadata import image_metadata
 from mura_monai.data.radiograph_reader import is_dicom
 from mura_monai.metrics import AGGREGATIONS, study_probabilities
 from mura_monai.model_settings import load_model_settings
@@ -210,16 +212,18 @@ class BundlePredictor:
         if self.zoom_combine not in ZOOM_COMBINES:
             raise ValueError(f"zoom_combine must be one of {list(ZOOM_COMBINES)}, got {self.zoom_combine!r}")
         self.input_size = int(_setting(parser, "image_size", 224))
+        self.uses_metadata = bool(getattr(getattr(network, "module", network), "uses_metadata", False))
         transforms = list(self.loaded.preprocessing.transforms)
         self._loader, self._rest = transforms[0], Compose(transforms[1:])
 
-    def _zoom(self, records: list[dict], batch: list[torch.Tensor], originals: list[torch.Tensor]) -> None:
+    def _zoom(self, records: list[dict], batch: list[torch.Tensor], originals: list[torch.Tensor],
+              metadata: list[np.ndarray] | None = None) -> None:
         """Seed 003's second look: predict again on the attended region of the full-resolution
         radiograph and combine (see :mod:`mura_monai.zoom`)."""
         shapes = [tuple(int(n) for n in image.shape[-2:]) for image in originals]
         boxes = zoom_boxes(self.loaded.network, torch.stack(batch), shapes, self.input_size, self.zoom_threshold)
         crops = [self.prepare({"image": image[..., r0:r1, c0:c1]}) for image, (r0, c0, r1, c1) in zip(originals, boxes)]
-        for record, box, shape, zoomed in zip(records, boxes, shapes, self.forward(crops, capture=False)):
+        for record, box, shape, zoomed in zip(records, boxes, shapes, self.forward(crops, capture=False, metadata=metadata)):
             first = record["probability"]
             record.update(probability_first=first, probability_zoomed=zoomed, zoom_box=[int(v) for v in box],
                           zoom_box_fraction=round(float((box[2] - box[0]) * (box[3] - box[1])) / (shape[0] * shape[1]), 4),
@@ -258,16 +262,22 @@ class BundlePredictor:
         """
         return torch.as_tensor(self._rest({"image": loaded["image"].clone()})["image"]).float()
 
-    def forward(self, batch: Sequence[torch.Tensor], capture: bool = True) -> list[float]:
+    def forward(self, batch: Sequence[torch.Tensor], capture: bool = True,
+                metadata: Sequence[np.ndarray] | None = None) -> list[float]:
         """Abnormality probability of each prepared image; AMP on CUDA. With early view fusion
-        the classifier's input features are kept too (``capture``)."""
+        the classifier's input features are kept too (``capture``); a metadata network gets the
+        images' age and sex (unknown when not given)."""
         loaded = self.loaded
+        kwargs = {}
+        if metadata is not None and self.uses_metadata:
+            kwargs["metadata"] = torch.as_tensor(np.stack(metadata)).to(loaded.device)
         with torch.no_grad(), torch.autocast(loaded.device.type, enabled=loaded.device.type == "cuda"):
+            x = torch.stack(list(batch)).to(loaded.device)
             if capture and self.view_fusion in EARLY_FUSIONS:
                 with capture_features(loaded.network, self._features):
-                    logits = loaded.network(torch.stack(list(batch)).to(loaded.device))
+                    logits = loaded.network(x, **kwargs)
             else:
-                logits = loaded.network(torch.stack(list(batch)).to(loaded.device))
+                logits = loaded.network(x, **kwargs)
         return torch.sigmoid(logits.float().reshape(len(batch), -1)[:, 0]).cpu().tolist()
 
     def predict_images(self, paths: Sequence[Path], progress: bool = False) -> list[dict]:
@@ -277,14 +287,16 @@ class BundlePredictor:
         records: list[dict] = []
         batch: list[torch.Tensor] = []
         originals: list[torch.Tensor] = []
+        metadata: list[np.ndarray] = []
 
         def flush() -> None:
             self._features.clear()
-            for record, prob in zip(records[-len(batch):], self.forward(batch)):
+            for record, prob in zip(records[-len(batch):], self.forward(batch, metadata=metadata or None)):
                 record["probability"] = prob
             if self.zoom:
-                self._zoom(records[-len(batch):], batch, originals)
+                self._zoom(records[-len(batch):], batch, originals, metadata or None)
             originals.clear()
+            metadata.clear()
             if self._features:  # early view fusion: each image's classifier input, kept until its study is fused
                 for record, feature in zip(records[-len(batch):], torch.cat(self._features)):
                     record["_features"] = feature
@@ -296,6 +308,8 @@ class BundlePredictor:
             batch.append(self.prepare(loaded))
             if self.zoom:
                 originals.append(loaded["image"])
+            if self.uses_metadata:
+                metadata.append(image_metadata(path, getattr(loaded["image"], "meta", {}) or {}))
             if len(batch) == self.loaded.batch_size:
                 flush()
         if batch:

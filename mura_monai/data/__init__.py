@@ -9,6 +9,7 @@ from mura_monai.data.mura import (
     mura_datalist,
     mura_study_datalist,
 )
+from mura_monai.data.patient_metadata import PatientMetadatad, load_patient_metadata
 from mura_monai.data.splits import holdout_split, select_body_part
 from mura_monai.data.radiograph_reader import (
     LoadRadiograph,
@@ -28,6 +29,7 @@ __all__ = [
     "LoadRadiographd",
     "MuraDatasetError",
     "MuraSplit",
+    "PatientMetadatad",
     "RadiographReadError",
     "RadiographReader",
     "find_mura_root",
@@ -35,6 +37,7 @@ __all__ = [
     "holdout_split",
     "is_dicom",
     "load_mura_split",
+    "load_patient_metadata",
     "mura_datalist",
     "mura_study_datalist",
     "read_radiograph",

@@ -134,8 +134,18 @@ def load_mura_split(root: str | Path, split: str, skip_missing: bool = False) ->
 
 
 def mura_datalist(root: str | Path, split: str, skip_missing: bool = False, body_parts: list[str] | None = None) -> list[dict]:
-    """Image-level data dicts for a MONAI ``Dataset`` (one per radiograph, carrying its study's label)."""
+    """Image-level data dicts for a MONAI ``Dataset`` (one per radiograph, carrying its study's label,
+    and the patient's ``age`` and ``sex`` when the root has a ``patient_metadata.csv``)."""
+    from mura_monai.data.patient_metadata import load_patient_metadata
+
     images = load_mura_split(root, split, skip_missing=skip_missing).images
+    demographics = load_patient_metadata(find_mura_root(root))
+    if demographics:
+        for record in images:
+            known = demographics.get(record["patient"], {})
+            age = known.get("age")
+            # NaN, not None, for "unknown": the records are collated into batches
+            record.update(age=float("nan") if age is None else float(age), sex=known.get("sex", ""))
     if body_parts:
         unknown = sorted(set(body_parts) - set(BODY_PART_INDEX))
         if unknown:

@@ -3,7 +3,8 @@
     generate_mura_root(out_dir, patients, seed=0, dicom_dir=None, valid_fraction=0.2, progress=False)
 
 writes ``out_dir/MURA-v1.1/{train,valid}_{image_paths,labeled_studies}.csv`` (no header, paths
-relative to ``out_dir``) and the 8-bit grayscale PNGs they list:
+relative to ``out_dir``), ``MURA-v1.1/patient_metadata.csv`` (age and sex, see
+:func:`patient_demographics`) and the 8-bit grayscale PNGs they list:
 ``MURA-v1.1/train/XR_WRIST/patient00001/study1_positive/image1.png``.
 
 * Patients are numbered ``patient00001`` .. in train first, then valid (as in MURA); a patient
@@ -44,6 +45,7 @@ ABNORMAL_RATE = 0.4
 _MARKER = ".synthetic.json"
 _VIEW_P = np.array([0.1, 0.3, 0.4, 0.2])  # 1, 2, 3, 4 views; mean 2.7 images per study like MURA
 _STREAM_ANATOMY, _STREAM_ABNORMAL, _STREAM_VIEW, _STREAM_CONFOUND = 1, 2, 3, 4
+_STREAM_DEMOGRAPHICS = 7  # 5 and 6 are synthetic_dicom's
 
 
 @dataclass(frozen=True)
@@ -157,6 +159,28 @@ def _prepare(dir_: Path, what: str, subdirs: tuple[str, ...], files: tuple[str, 
                               f"overwrite it ({what}): choose an empty or new folder")
 
 
+def patient_demographics(seed: int, patient: int, abnormal: bool) -> tuple[str, int]:
+    """``(sex, age at the first study)`` of a synthetic patient.
+
+    Patients with an abnormal study are older on average (mean 56 vs 40 years, sd 15), as
+    degenerative disease and fixation hardware are in real clinics; the pixels do not depend on
+    it, so a metadata model has something to find that the image-only model cannot see.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([seed, patient, _STREAM_DEMOGRAPHICS]))
+    sex = "M" if rng.random() < 0.5 else "F"
+    age = int(np.clip(round(rng.normal(56.0 if abnormal else 40.0, 15.0)), 18, 89))
+    return sex, age
+
+
+def plan_demographics(plan: list[StudyPlan]) -> dict[int, tuple[str, int]]:
+    """:func:`patient_demographics` of every patient of a plan."""
+    abnormal: dict[int, bool] = {}
+    for study in plan:
+        abnormal[study.patient] = abnormal.get(study.patient, False) or bool(study.label)
+    seed = plan[0].seed if plan else 0
+    return {p: patient_demographics(seed, p, a) for p, a in sorted(abnormal.items())}
+
+
 def _write_csv_lines(path: Path, lines: list[str]) -> None:
     with open(path, "w", newline="\n", encoding="ascii") as f:
         for line in lines:
@@ -177,7 +201,7 @@ def generate_mura_root(out_dir, patients: int, seed: int = 0, dicom_dir=None, va
     plan = plan_dataset(patients, seed, valid_fraction)
     root = Path(out_dir)
     mura = root / MURA_DIR
-    csv_names = tuple(f"{s}_{k}.csv" for s in SPLITS for k in ("image_paths", "labeled_studies"))
+    csv_names = tuple(f"{s}_{k}.csv" for s in SPLITS for k in ("image_paths", "labeled_studies")) + ("patient_metadata.csv",)
     _prepare(mura, "MURA root", SPLITS, csv_names)
     mura.mkdir(parents=True, exist_ok=True)
     meta = {"generator": "mura_monai.data.synthetic", "version": GENERATOR_VERSION, "patients": int(patients),
@@ -194,6 +218,7 @@ def generate_mura_root(out_dir, patients: int, seed: int = 0, dicom_dir=None, va
         (ddir / _MARKER).write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
         writer = synthetic_dicom.DicomStudyWriter(ddir)
 
+    demographics = plan_demographics(plan)
     image_lines = {s: [] for s in SPLITS}
     study_lines = {s: [] for s in SPLITS}
     bar = None
@@ -217,7 +242,7 @@ def generate_mura_root(out_dir, patients: int, seed: int = 0, dicom_dir=None, va
         image_lines[study.split] += paths
         study_lines[study.split].append(f"{study.rel_dir},{study.label}")
         if writer is not None:
-            writer.write_study(study, specs, images, paths)
+            writer.write_study(study, specs, images, paths, demographics=demographics[study.patient])
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -229,6 +254,9 @@ def generate_mura_root(out_dir, patients: int, seed: int = 0, dicom_dir=None, va
             p = mura / f"{s}_{kind}.csv"
             _write_csv_lines(p, lines)
             csv_paths[f"{s}_{kind}"] = str(p)
+    metadata_csv = mura / "patient_metadata.csv"
+    _write_csv_lines(metadata_csv, ["patient,age,sex"] + [f"patient{p:05d},{age},{sex}" for p, (sex, age) in demographics.items()])
+    csv_paths["patient_metadata"] = str(metadata_csv)
     if writer is not None:
         writer.close()
 

@@ -127,7 +127,8 @@ class DicomStudyWriter:
         self.count = 0
 
     # -- per study ------------------------------------------------------------------------
-    def write_study(self, study, specs: dict, images: list[np.ndarray], mura_paths: list[str]) -> list[Path]:
+    def write_study(self, study, specs: dict, images: list[np.ndarray], mura_paths: list[str],
+                    demographics: tuple[str, int] | None = None) -> list[Path]:
         rng = study.rng(_STREAM_DICOM)
         prng = np.random.default_rng(np.random.SeedSequence([study.seed, study.patient, _STREAM_PATIENT]))
         v = study.dicom_variant
@@ -146,6 +147,8 @@ class DicomStudyWriter:
         # patient demographics, shared by the patient's studies
         sex = "M" if prng.random() < 0.5 else "F"
         age = int(prng.integers(18, 86))
+        if demographics is not None:  # the MURA root's patient_metadata.csv says the same
+            sex, age = demographics
         first = _dt.date(2001, 1, 1) + _dt.timedelta(days=int(prng.integers(0, 11 * 365)))
         study_date = first + _dt.timedelta(days=int(rng.integers(0, 60)) + 120 * (study.study - 1))
         birth = study_date - _dt.timedelta(days=int(age * 365.25 + prng.integers(1, 360)))

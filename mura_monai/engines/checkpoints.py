@@ -14,6 +14,7 @@ from pathlib import Path
 
 from monai.handlers import CheckpointLoader
 
+from mura_monai.model_settings import as_flag
 from mura_monai.engines.distributed import is_main_process
 from mura_monai.engines.training_summary import read_training_summary
 
@@ -53,7 +54,7 @@ def attach_resume(trainer, ckpt_dir: str | Path, resume: bool, load_dict: dict, 
     """
     folder = Path(ckpt_dir)
     path = last_checkpoint(folder)
-    if not resume:
+    if not as_flag(resume, "resume"):
         if path is not None and is_main_process():
             stale = [p for p in folder.iterdir() if _EPOCH_FILE.search(p.name)]
             logger.info("fresh training: removing %d epoch checkpoint(s) of an earlier run in %s", len(stale), folder)

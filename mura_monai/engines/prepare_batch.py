@@ -11,22 +11,29 @@ __all__ = ["BodyPartTarget", "LabelAndBodyPart", "resolve_device"]
 
 
 class LabelAndBodyPart(PrepareBatch):
-    """Targets as ``(B, 2)``: the study label and the body-part index of each image.
+    """Targets as ``(B, 2)``: the study label and the body-part index of each image (and, with
+    ``metadata_key``, the patient metadata as the network's ``metadata`` argument).
 
     ``BodyPartWeightedBCELoss`` needs the body part to pick the MURA class weights, and a
     trainer hands the loss only ``(prediction, target)``: the index travels in the target.
     """
 
-    def __init__(self, label_key: str = CommonKeys.LABEL, body_part_key: str = "body_part_index") -> None:
+    def __init__(self, label_key: str = CommonKeys.LABEL, body_part_key: str = "body_part_index",
+                 metadata_key: str | None = None) -> None:
         self.label_key = label_key
         self.body_part_key = body_part_key
+        self.metadata_key = metadata_key
 
     def __call__(self, batchdata: dict, device=None, non_blocking: bool = False, **kwargs: Any):
         image = batchdata[CommonKeys.IMAGE].to(device=device, non_blocking=non_blocking, **kwargs)
         label = torch.as_tensor(batchdata[self.label_key]).reshape(-1).float()
         part = torch.as_tensor(batchdata[self.body_part_key]).reshape(-1).float()
         target = torch.stack([label, part], dim=1).to(device=device, non_blocking=non_blocking, **kwargs)
-        return image, target
+        if self.metadata_key is None:
+            return image, target
+        # MONAI engines call network(image, *args, **kwargs): age and sex reach a metadata network so
+        metadata = torch.as_tensor(batchdata[self.metadata_key]).float().to(device=device, non_blocking=non_blocking)
+        return image, target, (), {"metadata": metadata}
 
 
 class BodyPartTarget(PrepareBatch):

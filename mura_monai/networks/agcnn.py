@@ -25,7 +25,7 @@ from torch import nn
 
 from mura_monai.networks.factory import densenet169, resnet50
 
-__all__ = ["AttentionGuidedCNN", "STAGES", "attention_boxes", "attention_heatmap", "crop_boxes"]
+__all__ = ["AttentionGuidedCNN", "STAGES", "SplitBackbone", "attention_boxes", "attention_heatmap", "crop_boxes"]
 
 STAGES: tuple[str, ...] = ("global", "local", "fusion")
 BACKBONES = ("resnet50", "densenet169")
@@ -82,12 +82,21 @@ def crop_boxes(images: torch.Tensor, boxes: list[tuple[int, int, int, int]], siz
     return torch.cat(crops)
 
 
-class _Branch(nn.Module):
+class SplitBackbone(nn.Module):
     """A backbone split into feature map -> pooled features -> logit, keeping its own module
-    names under ``net`` so that the backbone's pretrained files load into each branch."""
+    names under ``net`` so that the backbone's pretrained files load into each branch.
 
-    def __init__(self, backbone: str, in_channels: int, pretrained_path: str | Path | None, pooling: str) -> None:
+    ``net``: an already built :func:`~mura_monai.networks.resnet50` or
+    :func:`~mura_monai.networks.densenet169` to split instead of building one.
+    """
+
+    def __init__(self, backbone: str, in_channels: int = 1, pretrained_path: str | Path | None = None,
+                 pooling: str = "avg", net: nn.Module | None = None) -> None:
         super().__init__()
+        if net is not None:
+            self.net, self.backbone = net, backbone
+            self.n_features = (net.class_layers.out if backbone == "densenet169" else net.fc).in_features
+            return
         if backbone == "resnet50":
             self.net = resnet50(in_channels=in_channels, out_channels=1, pretrained_path=pretrained_path, pooling=pooling)
             self.n_features = self.net.fc.in_features
@@ -135,8 +144,8 @@ class AttentionGuidedCNN(nn.Module):
                  threshold: float = 0.7, min_crop_fraction: float = 0.25, pooling: str = "avg",
                  stage: str = "fusion", local_init: str = "global") -> None:
         super().__init__()
-        self.global_branch = _Branch(backbone, in_channels, pretrained_path, pooling)
-        self.local_branch = _Branch(backbone, in_channels, pretrained_path, pooling)
+        self.global_branch = SplitBackbone(backbone, in_channels, pretrained_path, pooling)
+        self.local_branch = SplitBackbone(backbone, in_channels, pretrained_path, pooling)
         self.fusion = nn.Linear(self.global_branch.n_features + self.local_branch.n_features, 1)
         if local_init not in ("global", "pretrained"):
             raise ValueError(f"local_init must be 'global' or 'pretrained', got {local_init!r}")
@@ -166,7 +175,7 @@ class AttentionGuidedCNN(nn.Module):
                 self.fusion.bias.copy_((self._head(self.global_branch).bias + self._head(self.local_branch).bias) / 2)
 
     @staticmethod
-    def _head(branch: _Branch) -> nn.Linear:
+    def _head(branch: SplitBackbone) -> nn.Linear:
         return branch.net.class_layers.out if branch.backbone == "densenet169" else branch.net.fc
 
     @property

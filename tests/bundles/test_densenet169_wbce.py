@@ -149,3 +149,31 @@ def test_infer_names_a_missing_input(trained, tmp_path, capsys):
     missing = tmp_path / "no_such_study"
     assert cli_main(["infer", "--bundle", str(BUNDLE), "--models-dir", str(trained["ckpt"]), str(missing)]) == 2
     assert str(missing) in capsys.readouterr().err
+
+
+def test_metadata_option_trains_evaluates_and_infers_with_age_and_sex(trained, tmp_path):
+    ckpt = tmp_path / "models"
+    _bundle_run("training", TRAIN, "--dataset_dir", str(trained["root"]), "--ckpt_dir", str(ckpt),
+                "--output_dir", str(tmp_path / "out"), *TINY, "--metadata", "true",
+                "--body_parts", "['XR_WRIST','XR_HAND']")
+    assert read_json(ckpt / "model_settings.json")["metadata"] in (True, "true")
+    state = torch.load(ckpt / "model.pt", weights_only=True)
+    assert state["classifier.weight"].shape == (1, 1664 + 16) and "metadata.0.weight" in state
+    assert read_json(ckpt / "training_summary.json")["metadata"] in (True, "true")
+    out = tmp_path / "eval"
+    assert cli_main(["evaluate", "--bundle", str(BUNDLE), "--models-dir", str(ckpt), "--dataset-dir", str(trained["root"]),
+                     "--output-dir", str(out), "--n-bootstrap", "0", "--sample-heatmaps", "0"]) == 0
+    assert_design_metrics(read_json(out / "metrics.json"), trained["root"])
+    # inference reads age and sex from the DICOM header: the same pixels with another age score differently
+    from mura_monai.inference import BundlePredictor
+
+    predictor = BundlePredictor(BUNDLE, models_dir=ckpt)
+    assert predictor.uses_metadata
+    dicom = sorted((trained["root"].parent / "dicom").rglob("*.dcm"))[0]
+    prepared = predictor.prepare(predictor.load(dicom))
+    from mura_monai.data.patient_metadata import metadata_vector
+
+    young, old = (predictor.forward([prepared], metadata=[metadata_vector(a, "F")])[0] for a in (20.0, 85.0))
+    assert young != old
+    result = predictor.predict([dicom])
+    assert 0.0 <= result["studies"][0]["probability"] <= 1.0

@@ -131,7 +131,7 @@ def test_summary(small):
     assert s["studies"] == sum(v["studies"] for v in s["body_parts"].values())
     assert s["images"] == s["dicom_files"]
     assert set(s["csv"]) == {"train_image_paths", "train_labeled_studies", "valid_image_paths",
-                             "valid_labeled_studies"}
+                             "valid_labeled_studies", "patient_metadata"}
 
 
 # ---------------------------------------------------------------------------------------------

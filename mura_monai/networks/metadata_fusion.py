@@ -1,0 +1,60 @@
+"""Image features joined with patient age and sex (seed 000's "patient characteristics").
+
+The image network's pooled features and a small embedding of the metadata vector
+(:func:`~mura_monai.data.patient_metadata.metadata_vector`) are classified together by one
+linear layer. The image network keeps its module names under ``image.net``, so its pretrained
+weights still load, and an unknown age and sex is an input like any other: a study from a PACS
+that strips demographics is scored from its pixels.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mura_monai.data.patient_metadata import N_METADATA, metadata_vector
+from mura_monai.model_settings import as_flag
+from mura_monai.networks.agcnn import SplitBackbone
+
+__all__ = ["MetadataFusionNet", "with_metadata"]
+
+
+class MetadataFusionNet(nn.Module):
+    """``forward(x, metadata=None)`` → one abnormality logit per image.
+
+    Args:
+        image_net: a built ResNet-50 or DenseNet-169 from :mod:`mura_monai.networks`.
+        backbone: which of the two it is (``resnet50`` / ``densenet169``).
+        n_metadata: length of the metadata vector.
+        hidden: width of the metadata embedding.
+    """
+
+    uses_metadata = True
+
+    def __init__(self, image_net: nn.Module, backbone: str = "densenet169", n_metadata: int = N_METADATA,
+                 hidden: int = 16) -> None:
+        super().__init__()
+        self.image = SplitBackbone(backbone, net=image_net)
+        # the image network's own classifier is replaced by the joint one below
+        if backbone == "densenet169":
+            image_net.class_layers.out = nn.Identity()
+        else:
+            image_net.fc = nn.Identity()
+        self.metadata = nn.Sequential(nn.Linear(n_metadata, hidden), nn.ReLU())
+        self.classifier = nn.Linear(self.image.n_features + hidden, 1)
+        self.register_buffer("unknown", torch.from_numpy(metadata_vector(None, None)), persistent=False)
+
+    def forward(self, x: torch.Tensor, metadata: torch.Tensor | None = None) -> torch.Tensor:
+        features = self.image.pooled(self.image.feature_map(x))
+        if metadata is None:
+            metadata = self.unknown.expand(x.shape[0], -1)
+        joint = torch.cat([features, self.metadata(metadata.to(features.dtype))], dim=1)
+        return self.classifier(joint)
+
+
+def with_metadata(image_net: nn.Module, metadata: bool | str, backbone: str = "densenet169") -> nn.Module:
+    """The bundle configs' switch: the image network alone, or joined with age and sex.
+
+    ``metadata`` may be the string a command line gave (``--metadata true`` reaches the config
+    as ``"true"``, which Python would call truthy even when it says ``"false"``).
+    """
+    return MetadataFusionNet(image_net, backbone) if as_flag(metadata, "metadata") else image_net
