@@ -264,7 +264,7 @@ def write_html_report(
 <h2>Metrics per body part</h2>
 <p>Study level (MURA's unit), at threshold {threshold:.3f}; AUC and &kappa; with bootstrap 95% intervals. The last row is image level.</p>
 {_table(report_table_rows(metrics), "metrics")}
-{_ensemble_section(metrics)}<h2>Operating points</h2>
+{_ensemble_section(metrics)}{_zoom_section(metrics)}{_view_fusion_section(path.parent)}<h2>Operating points</h2>
 {op_html}
 <h2>Figures</h2>
 {_figures_section(studies, path.parent, thresholds, threshold)}
@@ -296,6 +296,40 @@ def _ensemble_section(metrics: dict) -> str:
     parts = ", ".join(sorted(p for p in metrics.get("thresholds", {}) if p != "ALL")) or "none (all studies' threshold used)"
     return (f"<h2>Ensemble and members</h2><p>{html.escape(how)}. {html.escape(fold)} "
             f"Body parts with their own thresholds: {html.escape(parts)}.</p>{_table(rows, 'ensemble')}\n")
+
+
+def _zoom_section(metrics: dict) -> str:
+    """With zoom to attention: the same model's figures without the second look, side by side."""
+    without = metrics.get("without_zoom")
+    if not without:
+        return ""
+    zoom = metrics.get("zoom", {})
+    rows = [["prediction", "study AUC [95% CI]", "study κ [95% CI]", "image AUC"],
+            ["with zoom to attention", format_with_ci(metrics["study"], "auc"), format_with_ci(metrics["study"], "kappa"),
+             format_value(metrics["image"]["auc"])],
+            ["whole radiograph only", format_with_ci(without["study"], "auc"), format_with_ci(without["study"], "kappa"),
+             format_value(without["image"]["auc"])]]
+    how = (f"Second look on the Grad-CAM region above {zoom.get('threshold', '?')}, combined by "
+           f"{zoom.get('combine', '?')}; the crops kept {format_value(zoom.get('mean_box_fraction', float('nan')))} "
+           "of the radiograph's area on average.")
+    return f"<h2>Zoom to attention</h2><p>{html.escape(how)}</p>{_table(rows, 'zoom')}\n"
+
+
+def _view_fusion_section(directory: Path) -> str:
+    """Every view-fusion rule on the same predictions (``view_fusion.json`` beside the report)."""
+    path = directory / "view_fusion.json"
+    if not path.is_file():
+        return ""
+    doc = json.loads(path.read_text())
+    rows = [["view fusion", "study AUC [95% CI]", "study κ [95% CI]", "sensitivity", "specificity"]]
+    for method, row in doc["methods"].items():
+        name = method + (" (MURA's image averaging)" if method == doc.get("baseline") else "")
+        name += " (out of fold)" if row.get("scored") else ""
+        rows.append([name, format_with_ci(row, "auc"), format_with_ci(row, "kappa"), format_value(row["sensitivity"]),
+                     format_value(row["specificity"])])
+    note = ("Late rules combine the views' probabilities; learned fits weights on the study's max, mean and min "
+            "logits; early rules pool the views' features before the classifier (trained on single images).")
+    return f"<h2>Fusing a study's views</h2><p>{html.escape(note)}</p>{_table(rows, 'view-fusion')}\n"
 
 
 _SEED001_COLUMNS = ("tp", "fn", "fp", "tn", "accuracy", "precision", "sensitivity", "f1")

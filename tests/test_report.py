@@ -202,3 +202,20 @@ def test_text_table_is_unchanged_by_the_new_page(evaluation):
     lines = format_metrics_table(metrics).splitlines()
     assert lines[0].split()[:3] == ["level", "n", "auc"]
     assert len(lines) == 1 + len(metrics["per_body_part"]) + 2
+
+
+def test_view_fusion_and_zoom_sections_sit_beside_the_metrics(evaluation, tmp_path):
+    from mura_monai.multiview import compare_view_fusions
+
+    metrics, studies = evaluation
+    records = _records()
+    fusion = compare_view_fusions(records, None, None, n_bootstrap=20)
+    (tmp_path / "view_fusion.json").write_text(json.dumps(fusion))
+    zoomed = dict(metrics, without_zoom={"study": fusion["methods"]["max"], "image": metrics["image"]},
+                  zoom={"threshold": 0.7, "combine": "mean", "mean_box_fraction": 0.31})
+    page = write_html_report(zoomed, tmp_path / "report.html", studies=studies).read_text()
+    assert "Fusing a study's views" in page and "Zoom to attention" in page
+    mean_row = next(r for r in re.findall(r"<tr[^>]*>(.*?)</tr>", page) if "image averaging" in r)
+    assert f"{fusion['methods']['mean']['auc']:.3f}" in mean_row
+    assert "0.310 of the radiograph" in page
+    assert "(out of fold)" in page

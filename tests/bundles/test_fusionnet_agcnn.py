@@ -102,6 +102,7 @@ def test_zoom_evaluates_beside_the_same_model_without_it(trained, tmp_path):
     doc = read_json(out / "metrics.json")
     assert_design_metrics(doc, trained["root"])
     assert {"study", "image"} <= set(doc["without_zoom"]) and 0 < doc["zoom"]["mean_box_fraction"] <= 1
+    assert "Zoom to attention" in (out / "report.html").read_text()
     images = read_json(out / "predictions.json")["images"]
     for image in images:
         r0, c0, r1, c1 = image["zoom_box"]
