@@ -6,10 +6,13 @@ from mura_monai.networks.factory import densenet169, efficientnet_b0, resnet50
 from mura_monai.networks.metadata_fusion import MetadataFusionNet, with_metadata
 from mura_monai.networks.freeze import count_parameters, freeze_all_but_last
 from mura_monai.networks.pretrained import load_pretrained
+from mura_monai.networks.svm_head import BaggedSVMHead, ResNetSVM, resnet_svm
 from mura_monai.networks.vgg import VGG19, vgg19
 
 __all__ = [
     "AttentionGuidedCNN",
+    "BaggedSVMHead",
+    "ResNetSVM",
     "MetadataFusionNet",
     "VGG19",
     "count_parameters",
@@ -18,6 +21,7 @@ __all__ = [
     "freeze_all_but_last",
     "load_pretrained",
     "resnet50",
+    "resnet_svm",
     "vgg19",
     "with_metadata",
 ]
