@@ -59,8 +59,12 @@ class ViewFusionWriter:
         self.document: dict | None = None
 
     def attach(self, engine: Engine) -> None:
-        self.head = last_linear(self.network)
-        self.head.register_forward_pre_hook(self._capture)
+        try:
+            self.head = last_linear(self.network)
+        except ValueError:  # no linear classifier (e.g. the SVM head): the late rules only
+            self.head = None
+        if self.head is not None:
+            self.head.register_forward_pre_hook(self._capture)
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self.buffer.add_from_engine)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)

@@ -77,6 +77,9 @@ def test_evaluating_writes_design_metrics_with_the_validation_auc_of_training(tr
     summary = read_json(trained["ckpt"] / "training_summary.json")
     assert doc["training"]["train_time_s"] == summary["train_time_s"]
     assert doc["study"]["auc"] == pytest.approx(summary["val_study_auc"], abs=1e-9)  # same model, same images
+    fusion = read_json(evaluated / "view_fusion.json")  # no linear classifier: the late rules only
+    assert set(fusion["methods"]) == {"mean", "max", "median", "learned"}
+    assert fusion["methods"]["mean"]["auc"] == pytest.approx(doc["study"]["auc"])
 
 
 def test_mura_monai_infer_scores_a_study_as_the_evaluation_did(trained, evaluated, tmp_path):
