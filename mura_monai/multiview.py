@@ -44,9 +44,13 @@ def _logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def last_linear(network: nn.Module) -> nn.Linear:
-    """The classifier layer whose input early fusion pools (the last ``nn.Linear`` registered)."""
+def last_linear(network: nn.Module) -> nn.Module:
+    """The classifier layer whose input early fusion pools: the network's ``fusion_head`` when
+    it declares one (the Siamese net's embedding classifier), else the last ``nn.Linear``."""
     network = getattr(network, "module", network)
+    declared = getattr(network, "fusion_head", None)
+    if isinstance(declared, nn.Module):
+        return declared
     linears = [m for m in network.modules() if isinstance(m, nn.Linear)]
     if not linears:
         raise ValueError(f"{type(network).__name__} has no linear classifier layer: early fusion needs one")
@@ -126,7 +130,8 @@ def fuse_study(method: str, probabilities, features: torch.Tensor | None = None,
             raise ValueError(f"{method} needs the views' features and the classifier layer")
         pooled = features.mean(dim=0) if method == "early_mean" else features.amax(dim=0)
         with torch.no_grad():
-            logit = head(pooled[None].to(head.weight.device, head.weight.dtype)).reshape(-1)[0]
+            weight = next(head.parameters())
+            logit = head(pooled[None].to(weight.device, weight.dtype)).reshape(-1)[0]
         return float(torch.sigmoid(logit.float()))
     raise ValueError(f"view fusion must be one of {list(VIEW_FUSIONS)}, got {method!r}")
 

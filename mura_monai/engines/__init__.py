@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from mura_monai.engines.checkpoints import BEST_MODEL_FILE, attach_resume, last_checkpoint
+from mura_monai.engines.metric_learning import EmbeddingHeadFitter, EmbeddingReportWriter, pk_sampler, recall_at_k
 from mura_monai.engines.feature_svm import FeatureSVMTrainer, extract_features, fit_bagged_svm, gather_rows
 from mura_monai.engines.distributed import distributed_device, init_distributed, is_main_process, rank_shard
 from mura_monai.engines.prediction_buffer import MetricsReportWriter, PredictionBuffer, StudyAUC
@@ -14,5 +15,6 @@ __all__ = [
     "BEST_MODEL_FILE", "BodyPartTarget", "LabelAndBodyPart", "MetricsReportWriter", "PredictionBuffer", "StagedTraining", "StudyAUC",
     "TrainingSummaryWriter", "ViewFusionWriter", "distributed_device", "init_distributed", "is_main_process", "last_checkpoint", "model_size", "rank_shard", "read_training_summary", "attach_resume",
     "resolve_device",
+    "EmbeddingHeadFitter", "EmbeddingReportWriter", "pk_sampler", "recall_at_k",
     "FeatureSVMTrainer", "extract_features", "fit_bagged_svm", "gather_rows",
 ]

@@ -99,9 +99,11 @@ def _column(batch: dict, key: str, n: int) -> list:
     return list(value) if isinstance(value, (list, tuple)) else [value] * n
 
 
-def extract_features(network: nn.Module, loader, device: torch.device | str) -> tuple[np.ndarray, list[dict]]:
+def extract_features(network: nn.Module, loader, device: torch.device | str,
+                     method: str = "features") -> tuple[np.ndarray, list[dict]]:
     """``(N, F)`` float64 features of every image the loader yields, and each image's record
-    (path, study, patient, body part, label), in the loader's order."""
+    (path, study, patient, body part, label), in the loader's order. ``method`` names the
+    network's image -> vector method (``features``; the Siamese net's ``embed``)."""
     model = getattr(network, "module", network)
     model.eval()
     rows: list[torch.Tensor] = []
@@ -109,7 +111,7 @@ def extract_features(network: nn.Module, loader, device: torch.device | str) -> 
     with torch.no_grad():
         for batch in loader:
             images = torch.as_tensor(batch[CommonKeys.IMAGE]).to(device)
-            rows.append(model.features(images).double().cpu())
+            rows.append(getattr(model, method)(images).double().cpu())
             carried = {k: _column(batch, k, images.shape[0]) for k in _CARRIED if k in batch}
             records += [{k: v[i] for k, v in carried.items()} for i in range(images.shape[0])]
     n_features = getattr(getattr(model, "head", None), "n_features", 0)

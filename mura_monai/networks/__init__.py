@@ -6,6 +6,7 @@ from mura_monai.networks.factory import densenet169, efficientnet_b0, resnet50
 from mura_monai.networks.metadata_fusion import MetadataFusionNet, with_metadata
 from mura_monai.networks.freeze import count_parameters, freeze_all_but_last
 from mura_monai.networks.pretrained import load_pretrained
+from mura_monai.networks.siamese import Embedder, SiameseNet, siamese_net
 from mura_monai.networks.svm_head import BaggedSVMHead, ResNetSVM, resnet_svm
 from mura_monai.networks.vgg import VGG19, vgg19
 
@@ -13,6 +14,9 @@ __all__ = [
     "AttentionGuidedCNN",
     "BaggedSVMHead",
     "ResNetSVM",
+    "Embedder",
+    "SiameseNet",
+    "siamese_net",
     "MetadataFusionNet",
     "VGG19",
     "count_parameters",

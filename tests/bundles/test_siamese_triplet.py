@@ -1,0 +1,124 @@
+"""siamese_triplet (seed 002's metric learning) through MONAI's bundle CLI.
+
+Trains one epoch at 64 px on P x K batches with each of the seed's losses (the focal loss in the
+module fixture, the others in a parametrised run), evaluates to metrics.json with the embedding's
+recall@k and both classifiers, scores a study through `mura-monai infer` as the evaluation did,
+and trains under torchrun with 2 CPU processes (gloo).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from mura_monai.cli import main as cli_main
+from mura_monai.networks import siamese_net
+from tests.bundles.bundle_runner import (
+    BUNDLES, EVALUATE, MULTI_GPU, TRAIN, assert_design_metrics, bundle_run, read_json, torchrun,
+)
+
+NAME = "siamese_triplet"
+# ResNet-50 is the lighter of the seed's two backbones on 2 CPU cores; 32-d keeps the k-NN small
+TINY = ["--image_size", "64", "--batch_size", "8", "--samples_per_class", "4", "--num_workers", "0",
+        "--max_epochs", "1", "--backbone", "resnet50", "--embedding_dim", "32"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread in the bundle subprocesses: two competing threads on the shared 2-core
+    machine make the passes slower (torchrun sets 1 itself)."""
+    env = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    yield
+    if env is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = env
+
+
+@pytest.fixture(scope="module")
+def trained(synth_root, tmp_path_factory):
+    work = tmp_path_factory.mktemp(NAME)
+    bundle_run(NAME, "training", TRAIN, "--dataset_dir", str(synth_root), "--ckpt_dir", str(work / "models"),
+               "--output_dir", str(work / "train_out"), "--head", "knn", "--knn_k", "5", *TINY)
+    return {"ckpt": work / "models", "work": work, "root": synth_root}
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained):
+    out = trained["work"] / "eval"
+    assert cli_main(["evaluate", "--bundle", str(BUNDLES / NAME), "--dataset-dir", str(trained["root"]),
+                     "--models-dir", str(trained["ckpt"]), "--output-dir", str(out), "--n-bootstrap", "20"]) == 0
+    return out
+
+
+def test_training_saves_the_embedding_and_its_fitted_classifier(trained):
+    settings = read_json(trained["ckpt"] / "model_settings.json")
+    assert settings["head"] == "knn" and settings["embedding_dim"] == 32 and settings["enhancement"] == "clahe"
+    summary = read_json(trained["ckpt"] / "training_summary.json")
+    assert summary["bundle"] == NAME and summary["loss"] == "focal" and summary["train_time_s"] > 0
+    net = siamese_net("resnet50", dim=32, head="knn", k=5)
+    net.load_state_dict(torch.load(trained["ckpt"] / "model.pt", weights_only=True))
+    n_train = len((trained["root"] / "MURA-v1.1" / "train_image_paths.csv").read_text().split())
+    assert net.head.reference.shape == (n_train, 32)  # every training image is a k-NN reference, once
+    assert set(net.head.reference_labels.tolist()) == {0.0, 1.0}
+    assert torch.allclose(net.head.reference.norm(dim=1), torch.ones(n_train), atol=1e-4)
+
+
+def test_evaluation_reports_kappa_recall_at_k_and_both_classifiers(trained, evaluated):
+    doc = read_json(evaluated / "metrics.json")
+    assert_design_metrics(doc, trained["root"])
+    assert doc["bundle"] == NAME and doc["head"] == "knn"
+    embedding = read_json(evaluated / "embedding_metrics.json")
+    assert doc["embedding"] == embedding
+    recall = embedding["recall_at_k"]
+    assert 0.0 <= recall["recall@1"] <= recall["recall@5"] <= recall["recall@10"] <= 1.0
+    assert embedding["n_images"] == doc["n_images"]
+    assert embedding["heads"]["knn"]["auc"] == pytest.approx(doc["study"]["auc"], abs=1e-9)  # the bundle's head
+    assert 0.0 <= embedding["heads"]["logistic"]["auc"] <= 1.0
+    fusion = read_json(evaluated / "view_fusion.json")  # early fusion through the embedding classifier
+    assert {"early_mean", "early_max"} <= set(fusion["methods"])
+    assert fusion["methods"]["mean"]["auc"] == pytest.approx(doc["study"]["auc"])
+    summary = read_json(trained["ckpt"] / "training_summary.json")
+    assert doc["study"]["auc"] == pytest.approx(summary["best_metric"], abs=1e-9)  # the validated model
+
+
+def test_mura_monai_infer_scores_a_study_as_the_evaluation_did(trained, evaluated, tmp_path):
+    study = sorted((trained["root"] / "MURA-v1.1" / "valid").glob("XR_*/patient*/study*"))[0]
+    out = tmp_path / "infer.json"
+    assert cli_main(["infer", "--bundle", str(BUNDLES / NAME), "--models-dir", str(trained["ckpt"]), str(study),
+                     "--output", str(out)]) == 0
+    (result,) = json.loads(out.read_text())["studies"]
+    evaluated_images = {r["path"]: r["probability"] for r in read_json(evaluated / "predictions.json")["images"]}
+    for image in result["images"]:
+        assert image["probability"] == pytest.approx(evaluated_images[image["path"]], abs=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["batch_hard", "selectively_contrastive"])
+def test_each_of_the_seeds_losses_trains(synth_root, tmp_path, loss):
+    bundle_run(NAME, "training", TRAIN, "--dataset_dir", str(synth_root), "--ckpt_dir", str(tmp_path / "models"),
+               "--output_dir", str(tmp_path / "out"), "--loss_name", loss, *TINY)
+    summary = read_json(tmp_path / "models" / "training_summary.json")
+    assert summary["loss"] == loss and summary["iterations"] > 0
+    assert 0.0 <= summary["best_metric"] <= 1.0
+
+
+def test_a_batch_that_cannot_hold_both_classes_is_refused(synth_root, tmp_path):
+    with pytest.raises(AssertionError, match="samples_per_class"):
+        bundle_run(NAME, "training", TRAIN, "--dataset_dir", str(synth_root), "--ckpt_dir", str(tmp_path / "m"),
+                   *TINY, "--samples_per_class", "3")
+
+
+def test_ddp_training_on_two_cpu_processes(trained, tmp_path):
+    ckpt = tmp_path / "models"
+    bundle_run(NAME, "training", MULTI_GPU, "--dataset_dir", str(trained["root"]), "--ckpt_dir", str(ckpt),
+               "--output_dir", str(tmp_path / "out"), *TINY, launcher=torchrun(2))
+    single = read_json(trained["ckpt"] / "training_summary.json")
+    ddp = read_json(ckpt / "training_summary.json")
+    assert ddp["iterations"] < single["iterations"]  # each rank trained on its share
+    net = siamese_net("resnet50", dim=32)
+    net.load_state_dict(torch.load(ckpt / "model.pt", weights_only=True))
+    n_train = len((trained["root"] / "MURA-v1.1" / "train_image_paths.csv").read_text().split())
+    assert net.head.reference.shape[0] == n_train  # the ranks' embeddings gathered, each image once
