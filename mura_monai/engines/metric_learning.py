@@ -157,6 +157,8 @@ class EmbeddingReportWriter:
         labels = [r["label"] for r in self.records]
         doc: dict = {"n_images": len(self.records), "dim": head.dim, "head": head.method, "k": head.k,
                      "n_references": int(head.reference.shape[0]),
+                     # unit vectors lie up to 2 apart; near 0 means the embedding collapsed to a point
+                     "mean_pairwise_distance": float(torch.pdist(embeddings).mean()) if len(embeddings) > 1 else 0.0,
                      "recall_at_k": recall_at_k(embeddings, labels, head.reference.cpu(), head.reference_labels.cpu(),
                                                 self.ks),
                      "heads": {}}

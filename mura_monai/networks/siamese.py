@@ -45,7 +45,11 @@ class EmbeddingHead(nn.Module):
         method: which classifier ``forward`` answers with, ``logistic`` or ``knn``.
         k: neighbours of the k-NN.
 
-    The k-NN keeps the training embeddings and labels (``reference``); its probability is
+    The logistic regression sees standardised embeddings (scikit-learn's ``StandardScaler``,
+    kept as ``mean`` / ``scale``): a metric-learning loss fixes distances, not the scale along
+    each axis, and an embedding squeezed into a small region early in training (the triplet
+    losses' well-known collapse) otherwise leaves the regularised regression predicting the prior
+    for every image. The k-NN keeps the training embeddings and labels (``reference``); its probability is
     scikit-learn's ``KNeighborsClassifier(weights="distance").predict_proba``: the labels of the
     k nearest references weighted by inverse distance. A state dict resizes the reference to the
     file's, so a freshly built head loads any fitted ``model.pt``.
@@ -60,6 +64,8 @@ class EmbeddingHead(nn.Module):
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         self.dim, self.method, self.k = int(dim), method, int(k)
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("scale", torch.ones(dim))
         self.register_buffer("weight", torch.zeros(dim))
         self.register_buffer("bias", torch.zeros(()))
         self.register_buffer("reference", torch.zeros(0, dim))
@@ -76,6 +82,7 @@ class EmbeddingHead(nn.Module):
             ValueError: when the labels hold one class only (nothing to separate).
         """
         from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
 
         x = np.asarray(torch.as_tensor(embeddings).detach().cpu().float(), dtype=np.float64)
         y = np.asarray(torch.as_tensor(labels).detach().cpu()).reshape(-1).round().astype(int)
@@ -83,8 +90,11 @@ class EmbeddingHead(nn.Module):
             raise ValueError(f"expected ({len(y)}, {self.dim}) embeddings for {len(y)} labels, got {x.shape}")
         if set(np.unique(y)) != {0, 1}:
             raise ValueError(f"the embedding classifier needs normal and abnormal images, got labels {sorted(set(y))}")
-        logistic = LogisticRegression(C=C, max_iter=2000).fit(x, y)
+        scaler = StandardScaler().fit(x)
+        logistic = LogisticRegression(C=C, max_iter=5000).fit(scaler.transform(x), y)
         device = self.weight.device
+        self.mean = torch.as_tensor(scaler.mean_, dtype=torch.float32, device=device)
+        self.scale = torch.as_tensor(scaler.scale_, dtype=torch.float32, device=device)
         self.weight = torch.as_tensor(logistic.coef_[0], dtype=torch.float32, device=device)
         self.bias = torch.as_tensor(logistic.intercept_[0], dtype=torch.float32, device=device)
         self.reference = torch.as_tensor(x, dtype=torch.float32, device=device)
@@ -114,7 +124,7 @@ class EmbeddingHead(nn.Module):
             raise RuntimeError("the embedding classifier is not fitted: train the bundle or load its model.pt")
         method = method or self.method
         if method == "logistic":
-            return embeddings.float() @ self.weight + self.bias
+            return ((embeddings.float() - self.mean) / self.scale) @ self.weight + self.bias
         if method == "knn":
             p = self.knn_probability(embeddings).clamp(_EPS, 1 - _EPS)
             return torch.log(p) - torch.log1p(-p)

@@ -76,6 +76,7 @@ def test_evaluation_reports_kappa_recall_at_k_and_both_classifiers(trained, eval
     recall = embedding["recall_at_k"]
     assert 0.0 <= recall["recall@1"] <= recall["recall@5"] <= recall["recall@10"] <= 1.0
     assert embedding["n_images"] == doc["n_images"]
+    assert 0.0 < embedding["mean_pairwise_distance"] <= 2.0
     assert embedding["heads"]["knn"]["auc"] == pytest.approx(doc["study"]["auc"], abs=1e-9)  # the bundle's head
     assert 0.0 <= embedding["heads"]["logistic"]["auc"] <= 1.0
     fusion = read_json(evaluated / "view_fusion.json")  # early fusion through the embedding classifier

@@ -4,6 +4,8 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from mura_monai.explain import target_layer
 from mura_monai.multiview import last_linear
@@ -25,9 +27,19 @@ def test_heads_reproduce_scikit_learn():
     knn = KNeighborsClassifier(7, weights="distance").fit(x, y).predict_proba(q)[:, 1]
     ours = torch.sigmoid(head.logits(torch.tensor(q, dtype=torch.float32), "knn")).numpy()
     np.testing.assert_allclose(ours, np.clip(knn, 1e-6, 1 - 1e-6), atol=1e-4)
-    lr = LogisticRegression(max_iter=2000).fit(x, y).predict_proba(q)[:, 1]
+    lr = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(x, y).predict_proba(q)[:, 1]
     ours = torch.sigmoid(head.logits(torch.tensor(q, dtype=torch.float32), "logistic")).numpy()
     np.testing.assert_allclose(ours, lr, atol=1e-4)
+
+
+def test_logistic_head_separates_a_collapsed_embedding():
+    # every embedding within 1e-3 of one point, the classes apart along one axis: the triplet
+    # losses' collapse; a regularised regression on the raw values would predict the prior
+    x, y = embeddings(n=200)
+    x = np.array([1.0] + [0.0] * 15) + 1e-3 * x
+    head = EmbeddingHead(16).fit(torch.tensor(x), torch.tensor(y))
+    p = torch.sigmoid(head.logits(torch.tensor(x, dtype=torch.float32))).numpy()
+    assert p[y == 1].mean() - p[y == 0].mean() > 0.2
 
 
 def test_head_refuses_one_class_and_answers_only_when_fitted():
