@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mura_monai.networks.factory import densenet169, resnet50
+from mura_monai.networks.fitted_buffers import FittedBuffers
 
 __all__ = ["EMBEDDING_HEADS", "SIAMESE_BACKBONES", "Embedder", "EmbeddingClassifier", "EmbeddingHead",
            "SiameseNet", "siamese_net"]
@@ -37,7 +38,7 @@ SIAMESE_BACKBONES = {"densenet169": 1664, "resnet50": 2048}
 _EPS = 1e-6
 
 
-class EmbeddingHead(nn.Module):
+class EmbeddingHead(FittedBuffers):
     """Logistic regression and distance-weighted k-NN on embeddings, fitted by scikit-learn.
 
     Args:
@@ -100,15 +101,6 @@ class EmbeddingHead(nn.Module):
         self.reference = torch.as_tensor(x, dtype=torch.float32, device=device)
         self.reference_labels = torch.as_tensor(y, dtype=torch.float32, device=device)
         return self
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs) -> None:
-        for name in self._FITTED:
-            incoming = state_dict.get(prefix + name)
-            if isinstance(incoming, torch.Tensor) and incoming.shape != self._buffers[name].shape:
-                self._buffers[name] = self._buffers[name].new_empty(incoming.shape)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
 
     def knn_probability(self, embeddings: torch.Tensor) -> torch.Tensor:
         """``(B,)`` distance-weighted share of abnormal references among the k nearest."""

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from mura_monai.networks.factory import resnet50
+from mura_monai.networks.fitted_buffers import FittedBuffers
 from mura_monai.networks.pretrained import load_pretrained
 
 __all__ = ["BaggedSVMHead", "ResNetSVM", "resnet_svm"]
@@ -60,7 +61,7 @@ def _bag_and_platt(classifier) -> tuple[object, tuple[float, float]]:
     return calibrated[0].estimator, (float(calibrator.a_), float(calibrator.b_))
 
 
-class BaggedSVMHead(nn.Module):
+class BaggedSVMHead(FittedBuffers):
     """Standardisation, bagged polynomial SVMs and their Platt sigmoid, as buffers.
 
     Args:
@@ -141,15 +142,6 @@ class BaggedSVMHead(nn.Module):
             self._buffers[name] = torch.as_tensor(value, dtype=old.dtype, device=old.device).clone()
         return self
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs) -> None:
-        """Resize the fit-dependent buffers to the file's before the usual copy checks shapes."""
-        for name in self._FITTED:
-            incoming = state_dict.get(prefix + name)
-            if isinstance(incoming, torch.Tensor) and incoming.shape != self._buffers[name].shape:
-                self._buffers[name] = self._buffers[name].new_empty(incoming.shape)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
 
     def decision_function(self, features: torch.Tensor) -> torch.Tensor:
         """``(B,)`` float64: ``BaggingClassifier.decision_function`` of the standardised features."""

@@ -5,6 +5,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
@@ -44,3 +46,22 @@ def torchrun(nproc: int) -> list[str]:
 
 
 MULTI_GPU = "['configs/train.json','configs/multi_gpu_train.json']"
+
+
+@contextmanager
+def one_intra_op_thread() -> Iterator[None]:
+    """One intra-op thread here and in bundle subprocesses: on the shared 2-core machine two
+    competing threads make the convolution passes several times slower (torchrun sets 1 itself)."""
+    import torch
+
+    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        if env is None:
+            os.environ.pop("OMP_NUM_THREADS", None)
+        else:
+            os.environ["OMP_NUM_THREADS"] = env

@@ -7,7 +7,6 @@ probabilities as the evaluation), and trains under torchrun with 2 CPU processes
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ import torch
 from mura_monai.cli import main as cli_main
 from mura_monai.networks import resnet_svm
 from tests.bundles.bundle_runner import (
-    BUNDLES, EVALUATE, MULTI_GPU, TRAIN, assert_design_metrics, bundle_run, read_json, torchrun,
+    BUNDLES, EVALUATE, MULTI_GPU, TRAIN, assert_design_metrics, bundle_run, one_intra_op_thread, read_json, torchrun,
 )
 
 NAME = "resnet_svm"
@@ -24,17 +23,8 @@ TINY = ["--image_size", "64", "--batch_size", "8", "--num_workers", "0"]
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """One intra-op thread here and in the bundle subprocesses: on the shared 2-core machine two
-    competing threads make the ResNet-50 passes several times slower (torchrun sets 1 itself)."""
-    threads, env = torch.get_num_threads(), os.environ.get("OMP_NUM_THREADS")
-    torch.set_num_threads(1)
-    os.environ["OMP_NUM_THREADS"] = "1"
-    yield
-    torch.set_num_threads(threads)
-    if env is None:
-        os.environ.pop("OMP_NUM_THREADS", None)
-    else:
-        os.environ["OMP_NUM_THREADS"] = env
+    with one_intra_op_thread():
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ and trains under torchrun with 2 CPU processes (gloo).
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ import torch
 from mura_monai.cli import main as cli_main
 from mura_monai.networks import siamese_net
 from tests.bundles.bundle_runner import (
-    BUNDLES, EVALUATE, MULTI_GPU, TRAIN, assert_design_metrics, bundle_run, read_json, torchrun,
+    BUNDLES, EVALUATE, MULTI_GPU, TRAIN, assert_design_metrics, bundle_run, one_intra_op_thread, read_json, torchrun,
 )
 
 NAME = "siamese_triplet"
@@ -27,15 +26,8 @@ TINY = ["--image_size", "64", "--batch_size", "8", "--samples_per_class", "4", "
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """One intra-op thread in the bundle subprocesses: two competing threads on the shared 2-core
-    machine make the passes slower (torchrun sets 1 itself)."""
-    env = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    yield
-    if env is None:
-        os.environ.pop("OMP_NUM_THREADS", None)
-    else:
-        os.environ["OMP_NUM_THREADS"] = env
+    with one_intra_op_thread():
+        yield
 
 
 @pytest.fixture(scope="module")
