@@ -5,9 +5,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # Debian packages the tests call: dciodvfy (dicom3tools) validates every DICOM object we write;
-# dcmtk's storescu/echoscu are the modality and Orthanc the PACS of the listener tests.
-DEBIAN_PACKAGES := dicom3tools dcmtk orthanc
-DEBIAN_COMMANDS := dciodvfy storescu echoscu /usr/sbin/Orthanc
+# dcmtk's storescu/echoscu are the modality and Orthanc the PACS of the listener tests;
+# Chromium is the browser Playwright drives in the review app's tests (no browser download).
+DEBIAN_PACKAGES := dicom3tools dcmtk orthanc chromium
+DEBIAN_COMMANDS := dciodvfy storescu echoscu /usr/sbin/Orthanc /usr/bin/chromium
 DEMO_DIR ?= demo
 DEMO_PATIENTS ?= 200
 DEMO_EPOCHS ?= 4
@@ -23,6 +24,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-deps 'monailabel>=0.8'  # its client only: see pyproject's review-client
 	touch $@
 
 system-deps:

@@ -60,7 +60,8 @@ class Destination:
 class ReviewSettings:
     host: str = "127.0.0.1"
     port: int = 8000
-    token: str = ""
+    token: str = ""                       # empty: no sign-in, and the app listens on 127.0.0.1 only
+    show_patient_name: bool = False       # patient names on the worklist and in the API
 
 
 @dataclass
@@ -132,7 +133,8 @@ def _check(config: ListenerConfig, path: Path) -> None:
     for title in [settings.ae_title, *settings.allowed_calling_aets, *(d.ae_title for d in config.destinations)]:
         if not 0 < len(title.strip()) <= 16 or "\\" in title:
             raise ConfigError(f"{path}: AE title {title!r} must be 1 to 16 characters without a backslash")
-    if not 0 < settings.port < 65536 or any(not 0 < d.port < 65536 for d in config.destinations):
+    if not 0 < settings.port < 65536 or any(not 0 < d.port < 65536 for d in config.destinations) or (
+            config.review is not None and not 0 < config.review.port < 65536):
         raise ConfigError(f"{path}: ports must be between 1 and 65535")
     if settings.stable_age_s < 0:
         raise ConfigError(f"{path}: [listener] stable_age_s must not be negative")

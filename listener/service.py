@@ -1,4 +1,5 @@
-"""The running service: SCP, study assembly, a supervised worker process, the exporter.
+"""The running service: SCP, study assembly, a supervised worker process, the exporter, and the
+review app's process when listener.toml has a ``[review]`` table.
 
 Everything meets in the store (:mod:`listener.store`), so the parts share no memory: the SCP
 threads record instances, the assembly loop marks studies complete after ``stable_age_s``, the
@@ -81,6 +82,12 @@ class ListenerService:
                    threading.Thread(target=exporter.run, args=(self.stop,), name="exporter", daemon=True)]
         for thread in threads:
             thread.start()
+        review = None
+        if self.config.review is not None:
+            from listener.review.server import ReviewProcess
+
+            review = ReviewProcess(self.config)
+            review.start()
         settings = self.config.listener
         logger.info("listening", extra={"ae_title": settings.ae_title, "port": settings.port,
                                         "spool": str(self.config.spool_dir)})
@@ -89,8 +96,12 @@ class ListenerService:
                 if not self._worker.is_alive():
                     logger.error("worker process exited; restarting it", extra={"exitcode": self._worker.exitcode})
                     self._start_worker()
+                if review is not None:
+                    review.supervise()
         finally:
             logger.info("stopping: no new associations; finishing the study in hand")
+            if review is not None:
+                review.stop()
             scp.stop()
             self._worker_stop.set()
             self._worker.join(timeout=120)

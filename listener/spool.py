@@ -21,13 +21,16 @@ def _digest(text: str) -> str:
 
 
 class Spool:
-    def __init__(self, root: str | Path) -> None:
+    """``clean``: drop what a crash left in ``tmp``; only the process that owns the spool (the
+    listener) may, as another one (the review app) would delete files being written."""
+
+    def __init__(self, root: str | Path, clean: bool = True) -> None:
         self.root = Path(root)
         self.tmp = self.root / "tmp"
         self.instances = self.root / "instances"
         for folder in (self.tmp, self.instances):
             folder.mkdir(parents=True, exist_ok=True)
-        for leftover in self.tmp.iterdir():  # a crash mid-write: never acknowledged, safe to drop
+        for leftover in self.tmp.iterdir() if clean else ():  # a crash mid-write: never acknowledged
             leftover.unlink(missing_ok=True)
 
     def instance_path(self, study_uid: str, sop_instance_uid: str) -> Path:

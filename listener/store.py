@@ -143,6 +143,15 @@ class Store:
             db.close()
             self._local.db = None
 
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection, for modules keeping tables of their own in this database
+        (the review app's labels): one file, one backup, one crash-safety story."""
+        return self._db()
+
+    def transaction(self):
+        """An immediate write transaction on this thread's connection (see :meth:`connection`)."""
+        return self._write()
+
     # -- receiving -----------------------------------------------------------------------
     def record_instance(self, sop_instance_uid: str, study_uid: str, calling_ae: str, sop_class_uid: str,
                         path: str | Path, now: float | None = None) -> str:
@@ -215,6 +224,24 @@ class Store:
             db.execute("UPDATE studies SET state=?, version=?, priority=?, result=?, sr_path=?, reason=NULL, updated_at=? "
                        "WHERE study_key=?", (state, version, priority, json.dumps(result), str(sr_path) if sr_path else None,
                                              now, key))
+            db.executemany(
+                "INSERT INTO outbox (study_key, version, destination, path, priority, created_at, next_attempt_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(key, version, d, str(p), priority, now, now) for d in destinations for p in outputs],
+            )
+        return version
+
+    def add_revision(self, key: str, outputs: list[str | Path], destinations: list[str], priority: int,
+                     sr_path: str | Path, now: float | None = None) -> int:
+        """A result corrected by a reviewer (a new SR version) queued for every destination;
+        returns the new version. The model's result stays in ``result``: the correction is the
+        reviewer's label, and the next analysis of the study references this SR."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            version = db.execute("SELECT version FROM studies WHERE study_key=?", (key,)).fetchone()["version"] + 1
+            db.execute("UPDATE studies SET version=?, sr_path=?, updated_at=?, state=CASE WHEN state IN "
+                       "('analysed', 'sent', 'failed') THEN 'analysed' ELSE state END WHERE study_key=?",
+                       (version, str(sr_path), now, key))
             db.executemany(
                 "INSERT INTO outbox (study_key, version, destination, path, priority, created_at, next_attempt_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -18,7 +18,7 @@ from listener.config import ListenerConfig
 from listener.exporter import destination_key
 from listener.store import Store, Study
 
-__all__ = ["Worker", "results_dir"]
+__all__ = ["Worker", "load_predictor", "results_dir"]
 
 logger = logging.getLogger("listener.worker")
 
@@ -33,6 +33,18 @@ def results_dir(spool_dir: Path, study: Study, version: int) -> Path:
 def study_ref(study: Study) -> str:
     """A short stable reference for log lines: logs must not carry the StudyInstanceUID."""
     return hashlib.sha256(study.key.encode()).hexdigest()[:12]
+
+
+def load_predictor(config: ListenerConfig):
+    """The ensemble of ``[model]``, as the worker and the review app's ``/infer`` run it."""
+    from mura_monai.ensemble_predictor import EnsemblePredictor
+
+    model = config.model
+    return EnsemblePredictor(
+        config.resolve(model.bundle), device=model.device,
+        models_dir=config.resolve(model.models_dir) if model.models_dir else None,
+        members_models_dir=config.resolve(model.members_models_dir) if model.members_models_dir else None,
+    )
 
 
 class AnalysisError(Exception):
@@ -53,14 +65,7 @@ class Worker:
         self.destinations = [destination_key(d) for d in config.destinations]
 
     def _load_predictor(self):
-        from mura_monai.ensemble_predictor import EnsemblePredictor
-
-        model = self.config.model
-        return EnsemblePredictor(
-            self.config.resolve(model.bundle), device=model.device,
-            models_dir=self.config.resolve(model.models_dir) if model.models_dir else None,
-            members_models_dir=self.config.resolve(model.members_models_dir) if model.members_models_dir else None,
-        )
+        return load_predictor(self.config)
 
     def run(self, stop: threading.Event, poll_s: float = 0.5) -> None:
         while not stop.is_set():
@@ -99,6 +104,7 @@ class Worker:
         (result,) = self.predictor.studies(records, P)
         result["unreadable"] = len(unreadable)
         version = study.version + 1
+        result["analysis_version"] = version  # the review's "original" label names the analysis it copies
         out = results_dir(self.config.spool_dir, study, version)
         predecessor = pydicom.dcmread(study.sr_path) if study.sr_path and Path(study.sr_path).is_file() else None
         from mura_monai.ensemble_outputs import write_study_outputs

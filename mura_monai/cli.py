@@ -82,6 +82,13 @@ def _setup_argparser() -> argparse.ArgumentParser:
                          help="evaluation output folders (or their metrics.json files)")
     compare.add_argument("--output-dir", type=Path, default=Path("."),
                          help="where comparison.md and comparison.csv go (default: the current folder)")
+
+    export = sub.add_parser("export-labels", help="the review app's reviewed studies as a MURA root, with an "
+                                                  "agreement table (model vs reviewer)")
+    export.add_argument("--config", type=Path, required=True, help="listener.toml (its spool holds studies and labels)")
+    export.add_argument("out", type=Path, help="folder to write MURA-v1.1/, agreement.csv and agreement.md in")
+    export.add_argument("--valid-fraction", type=float, default=0.2, help="share of patients in the valid split")
+    export.add_argument("--seed", type=int, default=0, help="seed of the split by patient (default 0)")
     return parser
 
 
@@ -194,7 +201,19 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"synth": _synth, "infer": _infer, "evaluate": _evaluate, "fit-ensemble": _fit_ensemble, "compare": _compare}
+def _export_labels(args: argparse.Namespace) -> int:
+    from listener.config import load_config
+    from listener.review.export import export_labels
+
+    if not 0.0 <= args.valid_fraction < 1.0:
+        raise ValueError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
+    summary = export_labels(load_config(args.config), args.out, valid_fraction=args.valid_fraction, seed=args.seed)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+_COMMANDS = {"synth": _synth, "infer": _infer, "evaluate": _evaluate, "fit-ensemble": _fit_ensemble, "compare": _compare,
+             "export-labels": _export_labels}
 
 
 def main(args: list[str] | None = None) -> int:

@@ -63,9 +63,14 @@ _TYPE2 = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "Accessi
 
 def build_sr(study: dict, sources: Sequence[Dataset], algorithm: dict, *, series_number: int = 900,
              instance_number: int = 1, predecessor: Dataset | None = None,
-             series_instance_uid: str | None = None) -> hd.sr.ComprehensiveSR:
+             series_instance_uid: str | None = None, reviewer: str | None = None,
+             reviewer_organization: str = "mura-monai review") -> hd.sr.ComprehensiveSR:
     """A new version of an existing result stays in the predecessor's series unless told otherwise,
-    so the PACS shows one AI series per study."""
+    so the PACS shows one AI series per study.
+
+    ``reviewer``: the person whose finding ``study["abnormal"]`` is (a corrected result). They
+    become the document's person observer beside the device and its verifying observer
+    (VERIFIED); the probabilities and the operating point stay the algorithm's."""
     if not sources:
         raise ValueError("an SR needs at least one analysed source image")
     study_uid = sources[0].StudyInstanceUID
@@ -86,8 +91,12 @@ def build_sr(study: dict, sources: Sequence[Dataset], algorithm: dict, *, series
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=_device_uid(algorithm), name=algorithm["name"], manufacturer_name=algorithm["manufacturer"],
             model_name=algorithm["version"]))
+    person = None if reviewer is None else hd.sr.ObserverContext(
+        observer_type=codes.DCM.Person,
+        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
+            name=reviewer, organization_name=reviewer_organization))
     report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        observation_context=hd.sr.ObservationContext(observer_person_context=person, observer_device_context=observer),
         procedure_reported=codes.SCT.PlainRadiography,
         imaging_measurements=groups,
     )
@@ -103,6 +112,9 @@ def build_sr(study: dict, sources: Sequence[Dataset], algorithm: dict, *, series
         instance_number=instance_number,
         manufacturer=algorithm["manufacturer"],
         is_complete=True,
+        is_verified=reviewer is not None,
+        verifying_observer_name=reviewer,
+        verifying_organization=reviewer_organization if reviewer is not None else None,
         previous_versions=[predecessor] if predecessor is not None else None,
         contributing_equipment=[_equipment(algorithm)],
         series_description=SR_SERIES_DESCRIPTION,
@@ -286,6 +298,8 @@ def read_sr_result(ds: Dataset) -> dict:
         "referenced_sop_instance_uids": referenced,
         "algorithm": {"name": texts.get("111001", [None])[0], "version": texts.get("111003", [None])[0],
                       "parameters": texts.get("111002", [])},
+        "reviewer": (str(ds.VerifyingObserverSequence[0].VerifyingObserverName)
+                     if ds.get("VerificationFlag") == "VERIFIED" and ds.get("VerifyingObserverSequence") else None),
         "predecessors": [ref.ReferencedSOPInstanceUID for study_ in ds.get("PredecessorDocumentsSequence", [])
                          for series in study_.ReferencedSeriesSequence for ref in series.ReferencedSOPSequence],
     }

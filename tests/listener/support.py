@@ -7,8 +7,10 @@ from listener.config import load_config
 from tests.listener.orthanc import free_port
 
 
-def write_config(folder: Path, port: int | None = None, destinations=(), **listener) -> Path:
-    """A listener.toml in ``folder`` (spool beside it), ``[listener]`` values overridable."""
+def write_config(folder: Path, port: int | None = None, destinations=(), review: dict | None = None,
+                 **listener) -> Path:
+    """A listener.toml in ``folder`` (spool beside it), ``[listener]`` values overridable;
+    ``review``: the ``[review]`` table, when given."""
     settings = {"ae_title": "MURA_AI", "host": "127.0.0.1", "port": port or free_port(), "spool_dir": "spool",
                 "stable_age_s": 1.0, "min_free_disk_mb": 1, "log_format": "json", **listener}
 
@@ -27,6 +29,8 @@ def write_config(folder: Path, port: int | None = None, destinations=(), **liste
         lines += ["", "[model]"] + [f"{k} = {value(v)}" for k, v in model.items()]
     for d in destinations:
         lines += ["", "[[destinations]]"] + [f"{k} = {value(v)}" for k, v in d.items()]
+    if review is not None:
+        lines += ["", "[review]"] + [f"{k} = {value(v)}" for k, v in review.items()]
     path = Path(folder) / "listener.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")

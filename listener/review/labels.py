@@ -1,0 +1,138 @@
+"""Labels of the review: the model's finding (tag ``original``) and the reviewer's (tag ``final``).
+
+They live in the listener's own database (``queue.sqlite3``) beside the studies they label, so a
+backup of the spool holds the images, the results and the corrections together. Nothing is
+updated in place: a reviewer who changes their mind adds a row, the latest row of a tag wins,
+and the history of who said what when stays for audit and for the agreement table.
+
+A label names a study, or one image of it (``sop_instance_uid``); MURA labels studies, so the
+study's own label is what the worklist, the export and the SR use.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+
+from listener.store import Store
+
+__all__ = ["FINDINGS", "TAGS", "Label", "LabelStore", "review_state"]
+
+TAGS = ("original", "final")
+FINDINGS = ("abnormal", "normal")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS labels (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_key TEXT NOT NULL,
+    sop_instance_uid TEXT,
+    tag TEXT NOT NULL CHECK (tag IN ('original', 'final')),
+    finding TEXT NOT NULL CHECK (finding IN ('abnormal', 'normal')),
+    probability REAL,
+    reviewer TEXT,
+    comment TEXT,
+    analysis_version INTEGER,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS labels_study ON labels(study_key, tag, id);
+"""
+
+
+@dataclass
+class Label:
+    id: int
+    study_key: str
+    sop_instance_uid: str | None
+    tag: str
+    finding: str
+    probability: float | None
+    reviewer: str | None
+    comment: str | None
+    analysis_version: int | None
+    created_at: float
+
+    def as_dict(self) -> dict:
+        """The label as the API shows it (the study key stays inside: it holds a UID)."""
+        return {"tag": self.tag, "finding": self.finding, "abnormal": self.finding == "abnormal",
+                "probability": self.probability, "reviewer": self.reviewer, "comment": self.comment,
+                "analysis_version": self.analysis_version, "time": self.created_at}
+
+
+def _label(row) -> Label:
+    return Label(**{k: row[k] for k in row.keys()})
+
+
+def review_state(original: Label | None, final: Label | None) -> str:
+    """``unreviewed``, ``accepted`` (the reviewer agreed with the model) or ``overridden``."""
+    if final is None:
+        return "unreviewed"
+    if original is None or original.finding == final.finding:
+        return "accepted"
+    return "overridden"
+
+
+class LabelStore:
+    """The ``labels`` table of a listener :class:`~listener.store.Store`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.store.connection().executescript(_SCHEMA)
+
+    def add(self, study_key: str, tag: str, finding: str, *, sop_instance_uid: str | None = None,
+            probability: float | None = None, reviewer: str | None = None, comment: str | None = None,
+            analysis_version: int | None = None, now: float | None = None) -> Label:
+        if tag not in TAGS:
+            raise ValueError(f"label tag must be one of {TAGS}, got {tag!r}")
+        if finding not in FINDINGS:
+            raise ValueError(f"finding must be one of {FINDINGS}, got {finding!r}")
+        if tag == "final" and not (reviewer or "").strip():
+            raise ValueError("a final label needs the reviewer who gave it")
+        now = time.time() if now is None else now
+        with self.store.transaction() as db:
+            cursor = db.execute(
+                "INSERT INTO labels (study_key, sop_instance_uid, tag, finding, probability, reviewer, comment, "
+                "analysis_version, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (study_key, sop_instance_uid, tag, finding, probability, reviewer, comment or None, analysis_version,
+                 now))
+            row = db.execute("SELECT * FROM labels WHERE id=?", (cursor.lastrowid,)).fetchone()
+        return _label(row)
+
+    def latest(self, study_key: str, tag: str, sop_instance_uid: str | None = None) -> Label | None:
+        row = self.store.connection().execute(
+            "SELECT * FROM labels WHERE study_key=? AND tag=? AND sop_instance_uid IS ? ORDER BY id DESC LIMIT 1",
+            (study_key, tag, sop_instance_uid)).fetchone()
+        return _label(row) if row else None
+
+    def history(self, study_key: str) -> list[Label]:
+        """Every label of the study and its images, oldest first."""
+        rows = self.store.connection().execute("SELECT * FROM labels WHERE study_key=? ORDER BY id", (study_key,))
+        return [_label(r) for r in rows]
+
+    def latest_study_labels(self) -> dict[tuple[str, str], Label]:
+        """The latest study-level label per ``(study_key, tag)``, all studies in one query (worklist)."""
+        rows = self.store.connection().execute(
+            "SELECT * FROM labels WHERE id IN (SELECT MAX(id) FROM labels WHERE sop_instance_uid IS NULL "
+            "GROUP BY study_key, tag)")
+        return {(r["study_key"], r["tag"]): _label(r) for r in rows}
+
+    def record_originals(self) -> int:
+        """Give every analysed study whose current analysis has no ``original`` label one, from
+        the model's result; returns how many were added. Idempotent, so any reader may call it
+        (the worker stays unaware of the review)."""
+        missing = ("SELECT s.study_key, s.result FROM studies s WHERE s.result IS NOT NULL AND NOT EXISTS ("
+                   "SELECT 1 FROM labels l WHERE l.study_key=s.study_key AND l.tag='original' "
+                   "AND l.sop_instance_uid IS NULL AND l.analysis_version IS json_extract(s.result, '$.analysis_version'))")
+        if not self.store.connection().execute(missing + " LIMIT 1").fetchone():
+            return 0  # the common case, without taking the write lock
+        added = 0
+        with self.store.transaction() as db:
+            for row in db.execute(missing).fetchall():
+                result = json.loads(row["result"])
+                if "abnormal" not in result or "probability" not in result:
+                    continue
+                db.execute("INSERT INTO labels (study_key, tag, finding, probability, analysis_version, created_at) "
+                           "VALUES (?, 'original', ?, ?, ?, ?)",
+                           (row["study_key"], "abnormal" if result["abnormal"] else "normal",
+                            float(result["probability"]), result.get("analysis_version"), time.time()))
+                added += 1
+        return added

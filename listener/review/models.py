@@ -1,0 +1,127 @@
+"""The models the review app offers MONAI Label's ``/info/`` and ``/infer/{model}``: the ensemble of
+``[model]`` and each of its members.
+
+``/info/`` is answered from the bundle's files alone (``configs/inference.json``,
+``ensemble.json``), so the page and the worklist never wait for torch; the networks load on
+the first ``/infer`` call and stay loaded, as in the worker, because loading them costs seconds
+and a study a fraction of that.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+from pathlib import Path
+
+from listener.config import ListenerConfig
+from listener.review.datastore import ReviewImage, ReviewStudy, image_id
+
+__all__ = ["ModelRunner", "describe_models"]
+
+
+def _ensemble_files(config: ListenerConfig) -> tuple[Path, dict, dict]:
+    bundle = config.resolve(config.model.bundle)
+    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    models_dir = config.resolve(config.model.models_dir) if config.model.models_dir else bundle / "models"
+    fitted_path = models_dir / "ensemble.json"
+    fitted = json.loads(fitted_path.read_text()) if fitted_path.is_file() else {}
+    return bundle, inference, fitted
+
+
+def describe_models(config: ListenerConfig) -> dict:
+    """MONAI Label's ``models`` of ``/info/``: the ensemble (its thresholds per body part at its
+    operating point) and its members, each a binary classifier with the label ``abnormal``."""
+    bundle, inference, fitted = _ensemble_files(config)
+    operating_point = inference.get("operating_point", "youden")
+    thresholds = {part: points.get(operating_point) for part, points in fitted.get("thresholds", {}).items()}
+    members = fitted.get("members") or [m["name"] for m in inference.get("members", [])]
+    labels = {"abnormal": 1}
+    models = {bundle.name: {
+        "type": "classification", "dimension": 2, "labels": labels, "members": members,
+        "description": "Ensemble of the members: calibrated, combined, thresholded per body part",
+        "config": {"combine": fitted.get("combine", inference.get("combine")),
+                   "calibration": fitted.get("calibration", inference.get("calibration")),
+                   "operating_point": operating_point, "thresholds": thresholds,
+                   "fitted": bool(fitted)},
+    }}
+    for name in members:
+        models[name] = {"type": "classification", "dimension": 2, "labels": labels,
+                        "description": f"Ensemble member {name} (calibrated on the ensemble's fit split)",
+                        "config": {"member_of": bundle.name}}
+    return models
+
+
+class ModelRunner:
+    """Runs the ensemble, or one member, on stored images; one call at a time."""
+
+    def __init__(self, config: ListenerConfig) -> None:
+        self.config = config
+        self.name = config.resolve(config.model.bundle).name
+        self._predictor = None
+        self._lock = threading.Lock()
+
+    def _loaded(self):
+        if self._predictor is None:
+            from listener.worker import load_predictor
+
+            self._predictor = load_predictor(self.config)
+        return self._predictor
+
+    def infer(self, model: str, study: ReviewStudy, image: ReviewImage | None) -> tuple[dict, bytes | None]:
+        """``(result, heatmap PNG)`` for ``image``, or for the whole study (heatmap of its first
+        image). Raises KeyError for a model that is neither the ensemble nor a member."""
+        images = [image] if image is not None else study.images
+        if not images:
+            raise ValueError("the study holds no image")
+        with self._lock:
+            predictor = self._loaded()
+            if model != self.name and model not in predictor.member_names:
+                raise KeyError(model)
+            unreadable: list = []
+            records, P = predictor.member_probabilities([i.path for i in images], unreadable=unreadable)
+            if not records:
+                raise ValueError("no decodable radiograph among the images")
+            result = predictor.studies(records, P)[0]  # the images of one study
+            heatmap = self._heatmap(predictor, model, result)
+        by_path = {str(i.path): i for i in images}
+        threshold = result["threshold"]
+        if model == self.name:
+            probability, members = result["probability"], result["members"]
+        else:
+            probability, members = result["members"][model], {}
+        params = {
+            "model": model, "study": study.id, "image": image.id if image else None,
+            "body_part": result["body_part"], "probability": probability, "threshold": threshold,
+            "abnormal": probability > threshold, "finding": "abnormal" if probability > threshold else "normal",
+            "operating_point": result["operating_point"], "members": members,
+            "uncertainty": result["uncertainty"] if model == self.name else None,
+            "uncertain": result["uncertain"] if model == self.name else None,
+            "images": [{"id": image_id(by_path[str(r["path"])].sop_instance_uid) if str(r["path"]) in by_path else None,
+                        "probability": r["probability"] if model == self.name else r["members"][model]}
+                       for r in result["images"]],
+            "unreadable": len(unreadable),
+        }
+        return params, heatmap
+
+    @staticmethod
+    def _heatmap(predictor, model: str, result: dict) -> bytes | None:
+        """The first image's heatmap: the ensemble's weighted CAM, or the member's own."""
+        from mura_monai.ensemble_outputs import write_study_outputs
+        from mura_monai.explain import explain_prepared, write_overlay_png
+
+        with tempfile.TemporaryDirectory(prefix="mura-review-") as tmp:
+            if model not in predictor.member_names:
+                first = {**result, "images": result["images"][:1]}
+                write_study_outputs(predictor, first, tmp, None)
+                path = first["images"][0].get("heatmap")
+            else:
+                import numpy as np
+
+                member = predictor.members[predictor.member_names.index(model)]
+                loaded = predictor.members[0].load(result["images"][0]["path"])
+                radiograph = np.asarray(loaded["image"], dtype=np.float32).reshape(np.asarray(loaded["image"]).shape[-2:])
+                explained = explain_prepared([(member.loaded.network, member.prepare(loaded), 1.0)], radiograph,
+                                             method=predictor.settings.get("heatmap_method", "gradcam"),
+                                             alpha=float(predictor.settings.get("heatmap_alpha", 0.4)))
+                path = write_overlay_png(Path(tmp) / "heatmap.png", explained["overlay"])
+            return Path(path).read_bytes() if path else None

@@ -1,0 +1,141 @@
+"""Serving the review app: ``mura-review --config listener.toml`` alone, or beside the listener.
+
+Beside the listener it runs in a process of its own (spawned, like the worker): ``/infer`` loads
+torch and the networks, which the process holding the DICOM associations must not, and a crash
+in the web stack must not take the SCP down. uvicorn's own access log is off: its lines would
+carry query strings (the sign-in token among them).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import signal
+import sys
+import threading
+import time
+
+from listener.config import ListenerConfig, ReviewSettings, load_config
+
+__all__ = ["ReviewProcess", "effective_host", "main", "make_server"]
+
+logger = logging.getLogger("listener.review")
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def effective_host(settings: ReviewSettings) -> str:
+    """Without a token nobody signs in, so nobody but this machine may connect."""
+    if settings.token:
+        return settings.host
+    if settings.host not in _LOOPBACK:
+        logger.warning("review app has no token in [review]: listening on 127.0.0.1 only, not on the configured host",
+                       extra={"configured_host": settings.host})
+        return "127.0.0.1"
+    logger.warning("review app has no token in [review]: listening on 127.0.0.1 only")
+    return settings.host
+
+
+def make_server(config: ListenerConfig, settings: ReviewSettings | None = None):
+    """A ``uvicorn.Server`` for the app of ``config`` (not started)."""
+    import uvicorn
+
+    from listener.review.app import create_app
+
+    settings = settings or config.review or ReviewSettings()
+    host = effective_host(settings)
+    server = uvicorn.Server(uvicorn.Config(create_app(config, settings), host=host, port=settings.port,
+                                           access_log=False, log_config=None, lifespan="on"))
+    logger.info("review app", extra={"url": f"http://{host}:{settings.port}/", "sign_in": bool(settings.token)})
+    return server
+
+
+def _process_main(config_path: str, stop, log_format: str) -> None:
+    """Entry point of the review process the listener starts (spawned)."""
+    from listener.logs import setup_logging
+
+    setup_logging(log_format)
+    server = make_server(load_config(config_path))
+
+    def watch() -> None:
+        stop.wait()
+        server.should_exit = True
+
+    threading.Thread(target=watch, name="review-stop", daemon=True).start()
+    _run(server)
+
+
+def _run(server) -> None:
+    """uvicorn stops gracefully on SIGINT / SIGTERM, then raises the signal again for the handler
+    it found; a no-op handler makes that a clean exit (status 0, no traceback)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: None)
+    server.run()
+
+
+class ReviewProcess:
+    """The review app beside the listener; :meth:`stop` lets uvicorn finish open requests."""
+
+    def __init__(self, config: ListenerConfig) -> None:
+        self.config = config
+        self._mp = multiprocessing.get_context("spawn")
+        self._stop = None
+        self.process: multiprocessing.Process | None = None
+        self._started_at = 0.0
+        self._restarts = 0
+
+    def start(self) -> None:
+        self._stop = self._mp.Event()  # a fresh event per process (see the worker's in service.py)
+        self.process = self._mp.Process(target=_process_main, name="mura-review",
+                                        args=(str(self.config.path), self._stop, self.config.listener.log_format))
+        self.process.start()
+        self._started_at = time.monotonic()
+
+    def is_alive(self) -> bool:
+        return self.process is not None and self.process.is_alive()
+
+    def supervise(self) -> None:
+        """Restart an app that exited, backing off while it keeps exiting (a port in use)."""
+        if self.is_alive():
+            return
+        if time.monotonic() - self._started_at < min(60.0, 2.0 ** self._restarts):
+            return
+        self._restarts += 1
+        logger.error("review app exited; restarting it", extra={"exitcode": self.process.exitcode,
+                                                                "restarts": self._restarts})
+        self.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.process is None:
+            return
+        self._stop.set()
+        self.process.join(timeout=timeout_s)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join()
+
+
+def _setup_argparser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mura-review", description="mura-monai review web app (MONAI Label API)")
+    parser.add_argument("--config", required=True, help="listener.toml (its [review] table: host, port, token)")
+    return parser
+
+
+def main(args: list[str] | None = None) -> int:
+    parsed = _setup_argparser().parse_args(args)
+    from listener.config import ConfigError
+    from listener.logs import setup_logging
+
+    try:
+        config = load_config(parsed.config)
+    except ConfigError as exc:
+        print(f"mura-review: error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.listener.log_format)
+    if config.review is None:
+        logger.info("no [review] table in the config: defaults (127.0.0.1:8000, no token)")
+    _run(make_server(config))  # SIGINT and SIGTERM: open requests finish first
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
