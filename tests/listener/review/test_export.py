@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import csv
+import json
+import math
 import re
 
 import cv2
@@ -14,6 +16,7 @@ from listener.review.labels import LabelStore
 from listener.store import Store
 from mura_monai.cli import main
 from mura_monai.data.mura import load_mura_split
+from tests.bundles.bundle_runner import TRAIN, bundle_run
 
 
 def _review(config):
@@ -66,6 +69,13 @@ def test_reviewed_studies_export_as_a_mura_root_with_the_final_labels(make_liste
     assert "| ALL | 3 | 2 |" in (out / "agreement.md").read_text()
     assert '"valid": ' in capsys.readouterr().out
     assert main(["export-labels", "--config", str(config.path), str(out)]) == 2  # never over an earlier export
+
+    # retraining on the corrections is one `run training` away: a bundle trains on the export unchanged
+    bundle_run("densenet169_wbce", "training", TRAIN, "--dataset_dir", str(out), "--ckpt_dir", str(tmp_path / "models"),
+               "--output_dir", str(tmp_path / "train"), "--image_size", "64", "--batch_size", "2", "--max_epochs", "1",
+               "--val_interval", "2", "--num_workers", "0")
+    summary = json.loads((tmp_path / "models" / "training_summary.json").read_text())
+    assert summary["epochs_completed"] == 1 and summary["iterations"] == math.ceil(len(splits[0].images) / 2)
 
 
 def test_a_patient_keeps_one_anonymous_number_across_studies():
