@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 TRAIN = "configs/train.json"
 EVALUATE = "['configs/train.json','configs/evaluate.json']"
@@ -65,3 +67,10 @@ def one_intra_op_thread() -> Iterator[None]:
             os.environ.pop("OMP_NUM_THREADS", None)
         else:
             os.environ["OMP_NUM_THREADS"] = env
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Imported by a bundle's test module: its tests and subprocesses run one intra-op thread."""
+    with one_intra_op_thread():
+        yield

@@ -14,17 +14,11 @@ import torch
 from mura_monai.cli import main as cli_main
 from mura_monai.networks import resnet_svm
 from tests.bundles.bundle_runner import (
-    BUNDLES, EVALUATE, MULTI_GPU, TRAIN, assert_design_metrics, bundle_run, one_intra_op_thread, read_json, torchrun,
+    BUNDLES, EVALUATE, MULTI_GPU, TRAIN, assert_design_metrics, bundle_run, one_thread, read_json, torchrun,  # noqa: F401 (autouse fixture)
 )
 
 NAME = "resnet_svm"
 TINY = ["--image_size", "64", "--batch_size", "8", "--num_workers", "0"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with one_intra_op_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

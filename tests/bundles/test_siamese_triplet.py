@@ -15,19 +15,13 @@ import torch
 from mura_monai.cli import main as cli_main
 from mura_monai.networks import siamese_net
 from tests.bundles.bundle_runner import (
-    BUNDLES, EVALUATE, MULTI_GPU, TRAIN, assert_design_metrics, bundle_run, one_intra_op_thread, read_json, torchrun,
+    BUNDLES, EVALUATE, MULTI_GPU, TRAIN, assert_design_metrics, bundle_run, one_thread, read_json, torchrun,  # noqa: F401 (autouse fixture)
 )
 
 NAME = "siamese_triplet"
 # ResNet-50 is the lighter of the seed's two backbones on 2 CPU cores; 32-d keeps the k-NN small
 TINY = ["--image_size", "64", "--batch_size", "8", "--samples_per_class", "4", "--num_workers", "0",
         "--max_epochs", "1", "--backbone", "resnet50", "--embedding_dim", "32"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    with one_intra_op_thread():
-        yield
 
 
 @pytest.fixture(scope="module")
