@@ -25,6 +25,7 @@ from monai.utils import CommonKeys
 from pytorch_metric_learning.samplers import MPerClassSampler
 
 from mura_monai.engines.feature_svm import extract_features, gather_rows
+from mura_monai.engines.prediction_buffer import batch_records
 from mura_monai.metrics import evaluate_predictions
 
 __all__ = ["EMBEDDING_FILE", "EmbeddingHeadFitter", "EmbeddingReportWriter", "pk_sampler", "recall_at_k"]
@@ -141,15 +142,7 @@ class EmbeddingReportWriter:
     def _add_batch(self, engine: Engine) -> None:
         self._collecting = False
         batch = engine.state.batch
-        n = int(torch.as_tensor(batch[CommonKeys.IMAGE]).shape[0])
-        columns = {}
-        for key in ("study", "body_part", "label", "path"):
-            value = batch.get(key)
-            if isinstance(value, torch.Tensor):
-                columns[key] = value.reshape(n, -1)[:, 0].tolist()
-            elif value is not None:
-                columns[key] = list(value)
-        self.records += [{k: v[i] for k, v in columns.items()} for i in range(n)]
+        self.records += batch_records(batch, int(torch.as_tensor(batch[CommonKeys.IMAGE]).shape[0]))
 
     def write(self, _engine: Engine | None = None) -> dict:
         head = self.head

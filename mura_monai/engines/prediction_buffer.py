@@ -20,7 +20,7 @@ from monai.utils import CommonKeys
 from mura_monai.engines.training_summary import model_size, read_training_summary
 from mura_monai.metrics import aggregate_studies, binary_metrics, evaluate_predictions
 
-__all__ = ["PredictionBuffer", "StudyAUC", "MetricsReportWriter", "write_evaluation"]
+__all__ = ["PredictionBuffer", "batch_records", "StudyAUC", "MetricsReportWriter", "write_evaluation"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +33,12 @@ def _as_list(value, n: int) -> list:
     if isinstance(value, (list, tuple)):
         return list(value)
     return [value] * n
+
+
+def batch_records(batch: dict, n: int) -> list[dict]:
+    """One dict per image of a collated batch: its study, body part, label and path."""
+    carried = {k: _as_list(batch[k], n) for k in _CARRIED if k in batch}
+    return [{k: v[i] for k, v in carried.items()} for i in range(n)]
 
 
 class PredictionBuffer:
@@ -50,9 +56,7 @@ class PredictionBuffer:
             logits = output[CommonKeys.PRED]
             n = int(logits.shape[0])
             probs = torch.sigmoid(logits.detach().float().reshape(n, -1)[:, 0]).cpu().tolist()
-            carried = {k: _as_list(batch[k], n) for k in _CARRIED if k in batch}
-            for i, prob in enumerate(probs):
-                self.records.append({"probability": prob} | {k: v[i] for k, v in carried.items()})
+            self.records += [{"probability": prob} | record for prob, record in zip(probs, batch_records(batch, n))]
             return
         for item_batch, item_output in zip(batch, output):  # decollated: one dict per image
             logit = item_output[CommonKeys.PRED]
