@@ -2,7 +2,8 @@
 
 Orthanc (Debian's package) plays the hospital PACS, `mura-listener` runs with the demo ensemble,
 dcmtk's `storescu` pushes one synthetic DICOM study as a modality would, and we wait until the SR
-and the heatmap secondary captures have landed in Orthanc, then print where they are.
+and the heatmap secondary captures have landed in Orthanc, then print where they are. The
+review web app runs beside the listener (``[review]``); we read the study's worklist row from it.
 
     python scripts/demo_listener.py DEMO_DIR MODELS_DIR DICOM_STUDY_DIR
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import signal
+import urllib.request
 import subprocess
 import sys
 import time
@@ -27,7 +29,7 @@ from tests.listener.orthanc import ECHOSCU, STORESCU, OrthancServer, free_port  
 def main(demo_dir: Path, models: Path, study: Path) -> int:
     base = demo_dir / "listener"
     pacs = OrthancServer(base / "orthanc").start()
-    port = free_port()
+    port, review_port = free_port(), free_port()
     config = base / "listener.toml"
     config.write_text(f"""[listener]
 ae_title = "MURA_AI"
@@ -42,6 +44,10 @@ bundle = "{REPO / 'bundles' / 'ensemble'}"
 device = "auto"
 models_dir = "{models / 'ensemble'}"
 members_models_dir = "{models}"
+
+[review]
+host = "127.0.0.1"
+port = {review_port}
 
 [[destinations]]
 ae_title = "{pacs.aet}"
@@ -73,6 +79,10 @@ port = {pacs.dicom_port}
         for instance in ids:
             ds = pydicom.dcmread(io.BytesIO(pacs.instance_file(instance)), stop_before_pixels=True)
             print(f"   in Orthanc, instance {instance}: {ds.Modality} {ds.SeriesDescription}")
+        rows = _worklist(review_port, deadline=time.monotonic() + 60)
+        for row in rows:
+            print(f"   review worklist (http://127.0.0.1:{review_port}/): accession {row['accession_number']}, "
+                  f"{row['body_part']}, {row['finding']} at {row['probability']:.2f}, {row['review']}")
         status = subprocess.run(["mura-listener", "status", "--config", str(config)], capture_output=True, text=True)
         print("   mura-listener status:\n" + "\n".join("      " + line for line in status.stdout.splitlines()))
         (base / "orthanc_instances.json").write_text(json.dumps(ids))
@@ -81,9 +91,24 @@ port = {pacs.dicom_port}
         listener.wait(timeout=120)
         pacs.stop()
     print(f"   listener log {base / 'listener.log'}; spool {base / 'spool'}")
+    print(f"   review it in a browser: mura-review --config {config} then http://127.0.0.1:{review_port}/")
     print(f"   browse the PACS again: /usr/sbin/Orthanc {base / 'orthanc' / 'config.json'} "
           f"then {pacs.url}/app/explorer.html (IDs in {base / 'orthanc_instances.json'})")
     return 0
+
+
+def _worklist(port: int, deadline: float) -> list[dict]:
+    """The review app's analysed worklist rows, once the app answers (it starts beside the listener)."""
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/datastore/studies", timeout=5) as response:
+                rows = [r for r in json.load(response)["studies"] if r["analysed"]]
+            if rows or time.monotonic() > deadline:
+                return rows
+        except OSError:
+            if time.monotonic() > deadline:
+                return []
+        time.sleep(0.3)
 
 
 if __name__ == "__main__":
