@@ -74,3 +74,22 @@ def one_thread():
     """Imported by a bundle's test module: its tests and subprocesses run one intra-op thread."""
     with one_intra_op_thread():
         yield
+
+
+def assert_infer_matches_evaluation(bundle: str, ckpt: Path, root: Path, evaluated: Path, work: Path) -> dict:
+    """`mura-monai infer` on the root's first valid study gives each image the probability the
+    bundle's evaluation gave it; returns the inferred study."""
+    import pytest
+
+    from mura_monai.cli import main as cli_main
+
+    study = sorted((root / "MURA-v1.1" / "valid").glob("XR_*/patient*/study*"))[0]
+    out = work / "infer.json"
+    assert cli_main(["infer", "--bundle", str(BUNDLES / bundle), "--models-dir", str(ckpt), str(study),
+                     "--output", str(out)]) == 0
+    (result,) = json.loads(out.read_text())["studies"]
+    assert len(result["images"]) == len(list(study.glob("*.png")))
+    evaluated_images = {r["path"]: r["probability"] for r in read_json(evaluated / "predictions.json")["images"]}
+    for image in result["images"]:
+        assert image["probability"] == pytest.approx(evaluated_images[image["path"]], abs=1e-5)
+    return result

@@ -6,16 +6,14 @@ probabilities as the evaluation), and trains under torchrun with 2 CPU processes
 """
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
-from mura_monai.cli import main as cli_main
 from mura_monai.networks import resnet_svm
 from tests.bundles.bundle_runner import (
-    BUNDLES, EVALUATE, MULTI_GPU, TRAIN, assert_design_metrics, bundle_run, one_thread, read_json, torchrun,  # noqa: F401 (autouse fixture)
+    EVALUATE, MULTI_GPU, TRAIN, assert_design_metrics, assert_infer_matches_evaluation, bundle_run, read_json, torchrun,
 )
+from tests.bundles.bundle_runner import one_thread  # noqa: F401 (autouse: one intra-op thread)
 
 NAME = "resnet_svm"
 TINY = ["--image_size", "64", "--batch_size", "8", "--num_workers", "0"]
@@ -67,15 +65,7 @@ def test_evaluating_writes_design_metrics_with_the_validation_auc_of_training(tr
 
 
 def test_mura_monai_infer_scores_a_study_as_the_evaluation_did(trained, evaluated, tmp_path):
-    study = sorted((trained["root"] / "MURA-v1.1" / "valid").glob("XR_*/patient*/study*"))[0]
-    out = tmp_path / "infer.json"
-    assert cli_main(["infer", "--bundle", str(BUNDLES / NAME), "--models-dir", str(trained["ckpt"]), str(study),
-                     "--output", str(out)]) == 0
-    (result,) = json.loads(out.read_text())["studies"]
-    assert len(result["images"]) == len(list(study.glob("*.png")))
-    evaluated_images = {r["path"]: r["probability"] for r in read_json(evaluated / "predictions.json")["images"]}
-    for image in result["images"]:
-        assert image["probability"] == pytest.approx(evaluated_images[image["path"]], abs=1e-5)
+    assert_infer_matches_evaluation(NAME, trained["ckpt"], trained["root"], evaluated, tmp_path)
 
 
 def test_ddp_training_on_two_cpu_processes_fits_the_same_table(trained, tmp_path):

@@ -8,16 +8,15 @@ and trains under torchrun with 2 CPU processes (gloo).
 """
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
 from mura_monai.cli import main as cli_main
 from mura_monai.networks import siamese_net
 from tests.bundles.bundle_runner import (
-    BUNDLES, EVALUATE, MULTI_GPU, TRAIN, assert_design_metrics, bundle_run, one_thread, read_json, torchrun,  # noqa: F401 (autouse fixture)
+    BUNDLES, MULTI_GPU, TRAIN, assert_design_metrics, assert_infer_matches_evaluation, bundle_run, read_json, torchrun,
 )
+from tests.bundles.bundle_runner import one_thread  # noqa: F401 (autouse: one intra-op thread)
 
 NAME = "siamese_triplet"
 # ResNet-50 is the lighter of the seed's two backbones on 2 CPU cores; 32-d keeps the k-NN small
@@ -74,14 +73,7 @@ def test_evaluation_reports_kappa_recall_at_k_and_both_classifiers(trained, eval
 
 
 def test_mura_monai_infer_scores_a_study_as_the_evaluation_did(trained, evaluated, tmp_path):
-    study = sorted((trained["root"] / "MURA-v1.1" / "valid").glob("XR_*/patient*/study*"))[0]
-    out = tmp_path / "infer.json"
-    assert cli_main(["infer", "--bundle", str(BUNDLES / NAME), "--models-dir", str(trained["ckpt"]), str(study),
-                     "--output", str(out)]) == 0
-    (result,) = json.loads(out.read_text())["studies"]
-    evaluated_images = {r["path"]: r["probability"] for r in read_json(evaluated / "predictions.json")["images"]}
-    for image in result["images"]:
-        assert image["probability"] == pytest.approx(evaluated_images[image["path"]], abs=1e-5)
+    assert_infer_matches_evaluation(NAME, trained["ckpt"], trained["root"], evaluated, tmp_path)
 
 
 @pytest.mark.parametrize("loss", ["selectively_contrastive"])  # batch-hard shares the focal loss's miner and path
