@@ -125,7 +125,7 @@ class EmbeddingReportWriter:
     def attach(self, engine: Engine) -> None:
         self.head.register_forward_pre_hook(self._capture)
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
-        engine.add_event_handler(Events.ITERATION_STARTED, self._collect, True)
+        engine.add_event_handler(Events.ITERATION_STARTED, self._collect)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._add_batch)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.write)
 
@@ -133,8 +133,8 @@ class EmbeddingReportWriter:
         if self._collecting:  # the evaluator's own forward passes, not another handler's calls
             self.embeddings.append(args[0].detach().float().cpu())
 
-    def _collect(self, _engine: Engine, on: bool) -> None:
-        self._collecting = on
+    def _collect(self, _engine: Engine) -> None:
+        self._collecting = True
 
     def _reset(self, _engine: Engine) -> None:
         self.embeddings, self.records = [], []
