@@ -258,6 +258,30 @@ def test_abnormalities_are_in_bone_and_visible():
         assert all(np.array_equal(x, y) for x, y in zip(a, b))
 
 
+def test_metal_is_brighter_than_bone():
+    """Hardware saturates while processed bone stays grey, as on a real radiograph, so fixation
+    hardware is visible at 128 px; markers and rulers (drawn in both classes) can be as bright."""
+    studies = []
+    for p in plan_dataset(80, seed=4):
+        if p.label:
+            spec = study_specs(p)
+            if [a["kind"] for a in spec["abnormalities"]] == ["hardware"]:
+                studies.append((p, spec))
+    assert len(studies) >= 4
+    checked = 0
+    for p, spec in studies[:4]:
+        with_abn, masks = render_study(p, abnormal=True, with_masks=True, specs=spec)
+        without = render_study(p, abnormal=False, specs=spec)
+        for a, b, m in zip(with_abn, without, masks):
+            bone = b[cv2.erode(m, np.ones((5, 5), np.uint8)) > 0]
+            metal = (a.astype(int) - b.astype(int)) > 25
+            assert np.percentile(bone, 99) < 0.92 * 255
+            if metal.sum() > 20:
+                assert np.percentile(a[metal], 90) > np.percentile(bone, 99) + 10
+                checked += 1
+    assert checked >= 4
+
+
 # ---------------------------------------------------------------------------------------------
 # DICOM
 # ---------------------------------------------------------------------------------------------
