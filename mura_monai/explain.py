@@ -127,6 +127,11 @@ def compute_cam(
     device = next(network.parameters()).device
     x = images.detach().to(device).float()
     x = x.as_tensor() if hasattr(x, "as_tensor") else x
+    if layer is None and hasattr(network, "explained_by"):  # a routed model: explain the part model that scored it
+        with _eval_mode(network):
+            scorers = network.explained_by(x)
+        return torch.cat([compute_cam(scorer, x[i : i + 1], method, None, class_idx, smoothgrad_samples)
+                          for i, scorer in enumerate(scorers)])
     with _restored(network), torch.enable_grad():
         if method == "smoothgrad":
             saliency = SmoothGrad(network, n_samples=smoothgrad_samples, verbose=False)

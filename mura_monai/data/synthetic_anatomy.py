@@ -17,8 +17,9 @@ trained from scratch on a 140-patient root stayed at chance (validation study AU
 from epoch to epoch) and DenseNet-169 never left it in CPU minutes. Version 2 raises the
 severity floor, widens fracture lines and soft-tissue swelling, enlarges lesions and hardware,
 and keeps processed bone below white so metal stands out as on a real radiograph. The same
-probe then reaches 0.73-0.83 (``benchmarks/learnability.py``), well short of trivial, and a
-third of the findings remain subtle.
+probe then reaches 0.73-0.83 (``benchmarks/learnability.py``), well short of trivial: the
+fifth of findings drawn with severity below 0.7 stay subtle, and one view in ten of an abnormal
+study does not show its fracture or lesion.
 
 Used by :mod:`mura_monai.data.synthetic`; nothing here touches the file system.
 """

@@ -46,6 +46,16 @@ class RoutedClassifier(nn.Module):
         logits = logits.masked_fill(~self.available.to(logits.device), float("-inf"))
         return logits.argmax(dim=1)
 
+    def explained_by(self, x: torch.Tensor) -> list[nn.Module]:
+        """Per image, the part model whose logit ``forward`` returns for it.
+
+        A CAM must hook the layer of the model that actually scored the image: images of one
+        batch go to different part models, whose layers have different names.
+        """
+        with torch.no_grad():
+            route = self.route(x)
+        return [self.parts[BODY_PARTS[i]] for i in route.tolist()]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         route = self.route(x)
         self.last_route = route.detach()

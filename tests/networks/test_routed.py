@@ -122,3 +122,35 @@ def test_state_dict_round_trip():
     x = torch.randn(6, 4)
     assert torch.equal(source(x), target(x))
     assert torch.equal(source.last_route, target.last_route)
+
+
+class TinyConvNet(nn.Module):
+    """A part model with a spatial feature map for Grad-CAM; layer names are the same in every
+    part, so only the routed model's full names tell them apart."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.features = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def test_cam_of_a_batch_routed_to_several_parts_explains_each_part_model():
+    """A batch whose images go to different part models gets each image's map from its own part
+    model (a routed model has no single CAM layer: one probe pass would pick one part's)."""
+    from mura_monai.explain import compute_cam
+
+    parts = {"XR_HAND": TinyConvNet(1), "XR_WRIST": TinyConvNet(2), "XR_ELBOW": TinyConvNet(3)}
+    model = RoutedClassifier(PixelRouter(), parts).eval()
+    order = ["XR_WRIST", "XR_HAND", "XR_ELBOW"]
+    x = _images([_prefers(p) for p in order])
+    x[:, :, 2:, :] = torch.rand(3, 1, 6, 8)
+    assert [m for m in model.explained_by(x)] == [parts[p] for p in order]
+    maps = compute_cam(model, x)
+    assert maps.shape == (3, 1, 8, 8)
+    for i, part in enumerate(order):
+        alone = compute_cam(parts[part], x[i : i + 1])
+        assert torch.allclose(maps[i : i + 1], alone)
