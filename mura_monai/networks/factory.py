@@ -103,10 +103,18 @@ def efficientnet_b0(
             validates at chance (measured: router accuracy 1/7 after 3 epochs while its training
             loss fell). 0.1 lets them follow within an epoch; it changes no weight, so
             pretrained files load the same.
+
+    The classifier is re-initialised PyTorch's way (uniform, bound 1/sqrt(fan-in = 1280)). MONAI
+    copies TensorFlow's bound 1/sqrt(fan-out), meant for 1000 ImageNet classes: for the router's 7
+    outputs it is 13 times wider and for one abnormality logit 36 times, so the first logits are in
+    the tens, the loss starts saturated (router cross-entropy 6.9 against chance's 1.95) and a
+    from-scratch router was still at chance after 8 epochs. A pretrained file with a matching
+    head overwrites it as before.
     """
     net = EfficientNetBN(
         "efficientnet-b0", pretrained=False, spatial_dims=2, in_channels=in_channels, num_classes=out_channels,
         norm=("batch", {"eps": 1e-3, "momentum": bn_momentum}),
     )
     net._avg_pooling = global_pooling(pooling)
+    net._fc.reset_parameters()
     return load_pretrained(net, pretrained_path)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -137,11 +138,17 @@ def test_max_pooling_option_keeps_the_weights_layout(factory):
     avg, mx = factory(pooling="avg"), factory(pooling="max")
     assert list(avg.state_dict()) == list(mx.state_dict())  # checkpoints load either way
     mx.load_state_dict(avg.state_dict())
-    x = torch.zeros(1, 1, 64, 64)
-    x[..., 40:44, 40:44] = 5.0  # one small bright spot: max pooling responds differently from the mean
-    avg.eval(), mx.eval()
-    with torch.no_grad():
-        assert not torch.allclose(avg(x), mx(x), rtol=1e-3, atol=0.0)
+    x = torch.zeros(2, 1, 64, 64)
+    x[0, :, 40:44, 40:44] = 5.0  # one small bright spot: max pooling responds differently from the mean
+    # training mode: at initialisation the running statistics shrink EfficientNet's eval-mode
+    # features to ~1e-14, leaving only the head's bias; same seed, same dropout draws in both
+    outputs = []
+    for net in (avg, mx):
+        net.train()
+        torch.manual_seed(0)
+        with torch.no_grad():
+            outputs.append(net(x))
+    assert not torch.allclose(outputs[0], outputs[1], rtol=1e-3, atol=0.0)
 
 
 def test_unknown_pooling_is_named():
@@ -161,3 +168,19 @@ def test_efficientnet_batchnorm_statistics_follow_training():
     stem, stem_slow = net._bn0.running_mean, slow._bn0.running_mean
     # one step moves the running mean a tenth of the way to the batch mean, not MONAI's hundredth
     assert torch.allclose(stem, 10 * stem_slow, rtol=1e-3, atol=1e-6) and stem.abs().max() > 0
+
+
+@pytest.mark.parametrize("out_channels", [1, 7])
+def test_efficientnet_head_starts_with_small_logits(out_channels):
+    """The classifier gets PyTorch's fan-in bound, not TensorFlow's fan-out one, so a from-scratch
+    router or abnormality model starts near chance instead of saturated."""
+    torch.manual_seed(0)
+    net = efficientnet_b0(out_channels=out_channels)
+    fc = net._fc
+    assert fc.weight.abs().max() <= 1.0 / fc.in_features ** 0.5
+    net.train()
+    logits = net(torch.randn(8, 1, 64, 64))
+    assert logits.abs().max() < 3.0
+    if out_channels == 7:
+        loss = torch.nn.functional.cross_entropy(logits, torch.arange(8) % 7)
+        assert abs(loss.item() - np.log(7)) < 0.5
