@@ -15,7 +15,7 @@ above 0.5; it is the floor a network must beat to show it sees more than brightn
 rulers and exposure are drawn in both classes at the same rates, so they add nothing to it
 (seed 003's warning about MURA models winning on such confounders).
 
-    python benchmarks/learnability.py --dataset-dir /tmp/s300/mura --image-size 128 --epochs 12
+    python benchmarks/learnability.py --dataset-dir /tmp/s140/mura --image-size 128 --epochs 12
 """
 from __future__ import annotations
 

@@ -21,12 +21,12 @@ rm -rf "$ROOT" "$DICOM" "$DEMO_DIR/out" && mkdir -p "$DEMO_DIR"
 mura-monai synth "$ROOT" --patients "$PATIENTS" --seed 0 --dicom "$DICOM" > "$DEMO_DIR/synth_summary.json"
 
 for member in "${MEMBERS[@]}"; do
-    echo "== 2/6 train $member from scratch: $EPOCHS epochs at ${SIZE}px, batch 16, lr 3e-4 (python -m monai.bundle run training)"
+    echo "== 2/6 train $member from scratch: $EPOCHS epochs at ${SIZE}px, batch 16, lr 1e-3, no rotation (python -m monai.bundle run training)"
     start=$(date +%s)
     (cd "bundles/$member" && python -m monai.bundle run training \
         --meta_file configs/metadata.json --config_file configs/train.json \
         --dataset_dir "$ROOT" --ckpt_dir "$MODELS/$member" --output_dir "$EVAL/$member/train" \
-        --image_size "$SIZE" --max_epochs "$EPOCHS" --batch_size 16 --learning_rate 0.0003 2>&1 \
+        --image_size "$SIZE" --max_epochs "$EPOCHS" --batch_size 16 --learning_rate 0.001 --rotate_range 0 2>&1 \
         | grep -E "Key metric|Epoch\[[0-9]+\] Complete" | grep -v Evaluator || true)
     test -f "$MODELS/$member/model.pt"
     echo "   trained in $(( $(date +%s) - start )) s"

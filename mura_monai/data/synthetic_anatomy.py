@@ -17,7 +17,7 @@ trained from scratch on a 140-patient root stayed at chance (validation study AU
 from epoch to epoch) and DenseNet-169 never left it in CPU minutes. Version 2 raises the
 severity floor, widens fracture lines and soft-tissue swelling, enlarges lesions and hardware,
 and keeps processed bone below white so metal stands out as on a real radiograph. The same
-probe then reaches 0.73-0.83 (``benchmarks/learnability.py``), well short of trivial: the
+probe then peaks at 0.86-0.89 (``benchmarks/learnability.py``), well short of trivial: the
 fifth of findings drawn with severity below 0.7 stay subtle, and one view in ten of an abnormal
 study does not show its fracture or lesion.
 
