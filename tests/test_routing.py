@@ -20,11 +20,15 @@ from mura_monai.report import format_seed001_table
 from mura_monai.routing import (
     MANIFEST_FILE,
     ROUTER,
+    SHARED,
     RoutingReportWriter,
     build_routed_classifier,
     combine_checkpoints,
+    initial_weights,
+    target_records,
     trainable_targets,
     transfer_network,
+    uses_shared_init,
     validation_records,
 )
 
@@ -63,6 +67,50 @@ def test_no_part_with_images_is_an_error():
         trainable_targets(_records("XR_WRIST"), ["XR_SHOULDER"])
     with pytest.raises(ValueError, match="no body part"):
         trainable_targets([])
+
+
+def test_the_all_parts_model_trains_after_the_router_and_before_the_parts():
+    records = _records("XR_WRIST", "XR_HAND")
+    assert trainable_targets(records, shared_init=True) == [ROUTER, SHARED, "XR_HAND", "XR_WRIST"]
+    assert trainable_targets(records, ["XR_WRIST"], shared_init=True) == [ROUTER, SHARED, "XR_WRIST"]
+
+
+# --- shared initialisation of the part models ----------------------------------------------------
+
+@pytest.mark.parametrize(("part_init", "pretrained", "expected"), [
+    ("auto", "", True), ("auto", "/w/imagenet.pt", False), ("shared", "/w/imagenet.pt", True),
+    ("shared", "", True), ("pretrained", "", False), ("pretrained", "/w/imagenet.pt", False),
+])
+def test_parts_start_from_the_all_parts_model_unless_imagenet_weights_are_given(part_init, pretrained, expected):
+    assert uses_shared_init(part_init, pretrained) is expected
+
+
+def test_an_unknown_part_init_names_the_choices():
+    with pytest.raises(ValueError, match="auto.*shared.*pretrained"):
+        uses_shared_init("imagenet", "")
+
+
+def test_part_weights_come_from_the_all_parts_checkpoint(tmp_path):
+    (tmp_path / SHARED).mkdir()
+    (tmp_path / SHARED / "model.pt").write_bytes(b"weights")
+    assert initial_weights("XR_WRIST", "/w/imagenet.pt", True, tmp_path) == str(tmp_path / SHARED / "model.pt")
+    # the router and the all-parts model itself start from the user's file (or random)
+    assert initial_weights(ROUTER, "/w/imagenet.pt", True, tmp_path) == "/w/imagenet.pt"
+    assert initial_weights(SHARED, "", True, tmp_path) == ""
+    assert initial_weights("XR_WRIST", "/w/imagenet.pt", False, tmp_path) == "/w/imagenet.pt"
+
+
+def test_a_part_before_its_all_parts_model_is_told_what_to_train(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"--target {SHARED}"):
+        initial_weights("XR_WRIST", "", True, tmp_path)
+
+
+def test_router_and_all_parts_model_train_on_every_part():
+    records = _records("XR_WRIST", "XR_HAND")
+    assert target_records(records, ROUTER) == records and target_records(records, SHARED) == records
+    assert {r["body_part"] for r in target_records(records, "XR_HAND")} == {"XR_HAND"}
+    held = _records("XR_ELBOW")
+    assert validation_records((records, held), SHARED) == held
 
 
 # --- validation_records --------------------------------------------------------------------------
@@ -179,6 +227,20 @@ def test_combined_checkpoint_loads_strictly_into_the_routed_classifier(tmp_path)
         out = model(torch.rand(2, 1, 32, 32))
     assert out.shape == (2, 1)
     assert model.last_route.tolist() == [BODY_PART_INDEX["XR_WRIST"]] * 2  # the only part with a model
+
+
+def test_the_all_parts_model_counts_in_train_time_but_not_in_the_joined_model(tmp_path):
+    _trained_folder(tmp_path)
+    (tmp_path / SHARED).mkdir()
+    torch.save(efficientnet_b0(in_channels=1, out_channels=1).state_dict(), tmp_path / SHARED / "model.pt")
+    (tmp_path / SHARED / SUMMARY_FILE).write_text(json.dumps({"train_time_s": 7.0, "model_size_mb": 15.5}))
+    summary = combine_checkpoints(tmp_path, ["XR_WRIST"], helpers=[SHARED])
+    assert summary["train_time_s"] == pytest.approx(37.75)
+    assert summary["n_models"] == 2 and summary["model_size_mb"] == pytest.approx(31.0)
+    assert set(summary["initialising_models"]) == {SHARED}
+    state = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith(f"parts.{SHARED}") for k in state)
+    assert json.loads((tmp_path / MANIFEST_FILE).read_text())["parts"] == ["XR_WRIST"]
 
 
 def test_missing_part_checkpoint_is_named(tmp_path):
