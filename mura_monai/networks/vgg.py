@@ -70,16 +70,21 @@ class VGG19(nn.Module):
         hidden_features: width of the two hidden fully connected layers: 4096 as in the paper and
             torchvision (needed to load their weights); narrower heads (the 4096 ones hold 120 M
             of the 140 M parameters) suit small data sets and CPU tests.
+        pool_size: side of the grid the features are averaged to before the classifier: 7 as in
+            torchvision (needed to load its ``classifier.0``), which gives the classifier a weight
+            per position; 1 is global average pooling (the VGG-GAP of Zhou et al.'s CAM paper),
+            for which a finding counts the same wherever it lies: what a few hundred images can
+            teach from scratch, where the per-position head memorises them.
     """
 
     def __init__(self, in_channels: int = 1, out_channels: int = 1, batch_norm: bool = True, dropout: float = 0.5,
-                 hidden_features: int = 4096):
+                 hidden_features: int = 4096, pool_size: int = 7):
         super().__init__()
         self.features = _features(in_channels, batch_norm)
-        # fixes the classifier's input at 512*7*7 whatever the image size, as torchvision does
-        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        # fixes the classifier's input at 512*pool_size**2 whatever the image size, as torchvision does
+        self.avgpool = nn.AdaptiveAvgPool2d((pool_size, pool_size))
         self.classifier = nn.Sequential(
-            nn.Linear(512 * 7 * 7, hidden_features),
+            nn.Linear(512 * pool_size * pool_size, hidden_features),
             nn.ReLU(inplace=True),
             nn.Dropout(p=dropout),
             nn.Linear(hidden_features, hidden_features),
@@ -115,6 +120,7 @@ def vgg19(
     dropout: float = 0.5,
     pretrained_path: str | Path | None = None,
     hidden_features: int = 4096,
+    pool_size: int = 7,
 ) -> nn.Module:
     """VGG-19 baseline of seed 003: one logit for "abnormal".
 
@@ -126,6 +132,7 @@ def vgg19(
             BN layers shift every later ``features.<idx>``.
         dropout: dropout in the classifier.
         hidden_features: width of the classifier's hidden layers (see :class:`VGG19`).
+        pool_size: 7 (torchvision) or 1 (global average pooling; see :class:`VGG19`).
         pretrained_path: local torchvision-named weights file; never downloaded. The 1000-class
             ``classifier.6`` does not fit and stays at its initialisation.
 
@@ -135,5 +142,5 @@ def vgg19(
     if pretrained_path and Path(pretrained_path).is_file():  # fail before building 143M parameters
         _check_batch_norm_layout(pretrained_path, batch_norm)
     net = VGG19(in_channels=in_channels, out_channels=out_channels, batch_norm=batch_norm, dropout=dropout,
-                hidden_features=hidden_features)
+                hidden_features=hidden_features, pool_size=pool_size)
     return load_pretrained(net, pretrained_path)

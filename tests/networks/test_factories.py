@@ -113,6 +113,27 @@ def test_vgg19_loads_torchvision_rgb_weights(tmp_path):
     assert net["classifier.6.weight"].shape == (1, 4096)
 
 
+def test_vgg19_global_pooling_scores_a_finding_alike_wherever_it_lies(tmp_path):
+    torch.manual_seed(0)
+    net = vgg19(hidden_features=32, pool_size=1).eval()
+    assert net.classifier[0].in_features == 512  # one averaged value per channel, no per-position weights
+    spot = torch.zeros(1, 1, 64, 64)
+    spot[..., 8:16, 8:16] = 3.0
+    moved = torch.roll(spot, shifts=(32, 32), dims=(-2, -1))  # the same spot, a whole 32-px cell away
+    with torch.no_grad():
+        assert torch.allclose(net(spot), net(moved), atol=1e-5)
+        per_position = vgg19(hidden_features=32, pool_size=7).eval()
+        per_position.features.load_state_dict(net.features.state_dict())
+        assert not torch.allclose(per_position(spot), per_position(moved), atol=1e-5)
+    # a torchvision-layout file still gives its convolutions; its 7x7 classifier.0 does not fit
+    path = tmp_path / "vgg19_bn.pth"
+    source = {k: v for k, v in VGG19(in_channels=1, hidden_features=32).state_dict().items() if k != "classifier.3.weight"}
+    torch.save(source, path)
+    loaded = vgg19(hidden_features=32, pool_size=1, pretrained_path=path).state_dict()
+    assert torch.equal(loaded["features.49.weight"], source["features.49.weight"])
+    assert loaded["classifier.0.weight"].shape == (32, 512)
+
+
 @pytest.mark.parametrize(("file_has_bn", "legacy_format"), [(False, False), (True, True)])
 def test_vgg19_refuses_other_batchnorm_layout(tmp_path, file_has_bn, legacy_format):
     """The BN layers shift later indices; features.30 would get another layer's 512x512 kernel silently."""
