@@ -18,7 +18,8 @@ from tests.bundles.bundle_runner import (
 
 TINY = ["--image_size", "64", "--max_epochs", "1", "--batch_size", "8", "--num_workers", "0"]
 # VGG-19's 4096-wide head is 120 M parameters: a narrow one keeps the CPU test small
-EXTRA = {"resnet50": [], "vgg19": ["--classifier_width", "256"], "efficientnet_b0_router": []}
+EXTRA = {"resnet50": [], "vgg19": ["--classifier_width", "256"],
+         "efficientnet_b0_router": ["--part_learning_rate", "0.00005"]}
 
 
 @pytest.fixture(scope="module", params=sorted(EXTRA))
@@ -84,6 +85,9 @@ def test_router_pipeline_trains_router_and_every_part(trained):
     assert summary["n_models"] == 8 and set(summary["models"]) == {"router", *BODY_PARTS}
     # no pretrained file: the parts were fine-tuned from an all-parts model, whose time counts too
     assert set(summary["initialising_models"]) == {"all_parts"}
+    # the parts fine-tune at their own rate; the router and the all-parts model train at --learning_rate
+    assert {summary["models"][p]["learning_rate"] for p in BODY_PARTS} == {0.00005}
+    assert summary["models"]["router"]["learning_rate"] == summary["initialising_models"]["all_parts"]["learning_rate"] == 0.0001
     trained_models = [*summary["models"].values(), *summary["initialising_models"].values()]
     assert summary["train_time_s"] == pytest.approx(sum(m["train_time_s"] for m in trained_models), abs=0.05)
     for target in ["router", "all_parts", *BODY_PARTS]:
