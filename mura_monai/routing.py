@@ -37,7 +37,7 @@ from mura_monai.networks.routed import RoutedClassifier
 from mura_monai.report import format_seed001_table
 
 __all__ = [
-    "ROUTER", "SHARED", "MANIFEST_FILE", "PART_INIT_CHOICES", "RoutingReportWriter", "transfer_network", "uses_shared_init",
+    "ROUTER", "SHARED", "WHOLE_SET_TARGETS", "MANIFEST_FILE", "PART_INIT_CHOICES", "RoutingReportWriter", "transfer_network", "uses_shared_init",
     "initial_weights", "target_records", "trainable_targets", "validation_records", "train_pipeline",
     "combine_checkpoints", "build_routed_classifier",
 ]
@@ -46,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 ROUTER = "router"
 SHARED = "all_parts"
+# the targets trained on every part's images; the others are one body part each
+WHOLE_SET_TARGETS = (ROUTER, SHARED)
 MANIFEST_FILE = "routing.json"
 PART_INIT_CHOICES = ("auto", "shared", "pretrained")
 
@@ -80,7 +82,7 @@ def uses_shared_init(part_init: str, pretrained_path: str | None) -> bool:
 def initial_weights(target: str, pretrained_path: str | None, shared_init: bool, ckpt_dir: str | Path) -> str:
     """The weights file ``target``'s network starts from: the all-parts model's best checkpoint
     for a body part under shared initialisation, else ``pretrained_path`` (``""``: random)."""
-    if shared_init and target not in (ROUTER, SHARED):
+    if shared_init and target not in WHOLE_SET_TARGETS:
         path = Path(ckpt_dir) / SHARED / BEST_MODEL_FILE
         if not path.is_file():
             raise FileNotFoundError(f"{target} starts from the all-parts model, but {path} is missing: "
@@ -91,7 +93,7 @@ def initial_weights(target: str, pretrained_path: str | None, shared_init: bool,
 
 def target_records(records: list[dict], target: str) -> list[dict]:
     """The records ``target`` trains on: every image for the router and the all-parts model, else one part's."""
-    return list(records) if target in (ROUTER, SHARED) else select_body_part(records, target)
+    return list(records) if target in WHOLE_SET_TARGETS else select_body_part(records, target)
 
 
 def trainable_targets(train_records: list[dict], body_parts: list[str] | None = None, shared_init: bool = False) -> list[str]:
@@ -145,7 +147,7 @@ def train_pipeline(bundle_root: str | Path, config_files: str | list[str], targe
             # rank 0 writes the checkpoints after the others finish: a part model must not look
             # for the all-parts model (nor the join for any model) before it is on disk
             torch.distributed.barrier()
-    parts = [t for t in targets if t not in (ROUTER, SHARED)]
+    parts = [t for t in targets if t not in WHOLE_SET_TARGETS]
     return combine_checkpoints(ckpt_dir, parts, helpers=[t for t in targets if t == SHARED])
 
 
