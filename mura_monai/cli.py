@@ -126,7 +126,11 @@ def _infer(args: argparse.Namespace) -> int:
         predictor = BundlePredictor(args.bundle, device=args.device, models_dir=args.models_dir,
                                     overrides={k: v for k, v in options.items() if v is not None})
         result = predictor.predict(args.inputs, progress=progress)
+    for refused in result.get("refused", []):  # the reader's reasons never hold patient data
+        print(f"refused {refused['path']}: {refused['reason']}", file=sys.stderr)
     text = json.dumps(result, indent=2)
+    if not result["studies"]:
+        raise ValueError(f"nothing could be scored: {len(result['refused'])} input file(s) refused")
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text)

@@ -22,7 +22,7 @@ from mura_monai.constants import BODY_PARTS
 from mura_monai.data.mura import find_mura_root, mura_datalist
 from mura_monai.data.radiograph_reader import RadiographReadError
 from mura_monai.ensemble import FittedEnsemble, cross_fitted_probabilities, fit_ensemble_parameters, study_uncertainty
-from mura_monai.inference import BundlePredictor, collect_inputs, image_record, read_inference_config, study_body_part
+from mura_monai.inference import BundlePredictor, collect_inputs, image_record, read_inference_config, refused_records, study_body_part
 from mura_monai.metrics import AGGREGATIONS
 
 __all__ = ["EnsemblePredictor", "MemberSpec", "is_ensemble_bundle"]
@@ -199,8 +199,9 @@ class EnsemblePredictor:
         dicom_out: str | Path | None = None,
     ) -> dict:
         """The infer JSON document for the inputs, writing heatmaps and DICOM outputs on request."""
-        records, P = self.member_probabilities(collect_inputs(inputs), progress=progress)
-        studies = self.studies(records, P)
+        unreadable: list[tuple[str, str]] = []
+        records, P = self.member_probabilities(collect_inputs(inputs), progress=progress, unreadable=unreadable)
+        studies = self.studies(records, P) if records else []
         if heatmaps_dir is not None or dicom_out is not None:
             from mura_monai.ensemble_outputs import write_study_outputs
 
@@ -211,6 +212,7 @@ class EnsemblePredictor:
             "bundle_dir": str(self.bundle_dir),
             "ensemble": self.describe(),
             "studies": studies,
+            "refused": refused_records(unreadable),
         }
 
     def describe(self) -> dict:

@@ -19,7 +19,7 @@ from monai.transforms import Compose
 
 from mura_monai.constants import BODY_PARTS, DICOM_BODY_PART
 from mura_monai.data.patient_metadata import image_metadata
-from mura_monai.data.radiograph_reader import is_dicom
+from mura_monai.data.radiograph_reader import RadiographReadError, is_dicom, require_plain_radiograph
 from mura_monai.metrics import AGGREGATIONS, study_probabilities
 from mura_monai.model_settings import load_model_settings
 from mura_monai.zoom import ZOOM_COMBINES, zoom_boxes
@@ -29,7 +29,7 @@ from mura_monai.multiview import (
     study_groups,
 )
 
-__all__ = ["BundlePredictor", "body_part_of", "body_part_source", "collect_inputs", "group_studies", "image_record", "read_inference_config", "study_body_part"]
+__all__ = ["BundlePredictor", "body_part_of", "body_part_source", "collect_inputs", "group_studies", "image_record", "read_inference_config", "refused_records", "study_body_part"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +120,11 @@ def group_studies(images: Sequence[dict], threshold: float, aggregation: str = "
             }
         )
     return studies
+
+
+def refused_records(unreadable: Sequence[tuple[str, str]]) -> list[dict]:
+    """The ``refused`` list of the infer JSON: each input that was not scored, and why."""
+    return [{"path": path, "reason": reason} for path, reason in unreadable]
 
 
 def read_inference_config(bundle_dir: Path, models_dir: str | Path | None = None) -> ConfigParser:
@@ -251,8 +256,13 @@ class BundlePredictor:
         return self.loaded.threshold
 
     def load(self, path: Path) -> dict:
-        """Read one radiograph with the bundle's loader (the first preprocessing transform)."""
-        return self._loader({"image": str(path)})
+        """Read one radiograph with the bundle's loader (the first preprocessing transform).
+
+        Raises :class:`RadiographReadError` for a file that cannot be read and for a DICOM image
+        of another modality than a plain radiograph, which no bundle may score."""
+        loaded = self._loader({"image": str(path)})
+        require_plain_radiograph(dict(getattr(loaded["image"], "meta", {}) or {}), path)
+        return loaded
 
     def prepare(self, loaded: dict) -> torch.Tensor:
         """The network input of an image :meth:`load` read (the rest of the preprocessing).
@@ -280,8 +290,12 @@ class BundlePredictor:
                 logits = loaded.network(x, **kwargs)
         return torch.sigmoid(logits.float().reshape(len(batch), -1)[:, 0]).cpu().tolist()
 
-    def predict_images(self, paths: Sequence[Path], progress: bool = False) -> list[dict]:
-        """One record per image: path, probability, study id, body part, DICOM meta."""
+    def predict_images(self, paths: Sequence[Path], progress: bool = False,
+                       unreadable: list | None = None) -> list[dict]:
+        """One record per image: path, probability, study id, body part, DICOM meta.
+
+        A file that cannot be scored raises :class:`RadiographReadError`, unless ``unreadable``
+        is a list: then ``(path, reason)`` goes there and the others are scored."""
         from tqdm import tqdm
 
         records: list[dict] = []
@@ -303,7 +317,13 @@ class BundlePredictor:
             batch.clear()
 
         for path in tqdm(paths, desc="infer", unit="image", disable=not progress):
-            loaded = self.load(path)
+            try:
+                loaded = self.load(path)
+            except RadiographReadError as exc:
+                if unreadable is None:
+                    raise
+                unreadable.append((str(path), str(exc.reason)))
+                continue
             records.append(image_record(path, loaded["image"]))
             batch.append(self.prepare(loaded))
             if self.zoom:
@@ -317,8 +337,10 @@ class BundlePredictor:
         return records
 
     def predict(self, inputs: Iterable[str | Path], progress: bool = False) -> dict:
-        """The infer JSON document: ``{"studies": [...]}`` as DESIGN.md specifies."""
-        images = self.predict_images(collect_inputs(inputs), progress=progress)
+        """The infer JSON document: ``{"studies": [...], "refused": [...]}`` (DESIGN.md's contract
+        plus the files that could not be scored, each with its reason)."""
+        unreadable: list[tuple[str, str]] = []
+        images = self.predict_images(collect_inputs(inputs), progress=progress, unreadable=unreadable)
         fused = self.fuse_views(images)
         for record in images:
             record.pop("_features", None)
@@ -327,4 +349,5 @@ class BundlePredictor:
             "bundle_dir": str(self.bundle_dir.resolve()),
             "view_fusion": self.view_fusion,
             "studies": group_studies(images, self.loaded.threshold, self.loaded.aggregation, fused),
+            "refused": refused_records(unreadable),
         }

@@ -82,6 +82,8 @@ __all__ = [
     "is_dicom",
     "read_radiograph",
     "read_radiograph_dataset",
+    "require_plain_radiograph",
+    "SCORED_MODALITIES",
 ]
 
 logger = logging.getLogger(__name__)
@@ -129,6 +131,12 @@ _PHI_KEYWORDS = (
     "InstitutionName",
 )
 _MAX_REASON = 300
+#: DICOM Modality values a model trained on radiographs may score: computed and digital
+#: radiography ("DR" and "RG" are what some older X-ray units and film digitisers write).
+SCORED_MODALITIES: tuple[str, ...] = ("CR", "DX", "DR", "RG")
+# CR, DX for presentation, DX for processing: radiographs whatever their Modality says
+_RADIOGRAPH_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1",
+                           "1.2.840.10008.5.1.4.1.1.1.1.1")
 
 
 class RadiographReadError(ValueError):
@@ -252,6 +260,24 @@ def read_radiograph_dataset(ds: Any, path: Any = "<dataset>") -> tuple[np.ndarra
         raise RadiographReadError(p, _scrub(str(e.reason), ds)) from None
     except Exception as e:  # a value pydicom cannot convert, an unexpected layout...
         raise RadiographReadError(p, _scrub(_describe(e), ds)) from None
+
+
+def require_plain_radiograph(meta: dict, path: Any = None) -> None:
+    """Refuse a DICOM image that is no plain radiograph before a model scores it.
+
+    The reader decodes any grayscale DICOM (a CT slice, an ultrasound frame), which is right for
+    showing it but wrong for scoring it: a network trained on radiographs would answer with
+    confidence. PNG and JPEG carry no modality and pass (MURA itself is PNG).
+    Raises :class:`RadiographReadError` naming the modality and what is scored.
+    """
+    if meta.get("format", "dicom") != "dicom" and not meta.get("SOPClassUID"):
+        return
+    modality = str(meta.get("Modality") or "").strip().upper()
+    if modality in SCORED_MODALITIES or (not modality and str(meta.get("SOPClassUID")) in _RADIOGRAPH_SOP_CLASSES):
+        return
+    said = f"modality {modality}" if modality else "no modality"
+    raise RadiographReadError(path if path is not None else meta.get("path"),
+                              f"{said} is not a plain radiograph (scored: {', '.join(SCORED_MODALITIES)})")
 
 
 # ----------------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ OPERATING_POINTS = {
 _ABNORMAL = hd.sr.CodedConcept.from_code(codes.SCT.Abnormal)
 _NORMAL = hd.sr.CodedConcept.from_code(codes.SCT.Normal)
 _YES, _NO = hd.sr.CodedConcept.from_code(codes.SCT.Yes), hd.sr.CodedConcept.from_code(codes.SCT.No)
-_SIDES = {"L": codes.SCT.Left, "R": codes.SCT.Right}
+_SIDES = {"L": codes.SCT.Left, "R": codes.SCT.Right, "B": codes.SCT.RightAndLeft}
 _PROBABILITY_UNIT = hd.sr.CodedConcept("{probability}", "UCUM", "Probability")
 _NO_UNIT = hd.sr.CodedConcept("1", "UCUM", "no units")
 _PIXELS = hd.sr.CodedConcept("{pixels}", "UCUM", "Pixels")
@@ -168,8 +168,8 @@ def _finding_sites(study: dict, headers: Sequence[Dataset]) -> list[hd.sr.Findin
     site = BODY_PART_CODES.get(study.get("body_part", "UNKNOWN"))
     if site is None:
         return None
-    sides = {ds.get("ImageLaterality") or ds.get("Laterality") for ds in headers}
-    side = _SIDES.get(sides.pop()) if len(sides) == 1 else None
+    sides = {str(ds.get("ImageLaterality") or ds.get("Laterality") or "").strip().upper() for ds in headers}
+    side = _SIDES.get(sides.pop()) if len(sides) == 1 else None  # "U" and "" have no code
     return [hd.sr.FindingSite(anatomic_location=site, laterality=side)]
 
 

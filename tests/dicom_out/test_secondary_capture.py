@@ -90,3 +90,19 @@ def test_write_dicom_outputs(rg1_sources, tmp_path):
     assert new.SOPInstanceUID != sr.SOPInstanceUID and new.SeriesInstanceUID == sr.SeriesInstanceUID
     assert new.InstanceNumber == sr.InstanceNumber + 1
     assert read_sr_result(new)["predecessors"] == [sr.SOPInstanceUID]
+
+
+@pytest.mark.parametrize("side, part, expected", [
+    ("U", "HUMERUS", ""), ("B", "HUMERUS", ""), (None, "HUMERUS", ""), (None, None, ""), ("L", "HUMERUS", "L"),
+    ("U", "CHEST", None)])
+def test_general_series_laterality_follows_the_body_part(dx_sources, tmp_path, side, part, expected):
+    """Type 2C: a paired or unnamed part needs Laterality (empty when the side is U, B or unsaid),
+    an unpaired one must not have it. A DX humerus marked U failed dciodvfy before this was kept."""
+    source = dx_sources[0]
+    for keyword, value in (("ImageLaterality", side), ("BodyPartExamined", part)):
+        if value is None:
+            del source[keyword]
+        else:
+            setattr(source, keyword, value)
+    ds = _round_trip(source, tmp_path)
+    assert ds.get("Laterality") == expected
