@@ -232,17 +232,22 @@ def create_app(config: ListenerConfig, settings: ReviewSettings | None = None) -
             raise _error(403, "only the 'final' label is written through the API; 'original' is the model's")
         params, files = await _params(request)
         finding = _finding(files.get("label"), params)
-        reviewer = str(params.get("reviewer") or params.get("user") or "").strip()
-        if not reviewer:
-            raise _error(400, "say who reviewed: params.reviewer")
+        # Who: the signed-in identity where the sign-in names one, else a name the caller gives
+        # (the page, scripts). MONAI Label's own client and its OHIF and Slicer plugins send only
+        # a client_id: their label is kept and recorded as an unattributed API client's.
+        identity = getattr(request.state, "user", None)
+        reviewer = str(identity or params.get("reviewer") or params.get("user") or "").strip()[:64] or None
+        client_id = str(params.get("client_id") or "").strip()[:64] or None
         comment = str(params.get("comment") or "").strip()[:2000]
         label = await run_in_threadpool(
             data.labels.add, study.study.key, "final", finding, sop_instance_uid=found.sop_instance_uid if found else None,
-            reviewer=reviewer[:64], comment=comment, analysis_version=study.result.get("analysis_version"))
+            reviewer=reviewer, comment=comment, analysis_version=study.result.get("analysis_version"),
+            unattributed=reviewer is None, client_id=client_id)
         revised = False
         if found is None:
-            revised = await run_in_threadpool(_revise, config, data, study, finding, reviewer[:64])
-        logger.info("label saved", extra={"study": study.id, "tag": tag, "finding": finding, "sr_revised": revised})
+            revised = await run_in_threadpool(_revise, config, data, study, finding, reviewer)
+        logger.info("label saved", extra={"study": study.id, "tag": tag, "finding": finding, "sr_revised": revised,
+                                          "attributed": reviewer is not None})
         refreshed = data.study(study.id)
         return JSONResponse({"image": found.id if found else study.id, "label": study.id, "tag": tag,
                              "label_info": label.as_dict(), "review": refreshed.review, "sr_revised": revised})
@@ -298,7 +303,7 @@ def create_app(config: ListenerConfig, settings: ReviewSettings | None = None) -
     return app
 
 
-def _revise(config: ListenerConfig, data: ReviewDatastore, study: ReviewStudy, finding: str, reviewer: str) -> bool:
+def _revise(config: ListenerConfig, data: ReviewDatastore, study: ReviewStudy, finding: str, reviewer: str | None) -> bool:
     """A new SR version when the reviewer's finding differs from what the PACS was last sent."""
     from listener.review.revision import needs_revision, write_revision
 

@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 from listener.store import Store
 
-__all__ = ["FINDINGS", "TAGS", "Label", "LabelStore", "review_state"]
+__all__ = ["ATTRIBUTION_UNATTRIBUTED", "FINDINGS", "TAGS", "Label", "LabelStore", "review_state"]
 
 TAGS = ("original", "final")
 FINDINGS = ("abnormal", "normal")
+ATTRIBUTION_UNATTRIBUTED = "unattributed API client"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS labels (
@@ -32,7 +33,8 @@ CREATE TABLE IF NOT EXISTS labels (
     reviewer TEXT,
     comment TEXT,
     analysis_version INTEGER,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    client_id TEXT
 );
 CREATE INDEX IF NOT EXISTS labels_study ON labels(study_key, tag, id);
 """
@@ -50,12 +52,21 @@ class Label:
     comment: str | None
     analysis_version: int | None
     created_at: float
+    client_id: str | None = None
+
+    @property
+    def unattributed(self) -> bool:
+        """A final label saved by a program that named no person (MONAI Label's client and its
+        OHIF and Slicer plugins send none): kept, and said to be nobody's rather than guessed."""
+        return self.tag == "final" and not self.reviewer
 
     def as_dict(self) -> dict:
         """The label as the API shows it (the study key stays inside: it holds a UID)."""
         return {"tag": self.tag, "finding": self.finding, "abnormal": self.finding == "abnormal",
                 "probability": self.probability, "reviewer": self.reviewer, "comment": self.comment,
-                "analysis_version": self.analysis_version, "time": self.created_at}
+                "analysis_version": self.analysis_version, "time": self.created_at,
+                "attribution": ATTRIBUTION_UNATTRIBUTED if self.unattributed else ("model" if self.tag == "original" else "reviewer"),
+                "client_id": self.client_id}
 
 
 def _label(row) -> Label:
@@ -76,24 +87,32 @@ class LabelStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self.store.connection().executescript(_SCHEMA)
+        db = self.store.connection()
+        db.executescript(_SCHEMA)
+        if "client_id" not in {row[1] for row in db.execute("PRAGMA table_info(labels)")}:
+            with self.store.transaction() as tx:  # a database from before unattributed API labels
+                tx.execute("ALTER TABLE labels ADD COLUMN client_id TEXT")
 
     def add(self, study_key: str, tag: str, finding: str, *, sop_instance_uid: str | None = None,
             probability: float | None = None, reviewer: str | None = None, comment: str | None = None,
-            analysis_version: int | None = None, now: float | None = None) -> Label:
+            analysis_version: int | None = None, now: float | None = None, unattributed: bool = False,
+            client_id: str | None = None) -> Label:
+        """A final label names its reviewer, or says ``unattributed=True`` (an API client that
+        named nobody): no final label is anonymous by accident."""
         if tag not in TAGS:
             raise ValueError(f"label tag must be one of {TAGS}, got {tag!r}")
         if finding not in FINDINGS:
             raise ValueError(f"finding must be one of {FINDINGS}, got {finding!r}")
-        if tag == "final" and not (reviewer or "").strip():
-            raise ValueError("a final label needs the reviewer who gave it")
+        reviewer = (reviewer or "").strip() or None
+        if tag == "final" and reviewer is None and not unattributed:
+            raise ValueError("a final label needs the reviewer who gave it, or to be saved as unattributed")
         now = time.time() if now is None else now
         with self.store.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO labels (study_key, sop_instance_uid, tag, finding, probability, reviewer, comment, "
-                "analysis_version, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "analysis_version, created_at, client_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (study_key, sop_instance_uid, tag, finding, probability, reviewer, comment or None, analysis_version,
-                 now))
+                 now, (client_id or "")[:64] or None))
             row = db.execute("SELECT * FROM labels WHERE id=?", (cursor.lastrowid,)).fetchone()
         return _label(row)
 

@@ -47,8 +47,11 @@ def needs_revision(study: Study, finding: str) -> bool:
     return read_sr_result(pydicom.dcmread(study.sr_path))["finding"] != finding
 
 
-def write_revision(config: ListenerConfig, store: Store, study: Study, finding: str, reviewer: str) -> Path:
-    """Write the corrected SR under the spool's results and queue it; returns its path."""
+def write_revision(config: ListenerConfig, store: Store, study: Study, finding: str, reviewer: str | None) -> Path:
+    """Write the corrected SR under the spool's results and queue it; returns its path.
+
+    ``reviewer`` None: the correction came from an API client that named nobody; the SR then
+    stays UNVERIFIED, names no person and says where its finding came from."""
     from mura_monai.dicom_out import build_sr
 
     predecessor = pydicom.dcmread(study.sr_path)
@@ -58,7 +61,8 @@ def write_revision(config: ListenerConfig, store: Store, study: Study, finding: 
     sources = [pydicom.dcmread(row["path"], stop_before_pixels=True) for row in store.instances(study.key)
                if row["sop_instance_uid"] in analysed]
     sr = build_sr(result, sources, _algorithm(predecessor), predecessor=predecessor,
-                  instance_number=int(predecessor.get("InstanceNumber") or 0) + 1, reviewer=reviewer)
+                  instance_number=int(predecessor.get("InstanceNumber") or 0) + 1, reviewer=reviewer,
+                  finding_source=None if reviewer else "unattributed_api_client")
     digest = hashlib.sha256(study.key.encode()).hexdigest()[:16]
     folder = config.spool_dir / "results" / digest / f"review{sr.InstanceNumber}"
     folder.mkdir(parents=True, exist_ok=True)

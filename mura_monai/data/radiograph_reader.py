@@ -84,6 +84,7 @@ __all__ = [
     "read_radiograph_dataset",
     "require_plain_radiograph",
     "SCORED_MODALITIES",
+    "MAX_PIXELS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -131,6 +132,8 @@ _PHI_KEYWORDS = (
     "InstitutionName",
 )
 _MAX_REASON = 300
+#: The largest image read (rows x columns); detectors top out near 4300 x 4300 (18 M pixels).
+MAX_PIXELS = 64_000_000
 #: DICOM Modality values a model trained on radiographs may score: computed and digital
 #: radiography ("DR" and "RG" are what some older X-ray units and film digitisers write).
 SCORED_MODALITIES: tuple[str, ...] = ("CR", "DX", "DR", "RG")
@@ -412,6 +415,9 @@ def _dicom_to_radiograph(ds: Any, path: str) -> tuple[np.ndarray, dict]:
     rows, cols = int(ds.Rows), int(ds.Columns)
     if rows <= 0 or cols <= 0:
         raise RadiographReadError(None, f"invalid Rows×Columns {rows}×{cols}")
+    if rows * cols > MAX_PIXELS:  # checked before a decoder allocates what a header claims
+        raise RadiographReadError(None, f"Rows×Columns {rows}×{cols} is larger than any radiograph "
+                                        f"({MAX_PIXELS // 1_000_000} M pixels at most)")
     try:
         frames = int(ds.get("NumberOfFrames", 1) or 1)
     except (TypeError, ValueError):

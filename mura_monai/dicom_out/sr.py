@@ -15,7 +15,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-__all__ = ["build_sr", "read_sr_result", "SR_SERIES_DESCRIPTION", "BODY_PART_CODES", "OPERATING_POINTS"]
+__all__ = ["build_sr", "read_sr_result", "SR_SERIES_DESCRIPTION", "BODY_PART_CODES", "FINDING_SOURCES", "OPERATING_POINTS"]
 
 SR_SERIES_DESCRIPTION = "mura-monai AI result - NOT FOR DIAGNOSTIC USE"
 
@@ -39,6 +39,8 @@ _UNCERTAINTY = hd.sr.CodedConcept("UNCERTAINTY", _LOCAL, "Ensemble uncertainty")
 _UNCERTAIN = hd.sr.CodedConcept("UNCERTAIN", _LOCAL, "Uncertain result")
 _DISAGREEMENT = hd.sr.CodedConcept("DISAGREEMENT", _LOCAL, "Ensemble member disagreement")
 _THRESHOLD = hd.sr.CodedConcept.from_code(codes.DCM.ThresholdValue)
+_FINDING_SOURCE = hd.sr.CodedConcept("FINDSRC", _LOCAL, "Source of the finding")
+FINDING_SOURCES = {"unattributed_api_client": hd.sr.CodedConcept("APICLIENT", _LOCAL, "Unattributed API client")}
 OPERATING_POINTS = {
     "youden": "Maximum Youden index",
     "pr_equal": "Precision equals recall",
@@ -64,13 +66,20 @@ _TYPE2 = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "Accessi
 def build_sr(study: dict, sources: Sequence[Dataset], algorithm: dict, *, series_number: int = 900,
              instance_number: int = 1, predecessor: Dataset | None = None,
              series_instance_uid: str | None = None, reviewer: str | None = None,
-             reviewer_organization: str = "mura-monai review") -> hd.sr.ComprehensiveSR:
+             reviewer_organization: str = "mura-monai review",
+             finding_source: str | None = None) -> hd.sr.ComprehensiveSR:
     """A new version of an existing result stays in the predecessor's series unless told otherwise,
     so the PACS shows one AI series per study.
 
     ``reviewer``: the person whose finding ``study["abnormal"]`` is (a corrected result). They
     become the document's person observer beside the device and its verifying observer
-    (VERIFIED); the probabilities and the operating point stay the algorithm's."""
+    (VERIFIED); the probabilities and the operating point stay the algorithm's.
+
+    ``finding_source``: a key of :data:`FINDING_SOURCES` when the finding is neither the
+    algorithm's nor a named person's (a correction from an API client that named nobody). The
+    study group then says so, and the document stays UNVERIFIED: no person vouched for it."""
+    if finding_source is not None and finding_source not in FINDING_SOURCES:
+        raise ValueError(f"finding_source must be one of {sorted(FINDING_SOURCES)}, got {finding_source!r}")
     if not sources:
         raise ValueError("an SR needs at least one analysed source image")
     study_uid = sources[0].StudyInstanceUID
@@ -80,7 +89,7 @@ def build_sr(study: dict, sources: Sequence[Dataset], algorithm: dict, *, series
     by_uid = {ds.SOPInstanceUID: ds for ds in headers}
     algo = _algorithm_id(algorithm)
     sites = _finding_sites(study, headers)
-    groups = [_study_group(study, algo, sites, algorithm)]
+    groups = [_study_group(study, algo, sites, algorithm, finding_source)]
     for i, image in enumerate(study.get("images", []), 1):
         uid = image.get("sop_instance_uid")
         if uid not in by_uid:
@@ -183,7 +192,7 @@ def _probabilities(probability: float, members: dict, algorithm: dict, image: Da
     return out
 
 
-def _study_group(study, algo, sites, algorithm) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+def _study_group(study, algo, sites, algorithm, finding_source=None) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     op = study["operating_point"]
     if len(op) > 16:
         raise ValueError(f"operating point name {op!r} is longer than a DICOM code value allows")
@@ -197,6 +206,8 @@ def _study_group(study, algo, sites, algorithm) -> hd.sr.MeasurementsAndQualitat
         hd.sr.QualitativeEvaluation(_OP_POINT, hd.sr.CodedConcept(op, _LOCAL, OPERATING_POINTS.get(op, op))),
         hd.sr.QualitativeEvaluation(_UNCERTAIN, _YES if study.get("uncertain") else _NO),
     ]
+    if finding_source is not None:
+        evaluations.append(hd.sr.QualitativeEvaluation(_FINDING_SOURCE, FINDING_SOURCES[finding_source]))
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=_STUDY_GROUP),
         finding_type=_ABNORMAL if study["abnormal"] else _NORMAL,
@@ -300,6 +311,7 @@ def read_sr_result(ds: Dataset) -> dict:
                       "parameters": texts.get("111002", [])},
         "reviewer": (str(ds.VerifyingObserverSequence[0].VerifyingObserverName)
                      if ds.get("VerificationFlag") == "VERIFIED" and ds.get("VerifyingObserverSequence") else None),
+        "finding_source": _finding_source(study),
         "predecessors": [ref.ReferencedSOPInstanceUID for study_ in ds.get("PredecessorDocumentsSequence", [])
                          for series in study_.ReferencedSeriesSequence for ref in series.ReferencedSOPSequence],
     }
@@ -325,6 +337,11 @@ def _read_probabilities(group) -> tuple[float, dict[str, float]]:
         else:
             ensemble = m.value
     return ensemble, members
+
+
+def _finding_source(group) -> str | None:
+    found = group.get_qualitative_evaluations(name=_FINDING_SOURCE)
+    return next((k for k, c in FINDING_SOURCES.items() if found and found[0].value == c), None)
 
 
 def _evaluation(group, name):

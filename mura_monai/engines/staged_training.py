@@ -23,7 +23,7 @@ from ignite.engine import Engine, Events
 
 from mura_monai.engines.distributed import is_main_process
 
-__all__ = ["StagedTraining", "STAGES_FILE"]
+__all__ = ["StagedTraining", "STAGES_FILE", "scale_stages"]
 
 logger = logging.getLogger(__name__)
 STAGES_FILE = "stages.json"
@@ -31,6 +31,21 @@ STAGES_FILE = "stages.json"
 
 def _module(network: torch.nn.Module) -> torch.nn.Module:
     return getattr(network, "module", network)  # DistributedDataParallel wraps the staged network
+
+
+def scale_stages(plan: list[tuple[str, int]], max_epochs: int) -> list[tuple[str, int]]:
+    """``plan``'s epochs scaled to sum to ``max_epochs`` (largest remainders, at least 1 each)."""
+    if max_epochs < len(plan):
+        raise ValueError(f"max_epochs {max_epochs} is fewer than the {len(plan)} stages "
+                         f"({', '.join(s for s, _ in plan)}); give at least {len(plan)} or set --stage_epochs")
+    total = sum(n for _, n in plan)
+    spare = max_epochs - len(plan)  # one epoch each first, the rest in proportion
+    shares = [spare * n / total for _, n in plan]
+    counts = [1 + int(share) for share in shares]
+    by_remainder = sorted(range(len(plan)), key=lambda i: (-(shares[i] - int(shares[i])), i))
+    for i in by_remainder[: max_epochs - sum(counts)]:
+        counts[i] += 1
+    return [(stage, n) for (stage, _), n in zip(plan, counts)]
 
 
 class StagedTraining:
@@ -48,11 +63,15 @@ class StagedTraining:
         lr_scheduler: ``ReduceLROnPlateau`` driven by the key metric; restarted per stage with
             the optimizer's initial learning rates.
         ckpt_dir: where ``stages.json`` (each stage's epochs and best metric) is written.
+        max_epochs: the trainer's epoch budget. When it differs from the stages' sum (the user
+            set ``--max_epochs``), the stages are scaled to it in their own proportions, each
+            keeping at least one epoch: cutting the run at the budget instead would end it
+            inside an early stage and leave a model whose last stage never trained.
     """
 
     def __init__(self, network: torch.nn.Module, stage_epochs: dict, validator: Engine,
                  key_metric: str = "val_study_auc", patience: int = 0, best_model_saver=None, lr_scheduler=None,
-                 ckpt_dir: str | Path | None = None, order=None) -> None:
+                 ckpt_dir: str | Path | None = None, order=None, max_epochs: int | None = None) -> None:
         self.network = network
         stage_epochs = dict(stage_epochs)
         unknown = set(stage_epochs) - set(order or stage_epochs)
@@ -61,6 +80,10 @@ class StagedTraining:
         self.plan = [(str(s), int(stage_epochs[s])) for s in (order or stage_epochs) if int(stage_epochs.get(s, 0)) > 0]
         if not self.plan:
             raise ValueError(f"no stage has epochs to train: {stage_epochs}")
+        if max_epochs is not None and int(max_epochs) != self.total_epochs:
+            self.plan = scale_stages(self.plan, int(max_epochs))
+            logger.info("max_epochs %d spread over the stages as %s (--stage_epochs sets each stage)", int(max_epochs),
+                        ", ".join(f"{s} {n}" for s, n in self.plan))
         self.validator = validator
         self.key_metric = key_metric
         self.patience = int(patience)

@@ -93,3 +93,14 @@ def assert_infer_matches_evaluation(bundle: str, ckpt: Path, root: Path, evaluat
     for image in result["images"]:
         assert image["probability"] == pytest.approx(evaluated_images[image["path"]], abs=1e-5)
     return result
+
+
+def assert_evaluation_reproduces_training(ckpt: Path, metrics: dict) -> float:
+    """`run evaluating` on the model.pt training left scores the best validation study AUC that
+    training recorded: same split, same settings, same weights. A model.pt that is not the
+    validated one (a cut-short staged run, the last instead of the best epoch) fails here."""
+    summary = read_json(Path(ckpt) / "training_summary.json")
+    logged = summary.get("best_metric", summary.get("val_study_auc"))
+    assert logged is not None, f"training recorded no validation study AUC: {sorted(summary)}"
+    assert metrics["study"]["auc"] == pytest.approx(float(logged), abs=1e-6)
+    return float(logged)

@@ -10,6 +10,7 @@ import torch
 
 from mura_monai.cli import main as cli_main
 from mura_monai.networks import densenet169
+from tests.bundles.bundle_runner import assert_evaluation_reproduces_training
 from tests.bundles.bundle_runner import (
     BUNDLES, EVALUATE, MULTI_GPU, TRAIN, assert_design_metrics, bundle_run, read_json, torchrun,
 )
@@ -102,6 +103,7 @@ def test_run_evaluating_writes_design_metrics(trained):
                 "--ckpt_dir", str(trained["ckpt"]), "--output_dir", str(out), "--n_bootstrap", "50", *TINY)
     doc = read_json(out / "metrics.json")
     assert_design_metrics(doc, trained["root"])
+    assert_evaluation_reproduces_training(trained["ckpt"], doc)
     assert doc["bundle"] == "densenet169_wbce"
     summary = read_json(trained["ckpt"] / "training_summary.json")
     assert doc["training"]["train_time_s"] == summary["train_time_s"] > 0

@@ -10,7 +10,8 @@ import torch
 from mura_monai.cli import main as cli_main
 from mura_monai.networks import AttentionGuidedCNN
 from tests.bundles.bundle_runner import (
-    BUNDLES, EVALUATE, MULTI_GPU, TRAIN, assert_design_metrics, bundle_run, read_json, torchrun,
+    BUNDLES, EVALUATE, MULTI_GPU, TRAIN, assert_design_metrics, assert_evaluation_reproduces_training, bundle_run,
+    read_json, torchrun,
 )
 
 BUNDLE = "fusionnet_agcnn"
@@ -22,8 +23,10 @@ ONE_EACH = ["--stage_epochs", "{'global': 1, 'local': 1, 'fusion': 1}"]
 def trained(synth_root, tmp_path_factory):
     work = tmp_path_factory.mktemp("agcnn")
     ckpt = work / "models"
+    # --max_epochs 3 with the default 10/5/5 stages: scaled to one epoch each (it used to end the
+    # run inside the global stage, leaving a model.pt whose fusion stage never trained)
     proc = bundle_run(BUNDLE, "training", TRAIN, "--dataset_dir", str(synth_root), "--ckpt_dir", str(ckpt),
-                      "--output_dir", str(work / "train_out"), *TINY, *ONE_EACH)
+                      "--output_dir", str(work / "train_out"), *TINY, "--max_epochs", "3")
     return {"ckpt": ckpt, "work": work, "root": synth_root, "log": proc.stdout + proc.stderr}
 
 
@@ -32,6 +35,7 @@ def test_training_runs_the_three_stages_in_order_and_keeps_the_fusion_model(trai
     assert [(s["stage"], s["first_epoch"], s["last_epoch"]) for s in stages] == [
         ("global", 1, 1), ("local", 2, 2), ("fusion", 3, 3)]
     assert "stage local from epoch 2" in trained["log"] and "stage fusion from epoch 3" in trained["log"]
+    assert "max_epochs 3 spread over the stages as global 1, local 1, fusion 1" in trained["log"]
     summary = read_json(trained["ckpt"] / "training_summary.json")
     assert summary["epochs_completed"] == 3 and summary["best_metric_epoch"] == 3  # model.pt: the fusion stage's best
     settings = read_json(trained["ckpt"] / "model_settings.json")
@@ -58,6 +62,7 @@ def test_evaluate_infer_and_compare(trained, tmp_path):
                str(trained["ckpt"]), "--output_dir", str(out), "--n_bootstrap", "20", *TINY)
     doc = read_json(out / "metrics.json")
     assert_design_metrics(doc, trained["root"])
+    assert_evaluation_reproduces_training(trained["ckpt"], doc)
     assert doc["bundle"] == BUNDLE and doc["training"]["checkpoint_mb"] > 1
     study = sorted((trained["root"] / "MURA-v1.1" / "valid").glob("XR_*/patient*/study*"))[0]
     assert cli_main(["infer", "--bundle", str(BUNDLES / BUNDLE), "--models-dir", str(trained["ckpt"]), str(study),

@@ -12,6 +12,7 @@ import torch
 
 from mura_monai.cli import main as cli_main
 from mura_monai.constants import BODY_PARTS
+from tests.bundles.bundle_runner import assert_evaluation_reproduces_training
 from tests.bundles.bundle_runner import (
     BUNDLES, EVALUATE, MULTI_GPU, TRAIN, assert_design_metrics, bundle_run, read_json, torchrun,
 )
@@ -46,6 +47,7 @@ def test_evaluating_writes_design_metrics_with_training_figures(trained):
                str(trained["ckpt"]), "--output_dir", str(out), "--n_bootstrap", "30", *TINY, *EXTRA[trained["name"]])
     doc = read_json(out / "metrics.json")
     assert_design_metrics(doc, trained["root"])
+    assert_evaluation_reproduces_training(trained["ckpt"], doc)
     assert doc["bundle"] == trained["name"]
     summary = read_json(trained["ckpt"] / "training_summary.json")
     assert doc["training"]["train_time_s"] == summary["train_time_s"]

@@ -136,10 +136,16 @@ function renderReview() {
   $("btn-accept").firstChild.textContent = model ? `Accept ${model} ` : "Accept ";
   $("history").replaceChildren(...study.labels.slice().reverse().map((l) => el("li", {},
     el("span", { class: "when" }, new Date(l.time * 1000).toLocaleString()), " ",
-    l.tag === "original" ? "model: " : `${l.reviewer}: `, findingBadge(l.finding, false),
+    l.tag === "original" ? "model: " : `${who(l)}: `, findingBadge(l.finding, false),
     l.image ? el("span", { class: "muted" }, " (one image)") : "",
     l.comment ? el("div", { class: "comment" }, l.comment) : "")));
-  if (final) $("message").textContent = `Final: ${final.finding} by ${final.reviewer}`;
+  if (final) $("message").textContent = `Final: ${final.finding} by ${who(final)}`;
+}
+
+// A label an API client saved without naming anyone says so instead of showing a blank name.
+function who(label) {
+  if (label.reviewer) return label.reviewer;
+  return label.client_id ? `unattributed API client (${label.client_id})` : "unattributed API client";
 }
 
 function renderThumbs() {

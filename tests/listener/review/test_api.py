@@ -16,6 +16,8 @@ import pytest
 from monailabel.client.client import MONAILabelClient, MONAILabelClientException  # installed --no-deps by make
 
 from listener.review.datastore import study_id
+from mura_monai.dicom_out import read_sr_result
+from tests.dicom_out.dciodvfy import dciodvfy_errors
 from listener.review.labels import LabelStore
 from listener.store import Store
 from tests.listener.review.conftest import TOKEN, valid_dicom_studies, wait_for
@@ -126,11 +128,35 @@ def test_save_label_stores_a_final_label_with_reviewer_comment_and_history(app, 
     assert downloaded["finding"] == row["finding"] and downloaded["reviewer"] == "dr-api"
     original = json.loads(open(client.download_label(row["id"], "original")).read())
     assert original["finding"] == row["finding"] and original["probability"] == pytest.approx(row["probability"])
-    for tag, params in (("original", {"reviewer": "dr-api"}), ("final", {})):
-        with pytest.raises(MONAILabelClientException) as error:
-            client.save_label(row["id"], str(label), tag=tag, params=params)
-        assert ("403" if tag == "original" else "400") in error.value.msg
+    with pytest.raises(MONAILabelClientException) as error:
+        client.save_label(row["id"], str(label), tag="original", params={"reviewer": "dr-api"})
+    assert "403" in error.value.msg
     assert len([l for l in labels.history(key) if l.tag == "final"]) == 2
+
+
+def test_monai_label_client_saves_a_label_with_its_own_arguments_only(app, tmp_path):
+    """MONAI Label's client sends a client_id and no reviewer (its OHIF and Slicer plugins too):
+    the label is stored as an unattributed API client's, never refused (it was a 400 before),
+    and the corrected SR says where its finding came from instead of naming a person."""
+    served, store = app
+    client = MONAILabelClient(served.url, tmpdir=str(tmp_path), client_id="slicer-7")
+    row = _get_json(served.url + "/datastore/studies")["studies"][0]
+    other = "normal" if row["finding"] == "abnormal" else "abnormal"
+    label = tmp_path / "label.txt"
+    label.write_text("1" if other == "abnormal" else "0")
+    answer = client.save_label(row["id"], str(label), tag="final")
+    assert answer["review"] == "overridden" and answer["sr_revised"] is True
+    info = answer["label_info"]
+    assert (info["reviewer"], info["attribution"], info["client_id"]) == (None, "unattributed API client", "slicer-7")
+    final = LabelStore(store).latest(_key(served, row["id"]), "final")
+    assert final.unattributed and final.client_id == "slicer-7" and final.finding == other
+    study = Store(served.config.spool_dir / "queue.sqlite3").study(_key(served, row["id"]))
+    sr = pydicom.dcmread(study.sr_path)
+    assert dciodvfy_errors(study.sr_path) == []
+    result = read_sr_result(sr)
+    assert result["finding"] == other and result["finding_source"] == "unattributed_api_client"
+    assert sr.VerificationFlag == "UNVERIFIED" and result["reviewer"] is None
+    assert "VerifyingObserverSequence" not in sr
 
 
 def test_datastore_lists_studies_and_serves_radiographs_and_heatmaps(app):
