@@ -99,7 +99,7 @@ class Worker:
         records, P = self.predictor.member_probabilities([Path(i["path"]) for i in instances], unreadable=unreadable)
         if not records:
             reasons = sorted({reason for _, reason in unreadable})
-            raise AnalysisError("no decodable radiograph in the study" + (f" ({'; '.join(reasons)[:200]})" if reasons else ""),
+            raise AnalysisError("no radiograph to score in the study" + (f" ({'; '.join(reasons)[:200]})" if reasons else ""),
                                 retry=False)
         (result,) = self.predictor.studies(records, P)
         result["unreadable"] = len(unreadable)

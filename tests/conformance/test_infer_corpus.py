@@ -12,12 +12,12 @@ import pytest
 from mura_monai.cli import main
 from mura_monai.dicom_out import read_sr_result
 from tests.dicom_out.dciodvfy import dciodvfy_errors
-from tests.ensemble_support import ENSEMBLE, fitted_ensemble
+from tests.ensemble_support import ENSEMBLE
 
 
 @pytest.fixture(scope="module")
-def fitted(synth_root, tmp_path_factory):
-    return fitted_ensemble(synth_root, tmp_path_factory.mktemp("conformance_ensemble"))
+def fitted(conformance_ensemble):
+    return conformance_ensemble
 
 
 def test_infer_scores_or_refuses_every_entry(corpus, fitted, tmp_path, capsys):

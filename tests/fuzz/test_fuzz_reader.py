@@ -3,7 +3,7 @@ RadiographReadError (the documented error), whose message holds no patient data.
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import example, given
+from hypothesis import given
 
 from mura_monai.data.radiograph_reader import RadiographReadError, read_radiograph
 from tests.fuzz.strategies import SECRET, fuzz_settings, mutated

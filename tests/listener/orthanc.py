@@ -28,7 +28,9 @@ def have_orthanc() -> bool:
 class OrthancServer:
     """Start, stop and start again on the same ports and storage (a PACS going down and up)."""
 
-    def __init__(self, folder: Path, aet: str = "ORTHANC") -> None:
+    def __init__(self, folder: Path, aet: str = "ORTHANC", modalities: dict | None = None) -> None:
+        """``modalities``: Orthanc's ``DicomModalities`` (name -> [AE title, host, port]), the
+        peers it may push to as a modality."""
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.aet = aet
@@ -39,7 +41,7 @@ class OrthancServer:
             "IndexDirectory": str(self.folder / "db"), "DicomAet": aet, "DicomPort": self.dicom_port,
             "HttpPort": self.http_port, "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
             "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "Plugins": [], "HttpServerEnabled": True,
-            "DicomServerEnabled": True, "StableAge": 1,
+            "DicomServerEnabled": True, "StableAge": 1, "DicomModalities": modalities or {},
         }
         (self.folder / "config.json").write_text(json.dumps(config))
 
@@ -71,6 +73,13 @@ class OrthancServer:
         with urllib.request.urlopen(self.url + path, timeout=10) as response:
             body = response.read()
         return json.loads(body) if response.headers.get_content_type() == "application/json" else body
+
+    def post(self, path: str, body: bytes | dict, timeout_s: float = 120):
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        request = urllib.request.Request(self.url + path, data=data, method="POST")
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            answer = response.read()
+        return json.loads(answer) if response.headers.get_content_type() == "application/json" else answer
 
     def instances(self) -> list[str]:
         return self.get("/instances")

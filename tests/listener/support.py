@@ -1,10 +1,17 @@
 """Listener configs and DICOM inputs for the listener tests."""
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from listener.config import load_config
-from tests.listener.orthanc import free_port
+from tests.listener.orthanc import ECHOSCU, free_port
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def write_config(folder: Path, port: int | None = None, destinations=(), review: dict | None = None,
@@ -39,3 +46,32 @@ def write_config(folder: Path, port: int | None = None, destinations=(), review:
 
 def load(folder: Path, **kwargs):
     return load_config(write_config(folder, **kwargs))
+
+
+class Listener:
+    """`python -m listener` as its own process, ready once dcmtk's echoscu gets an answer."""
+
+    def __init__(self, config: Path) -> None:
+        self.config = config
+        self.log = open(config.parent / "listener.log", "ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "listener", "--config", str(config)], cwd=REPO,
+                                        stdout=self.log, stderr=self.log)
+        port = int(next(line.split("=")[1] for line in config.read_text().splitlines() if line.startswith("port")))
+        self.port = port
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # readiness of another process: C-ECHO answers
+            if subprocess.run([ECHOSCU, "-aec", "MURA_AI", "127.0.0.1", str(port)], capture_output=True).returncode == 0:
+                return
+            assert self.process.poll() is None, (config.parent / "listener.log").read_text()[-2000:]
+            time.sleep(0.2)
+        raise TimeoutError("listener did not start")
+
+    def status(self) -> list[dict]:
+        out = subprocess.run([sys.executable, "-m", "listener", "status", "--config", str(self.config), "--json"],
+                             capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    def stop(self, sig=signal.SIGTERM) -> int:
+        self.process.send_signal(sig)
+        return self.process.wait(timeout=120)

@@ -6,11 +6,9 @@ as the modality, Debian's Orthanc as the PACS, dciodvfy on what arrives, kill -9
 from __future__ import annotations
 
 import io
-import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,8 +18,8 @@ import pytest
 from mura_monai.dicom_out import read_sr_result
 from tests.dicom_out.dciodvfy import dciodvfy_errors
 from tests.ensemble_support import ENSEMBLE, fitted_ensemble
-from tests.listener.orthanc import ECHOSCU, STORESCU, OrthancServer, have_orthanc
-from tests.listener.support import write_config
+from tests.listener.orthanc import STORESCU, OrthancServer, have_orthanc
+from tests.listener.support import Listener, write_config
 
 pytestmark = pytest.mark.skipif(not have_orthanc() or not Path(STORESCU).is_file(),
                                 reason="Debian's orthanc and dcmtk are needed")
@@ -46,33 +44,6 @@ def _config(tmp_path, ensemble, pacs, **listener):
                                          "retry_initial_s": 0.5, "retry_max_s": 2.0}],
         model_bundle=str(ENSEMBLE), model_device="cpu", model_models_dir=str(ensemble["models"]),
         model_members_models_dir=str(ensemble["members"]), **listener)
-
-
-class Listener:
-    def __init__(self, config: Path) -> None:
-        self.config = config
-        self.log = open(config.parent / "listener.log", "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "listener", "--config", str(config)], cwd=REPO,
-                                        stdout=self.log, stderr=self.log)
-        port = int(next(line.split("=")[1] for line in config.read_text().splitlines() if line.startswith("port")))
-        self.port = port
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # readiness of another process: C-ECHO answers
-            if subprocess.run([ECHOSCU, "-aec", "MURA_AI", "127.0.0.1", str(port)], capture_output=True).returncode == 0:
-                return
-            assert self.process.poll() is None, (config.parent / "listener.log").read_text()[-2000:]
-            time.sleep(0.2)
-        raise TimeoutError("listener did not start")
-
-    def status(self) -> list[dict]:
-        out = subprocess.run([sys.executable, "-m", "listener", "status", "--config", str(self.config), "--json"],
-                             capture_output=True, text=True, cwd=REPO, timeout=60)
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout)
-
-    def stop(self, sig=signal.SIGTERM) -> int:
-        self.process.send_signal(sig)
-        return self.process.wait(timeout=120)
 
 
 def _push(port: int, files) -> None:

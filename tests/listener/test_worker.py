@@ -66,5 +66,5 @@ def test_a_study_with_nothing_decodable_fails_once_with_its_reason(tmp_path, ens
     store.promote_stable(0, now=1)
     assert worker.run_once()
     study = store.study(key)
-    assert study.state == "failed" and "no decodable radiograph" in study.reason
+    assert study.state == "failed" and "no radiograph to score" in study.reason
     assert not worker.run_once()  # not retried
