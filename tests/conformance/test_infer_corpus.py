@@ -12,18 +12,13 @@ import pytest
 from mura_monai.cli import main
 from mura_monai.dicom_out import read_sr_result
 from tests.dicom_out.dciodvfy import dciodvfy_errors
-from tests.ensemble_support import ENSEMBLE
 
 
-@pytest.fixture(scope="module")
-def fitted(conformance_ensemble):
-    return conformance_ensemble
-
-
-def test_infer_scores_or_refuses_every_entry(corpus, fitted, tmp_path, capsys):
+def test_infer_scores_or_refuses_every_entry(corpus, conformance_ensemble, tmp_path, capsys):
+    fitted = conformance_ensemble
     folder = corpus[0].path.parent
     out = tmp_path / "infer.json"
-    rc = main(["infer", "--bundle", str(ENSEMBLE), "--members-models-dir", str(fitted["members"]),
+    rc = main(["infer", "--bundle", str(fitted["bundle"]), "--members-models-dir", str(fitted["members"]),
                "--models-dir", str(fitted["models"]), "--device", "cpu", str(folder), "--output", str(out),
                "--dicom-out", str(tmp_path / "dicom")])
     assert rc == 0
@@ -52,9 +47,10 @@ def test_infer_scores_or_refuses_every_entry(corpus, fitted, tmp_path, capsys):
     assert failures == {}
 
 
-def test_infer_with_nothing_scoreable_says_so(corpus, fitted, tmp_path, capsys):
+def test_infer_with_nothing_scoreable_says_so(corpus, conformance_ensemble, tmp_path, capsys):
+    fitted = conformance_ensemble
     refused = [str(e.path) for e in corpus if not e.scored]
-    rc = main(["infer", "--bundle", str(ENSEMBLE), "--members-models-dir", str(fitted["members"]),
+    rc = main(["infer", "--bundle", str(fitted["bundle"]), "--members-models-dir", str(fitted["members"]),
                "--models-dir", str(fitted["models"]), "--device", "cpu", *refused])
     err = capsys.readouterr().err
     assert rc != 0

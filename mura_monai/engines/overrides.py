@@ -1,0 +1,63 @@
+"""Every documented bundle override takes effect or stops the run at once with one line.
+
+MONAI's bundle CLI accepts any ``--key value``: a key the config never reads is silently added,
+so ``--pooling max`` on a bundle without global pooling would train the default model and say
+nothing. Each bundle lists in ``unsupported_overrides`` the README's common overrides it cannot
+honour (defaulted to ``null`` in its config, so a value means the user gave one) with what to
+use instead, and its ``initialize`` step calls :func:`check_overrides` with the values it reads.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+__all__ = ["OverrideRefused", "check_overrides"]
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+_POOLINGS = ("avg", "max")
+
+
+class OverrideRefused(SystemExit):
+    """Ends a ``monai.bundle run`` with its message as the one line on stderr and exit status 1.
+
+    A SystemExit, because MONAI wraps any Exception raised in a config expression into a
+    multi-screen traceback that buries the reason."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def check_overrides(bundle: str, values: dict, unsupported: dict | None = None) -> None:
+    """Refuse an override ``bundle`` cannot honour, or a value no component would accept.
+
+    Args:
+        bundle: the bundle's name, for the message.
+        values: the config values the bundle reads (``None`` where unset).
+        unsupported: ``{override: what to use instead}`` for overrides this bundle has no use for.
+    """
+    for name, instead in (unsupported or {}).items():
+        if values.get(name) is not None:
+            raise OverrideRefused(f"{bundle} does not take --{name}: {instead}")
+    from mura_monai.transforms.enhancement import ENHANCEMENTS
+
+    checks = {
+        "enhancement": (lambda v: v in ENHANCEMENTS, f"one of {', '.join(ENHANCEMENTS)}"),
+        "pooling": (lambda v: v in _POOLINGS, "avg or max"),
+        "device": (lambda v: bool(_DEVICE.match(str(v))), "auto, cpu, cuda or cuda:N"),
+        "image_size": (lambda v: _positive_int(v, 16), "a whole number of pixels, at least 16"),
+        "batch_size": (lambda v: _positive_int(v, 1), "a whole number, at least 1"),
+        "max_epochs": (lambda v: _positive_int(v, 1), "a whole number, at least 1"),
+        "early_stop_patience": (lambda v: _positive_int(v, 0), "a whole number of validations (0: never stop early)"),
+        "pretrained_path": (lambda v: v == "" or Path(str(v)).is_file(), "a local weights file (nothing is downloaded)"),
+    }
+    for name, value in values.items():
+        if value is None or name not in checks:
+            continue
+        valid, expected = checks[name]
+        if not valid(value):
+            raise OverrideRefused(f"{bundle}: --{name} {value!r} is not valid: give {expected}")
+
+
+def _positive_int(value, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
