@@ -14,7 +14,7 @@ DEMO_PATIENTS ?= 200
 DEMO_EPOCHS ?= 4
 DEMO_IMAGE_SIZE ?= 128
 
-.PHONY: install system-deps demo test bench clean
+.PHONY: install system-deps demo test bench fuzz clean
 
 install: $(STAMP)
 
@@ -43,6 +43,12 @@ demo: install system-deps
 
 test: install system-deps
 	$(BIN)/python -m pytest -q
+
+# The fuzz targets of the suite with fresh randomness and FUZZ_EXAMPLES inputs each (the suite runs
+# a short, fixed set); what fails is kept in .hypothesis/ and replayed first next time.
+FUZZ_EXAMPLES ?= 3000
+fuzz: install system-deps
+	MURA_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/fuzz
 
 bench: install system-deps
 	$(BIN)/python benchmarks/preprocessing.py

@@ -130,6 +130,11 @@ def test_the_corpus_through_storescu_comes_back_valid_or_refused(service, tmp_pa
         sr = next(ds for ds in arrived if ds.Modality == "SR")
         assert read_sr_result(sr)["referenced_sop_instance_uids"] == [source.SOPInstanceUID]
     assert invalid == {}
+    # another modality's storage class finds no presentation context at all
+    for name in ("mr_small", "ct_small", "us_rgb"):
+        other = subprocess.run([STORESCU, "-nh", "-aet", "MODALITY", "-aec", "MURA_AI", "127.0.0.1", str(listener.port),
+                                str(corpus[name].path)], capture_output=True, text=True, timeout=60)
+        assert "no presentation context" in (other.stdout + other.stderr).lower(), name
     assert _alive(listener)
 
 
