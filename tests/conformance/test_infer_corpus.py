@@ -14,7 +14,7 @@ from mura_monai.dicom_out import read_sr_result
 from tests.dicom_out.dciodvfy import dciodvfy_errors
 
 
-def test_infer_scores_or_refuses_every_entry(corpus, conformance_ensemble, tmp_path, capsys):
+def test_infer_scores_or_refuses_every_entry(corpus, conformance_ensemble, one_torch_thread, tmp_path, capsys):
     fitted = conformance_ensemble
     folder = corpus[0].path.parent
     out = tmp_path / "infer.json"
