@@ -45,10 +45,12 @@ test: install system-deps
 	$(BIN)/python -m pytest -q
 
 # The fuzz targets of the suite with fresh randomness and FUZZ_EXAMPLES inputs each (the suite runs
-# a short, fixed set); what fails is kept in .hypothesis/ and replayed first next time.
+# a short, fixed set); FUZZ_TARGET=reader|cstore|all; what fails is kept in .hypothesis/ and
+# replayed first next time.
 FUZZ_EXAMPLES ?= 3000
+FUZZ_TARGET ?= all
 fuzz: install system-deps
-	MURA_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q tests/fuzz
+	$(BIN)/python -m tests.fuzz --examples $(FUZZ_EXAMPLES) --target $(FUZZ_TARGET)
 
 bench: install system-deps
 	$(BIN)/python benchmarks/preprocessing.py

@@ -17,6 +17,7 @@ import math
 import ssl
 from collections.abc import Callable
 
+from pydicom.encaps import parse_basic_offsets
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
@@ -32,6 +33,7 @@ from pydicom.uid import (
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
+    UID,
 )
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (
@@ -62,10 +64,9 @@ TRANSFER_SYNTAXES = (
 STATUS = {
     "success": 0x0000,
     "out_of_resources": 0xA700,   # disk below the configured reserve, or the spool not writable
-    "does_not_match": 0xA900,     # pixel data inconsistent with Rows x Columns, no pixel data
+    "does_not_match": 0xA900,     # pixel data inconsistent with the header or syntax, no pixel data
     "cannot_understand": 0xC000,  # unparsable data set, missing UIDs
 }
-_NATIVE = {ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian}
 
 
 class _Reject(Exception):
@@ -75,18 +76,44 @@ class _Reject(Exception):
 
 
 def _check_pixels(ds, transfer_syntax) -> None:
-    """Uncompressed pixel data must be as long as its header says (checked, not decoded)."""
-    if "PixelData" not in ds:
+    """Pixel data must be there and be what the header and transfer syntax say; checked, not
+    decoded (decoding is the worker's), so that nothing the worker can never read is acknowledged.
+
+    Uncompressed: at least Rows x Columns x samples x frames x bytes, each factor positive (a zero
+    or negative one made any length, even none, pass). Compressed: encapsulated, starting with the
+    Basic Offset Table item; a file meta that names a compressed syntax over native pixels is not.
+    """
+    pixels = ds.get_item("PixelData")
+    if pixels is None or not pixels.value:
         raise _Reject("does_not_match", "no pixel data")
-    if transfer_syntax not in _NATIVE:
+    if transfer_syntax.is_encapsulated:
+        try:
+            parse_basic_offsets(pixels.value)
+        except ValueError:
+            raise _Reject("does_not_match", f"pixel data not encapsulated as {transfer_syntax.name} requires") from None
         return
     try:
-        expected = (int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1))
-                    * int(ds.get("NumberOfFrames", 1) or 1) * math.ceil(int(ds.BitsAllocated) / 8))
+        factors = (int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel", 1)),
+                   int(ds.get("NumberOfFrames", 1) or 1), math.ceil(int(ds.BitsAllocated) / 8))
     except (AttributeError, TypeError, ValueError):
         raise _Reject("does_not_match", "image pixel module incomplete") from None
-    if len(ds.PixelData) < expected:
-        raise _Reject("does_not_match", f"pixel data holds {len(ds.PixelData)} bytes, header says {expected}")
+    if min(factors) < 1:
+        raise _Reject("does_not_match", "Rows, Columns, SamplesPerPixel, NumberOfFrames or BitsAllocated not positive")
+    expected = math.prod(factors)
+    if len(pixels.value) < expected:
+        raise _Reject("does_not_match", f"pixel data holds {len(pixels.value)} bytes, header says {expected}")
+
+
+def _uid(ds, keyword: str) -> str:
+    """The UID as stored, not converted: pydicom's validation of a malformed one logs a warning
+    quoting it (or whatever a lying length made it swallow), and UIDs stay out of the log."""
+    element = ds.get_item(keyword)
+    if element is None:
+        raise _Reject("cannot_understand", f"no {keyword}")
+    value = element.value
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("ascii", "replace").strip("\x00 ")
+    return "" if value is None else str(value).strip()
 
 
 class StorageSCP:
@@ -171,14 +198,16 @@ class StorageSCP:
             raise _Reject("out_of_resources", "free disk below the configured reserve")
         try:
             ds = event.dataset
-            study_uid, sop_uid = str(ds.StudyInstanceUID), str(ds.SOPInstanceUID)
+            study_uid, sop_uid = _uid(ds, "StudyInstanceUID"), _uid(ds, "SOPInstanceUID")
+        except _Reject:
+            raise
         except Exception as exc:
             raise _Reject("cannot_understand", f"data set not parsable or without UIDs ({type(exc).__name__})") from None
         if not study_uid or not sop_uid:
             raise _Reject("cannot_understand", "StudyInstanceUID or SOPInstanceUID empty")
         if sop_uid != str(event.request.AffectedSOPInstanceUID):
             raise _Reject("does_not_match", "SOPInstanceUID differs from the C-STORE request's")
-        _check_pixels(ds, event.context.transfer_syntax)
+        _check_pixels(ds, UID(event.context.transfer_syntax))
         meta = DicomBytesIO()
         write_file_meta_info(meta, event.file_meta)
         final = self.spool.instance_path(study_uid, sop_uid)

@@ -235,8 +235,7 @@ def create_app(config: ListenerConfig, settings: ReviewSettings | None = None) -
         # Who: the signed-in identity where the sign-in names one, else a name the caller gives
         # (the page, scripts). MONAI Label's own client and its OHIF and Slicer plugins send only
         # a client_id: their label is kept and recorded as an unattributed API client's.
-        identity = getattr(request.state, "user", None)
-        reviewer = str(identity or params.get("reviewer") or params.get("user") or "").strip()[:64] or None
+        reviewer = str(_signed_in(request) or params.get("reviewer") or params.get("user") or "").strip()[:64] or None
         client_id = str(params.get("client_id") or "").strip()[:64] or None
         comment = str(params.get("comment") or "").strip()[:2000]
         label = await run_in_threadpool(
@@ -301,6 +300,16 @@ def create_app(config: ListenerConfig, settings: ReviewSettings | None = None) -
                     exception_handlers={HTTPException: http_error})
     app.state.datastore = data
     return app
+
+
+def _signed_in(request: Request) -> str | None:
+    """The person the sign-in names, where it names one. Today's sign-in (one shared token or its
+    session) names nobody; named accounts slot in as Starlette's ``AuthenticationMiddleware``
+    (``scope["user"]``), and then win over any name the caller gives."""
+    user = request.scope.get("user")
+    if user is None or not getattr(user, "is_authenticated", False):
+        return None
+    return str(getattr(user, "display_name", "") or "").strip() or None
 
 
 def _revise(config: ListenerConfig, data: ReviewDatastore, study: ReviewStudy, finding: str, reviewer: str | None) -> bool:

@@ -64,7 +64,7 @@ def _reviewed_studies(config: ListenerConfig) -> tuple[list[dict], dict[str, int
                 "key": study.key, "paths": paths, "patient_id": header["PatientID"] or study.key,
                 "study_date": header["StudyDate"], "body_part": part, "label": int(final.finding == "abnormal"),
                 "model_abnormal": (original.finding == "abnormal") if original else bool(result.get("abnormal")),
-                "reviewer_abnormal": final.finding == "abnormal",
+                "reviewer_abnormal": final.finding == "abnormal", "unattributed": final.unattributed,
             })
     finally:
         store.close()

@@ -295,12 +295,14 @@ def _describe(e: BaseException) -> str:
 def _scrub(message: str, ds: Any) -> str:
     """Remove patient-identifying values from an error message (belt and braces)."""
     for kw in _PHI_KEYWORDS:
-        try:
-            value = ds.get(kw, None)
+        try:  # the stored element, not ds.get(): converting a value under a wrong VR (a name as UI)
+            value = ds.get_item(kw).value  # makes pydicom log a warning that quotes it
         except Exception:
             continue
         if value is None:
             continue
+        if isinstance(value, (bytes, bytearray)):  # raw: each value in the encodings a name may have
+            value = [t for v in bytes(value).split(b"\\") for t in (v.decode("utf-8", "replace"), v.decode("latin-1"))]
         values = list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
         for v in values:
             s = str(v).strip()

@@ -29,6 +29,7 @@ __all__ = ["AttentionGuidedCNN", "STAGES", "SplitBackbone", "attention_boxes", "
 
 STAGES: tuple[str, ...] = ("global", "local", "fusion")
 BACKBONES = ("resnet50", "densenet169")
+LOCAL_INITS = ("global", "pretrained")
 
 
 def attention_heatmap(feature_map: torch.Tensor) -> torch.Tensor:
@@ -147,8 +148,8 @@ class AttentionGuidedCNN(nn.Module):
         self.global_branch = SplitBackbone(backbone, in_channels, pretrained_path, pooling)
         self.local_branch = SplitBackbone(backbone, in_channels, pretrained_path, pooling)
         self.fusion = nn.Linear(self.global_branch.n_features + self.local_branch.n_features, 1)
-        if local_init not in ("global", "pretrained"):
-            raise ValueError(f"local_init must be 'global' or 'pretrained', got {local_init!r}")
+        if local_init not in LOCAL_INITS:
+            raise ValueError(f"local_init must be one of {', '.join(LOCAL_INITS)}, got {local_init!r}")
         self.local_init = local_init
         self.threshold = threshold
         self.min_crop_fraction = min_crop_fraction

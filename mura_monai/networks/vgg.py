@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mura_monai.model_settings import as_flag
 from mura_monai.networks.pretrained import _unwrap, load_pretrained
 
 __all__ = ["VGG19", "vgg19"]
@@ -139,6 +140,7 @@ def vgg19(
     Raises:
         ValueError: when the file's BatchNorm layout differs from ``batch_norm``.
     """
+    batch_norm = as_flag(batch_norm, "batch_norm")  # ``--batch_norm false`` arrives as the truthy string "false"
     if pretrained_path and Path(pretrained_path).is_file():  # fail before building 143M parameters
         _check_batch_norm_layout(pretrained_path, batch_norm)
     net = VGG19(in_channels=in_channels, out_channels=out_channels, batch_norm=batch_norm, dropout=dropout,

@@ -14,7 +14,8 @@ import pydicom
 import pytest
 from pydicom.uid import JPEG2000, JPEG2000Lossless
 from pynetdicom import AE, StoragePresentationContexts
-from pynetdicom.sop_class import ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation
+from pynetdicom.sop_class import (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
+                                  StudyRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelMove)
 
 from mura_monai.dicom_out import read_sr_result
 from tests.conformance.corpus import build_corpus
@@ -152,14 +153,24 @@ def test_query_and_retrieve_are_refused_and_the_service_goes_on(service, tool, m
 
 
 def test_pynetdicom_as_a_modality(service):
+    """A modality that also proposes query/retrieve in the same association, as many do: pynetdicom's
+    acceptor rejects each context it does not support with result 0x03 (abstract syntax not
+    supported), the association stands, and its stores succeed."""
     listener, pacs, corpus, _ = service
     ae = AE(ae_title="PYNETDICOM")
     ae.requested_contexts = StoragePresentationContexts[:120]
     for sop_class in (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation):
         for syntax in (JPEG2000Lossless, JPEG2000):
             ae.add_requested_context(sop_class, syntax)
+    query = (StudyRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelMove)
+    for sop_class in query:
+        ae.add_requested_context(sop_class)
     assoc = ae.associate("127.0.0.1", listener.port, ae_title="MURA_AI")
     assert assoc.is_established
+    refused = {cx.abstract_syntax: cx.result for cx in assoc.rejected_contexts}
+    assert {refused.get(sop_class) for sop_class in query} == {0x03}
+    with pytest.raises(ValueError, match="No presentation context"):
+        next(assoc.send_c_find(pydicom.Dataset(), StudyRootQueryRetrieveInformationModelFind))
     sent = [corpus["dx_both_lateralities"], corpus["cr_jpeg2000_lossy"]]
     statuses = [assoc.send_c_store(pydicom.dcmread(e.path)).Status for e in sent]
     assoc.release()

@@ -187,12 +187,15 @@ def make_listener(live, tmp_path):
 class ServedApp:
     """The real app behind uvicorn in a thread of the test process, on a free port of 127.0.0.1."""
 
-    def __init__(self, config: ListenerConfig, settings: ReviewSettings | None = None) -> None:
+    def __init__(self, config: ListenerConfig, settings: ReviewSettings | None = None, middleware=()) -> None:
+        """``middleware``: Starlette ``(class, options)`` pairs put around the app (outermost last)."""
         from listener.review.server import make_server
 
         self.config = config
         self.settings = replace(settings or config.review or ReviewSettings(), port=free_port())
         self.server = make_server(config, self.settings)
+        for cls, options in middleware:
+            self.server.config.app.add_middleware(cls, **options)
         self.thread = threading.Thread(target=self.server.run, name="review-app", daemon=True)
         self.thread.start()
         wait_for(lambda: self.server.started or not self.thread.is_alive(), 30, "the review app", poll_s=0.05)
@@ -209,11 +212,12 @@ class ServedApp:
 
 @pytest.fixture
 def serve():
-    """``serve(config, settings=None)`` starts the app; every app started is stopped after the test."""
+    """``serve(config, settings=None, middleware=())`` starts the app; every app started is stopped
+    after the test."""
     started: list[ServedApp] = []
 
-    def start(config: ListenerConfig, settings: ReviewSettings | None = None) -> ServedApp:
-        started.append(ServedApp(config, settings))
+    def start(config: ListenerConfig, settings: ReviewSettings | None = None, middleware=()) -> ServedApp:
+        started.append(ServedApp(config, settings, middleware))
         return started[-1]
 
     yield start

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from monailabel.client.client import MONAILabelClient  # installed --no-deps by make
 
 from mura_monai.cli import main
 from mura_monai.data.mura import load_mura_split
@@ -108,3 +109,16 @@ def test_worklist_to_override_stored_sent_to_the_pacs_and_exported(live, pacs, p
     (exported,) = [study for split in ("train", "valid") for study in load_mura_split(out, split).studies]
     assert exported["label"] == int(corrected == "abnormal") and exported["body_part"] == top["body_part"]
     assert len(exported["images"]) == len(top["images"])
+
+    # MONAI Label's client names nobody: the page says whose label it is instead of a blank name
+    # (an agreeing label, so no further SR goes to the PACS)
+    shown = page.evaluate("() => location.hash.split('/').pop()")
+    client = MONAILabelClient(live.review_url, tmpdir=str(tmp_path), client_id="slicer-7")
+    client.update_auth({"token_type": "Bearer", "access_token": TOKEN})
+    label = tmp_path / "label.txt"
+    label.write_text(live.api(f"/datastore/study?study={shown}")["finding"])
+    assert client.save_label(shown, str(label), tag="final")["sr_revised"] is False
+    page.reload()
+    page.locator("#review-state .state.accepted").wait_for()
+    assert "unattributed API client (slicer-7)" in page.locator("#history").inner_text()
+    assert page.locator("#message").inner_text().endswith("by unattributed API client (slicer-7)")

@@ -20,7 +20,8 @@ from tests.bundles.bundle_runner import TRAIN, bundle_run
 
 
 def _review(config):
-    """Three of the four studies reviewed: the first overridden (twice: the latest counts), two accepted."""
+    """Three of the four studies reviewed: the first overridden (twice: the latest counts), two
+    accepted, the last of them by MONAI Label's client, which names no reviewer."""
     store = Store(config.spool_dir / "queue.sqlite3")
     labels = LabelStore(store)
     labels.record_originals()
@@ -31,7 +32,10 @@ def _review(config):
         final = ("normal" if model == "abnormal" else "abnormal") if n == 0 else model
         if n == 0:
             labels.add(study.key, "final", model, reviewer="dr-a")
-        labels.add(study.key, "final", final, reviewer="dr-b")
+        if n == 2:
+            labels.add(study.key, "final", final, unattributed=True, client_id="slicer-7")
+        else:
+            labels.add(study.key, "final", final, reviewer="dr-b")
         truth[study.key] = (study, int(final == "abnormal"), model == "abnormal")
     return store, truth
 
@@ -62,6 +66,7 @@ def test_reviewed_studies_export_as_a_mura_root_with_the_final_labels(make_liste
     rows = {row["body_part"]: row for row in csv.DictReader((out / "agreement.csv").open())}
     everything = rows["ALL"]
     assert (everything["studies"], everything["agree"], everything["overridden"]) == ("3", "2", "1")
+    assert everything["unattributed"] == "1"  # exported like any final label, and counted as nobody's
     reviewer = [bool(label) for _, label, _ in truth.values()]
     model = [abnormal for _, _, abnormal in truth.values()]
     kappa = cohen_kappa_score(reviewer, model, labels=[False, True]) if len(set(reviewer + model)) > 1 else None
