@@ -95,6 +95,7 @@ def latency(base: Path, stable_age_s: float) -> dict:
     from mura_monai.data.synthetic import generate_mura_root
     from mura_monai.ensemble_outputs import write_study_outputs
     from mura_monai.ensemble_predictor import EnsemblePredictor
+    from mura_monai.results import StudyResult
     from tests.ensemble_support import ENSEMBLE, fitted_ensemble
 
     generate_mura_root(base / "synth" / "mura", patients=16, seed=1, dicom_dir=base / "synth" / "dicom")
@@ -105,7 +106,7 @@ def latency(base: Path, stable_age_s: float) -> dict:
                                   members_models_dir=ensemble["members"])
     start = time.perf_counter()
     (result,) = predictor.predict(files)["studies"]
-    write_study_outputs(predictor, result, base / "bare" / "heat", base / "bare" / "dicom")
+    write_study_outputs(predictor, StudyResult.from_json(result), base / "bare" / "heat", base / "bare" / "dicom")
     bare_s = time.perf_counter() - start
     pacs = OrthancServer(base / "orthanc").start()
     config = write_config(base / "svc", stable_age_s=stable_age_s, model_bundle=str(ENSEMBLE), model_device="cpu",

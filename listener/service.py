@@ -121,17 +121,15 @@ def status_rows(config: ListenerConfig) -> list[dict]:
     rows = []
     for study in store.studies():
         outbox = store.outbox(study.key)
-        result = study.result or {}
         rows.append({
             "study": study.study_uid,
             "calling_ae": study.calling_ae,
             "state": study.state,
             "version": study.version,
             "images": len(store.instances(study.key)),
-            "body_part": result.get("body_part"),
-            "probability": result.get("probability"),
-            "abnormal": result.get("abnormal"),
-            "uncertain": result.get("uncertain"),
+            **({"body_part": study.result.body_part, "probability": study.result.probability,
+                "abnormal": study.result.abnormal, "uncertain": study.result.uncertain} if study.result else
+               dict.fromkeys(("body_part", "probability", "abnormal", "uncertain"))),
             "exports_pending": sum(o["state"] == "pending" for o in outbox),
             "exports_sent": sum(o["state"] == "sent" for o in outbox),
             "reason": study.reason,

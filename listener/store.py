@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from mura_monai.results import StudyResult
+
 __all__ = ["STATES", "Export", "Store", "Study"]
 
 STATES = ("received", "waiting", "analysing", "analysed", "sent", "failed")
@@ -84,7 +86,7 @@ class Study:
     priority: int
     last_received: float
     reason: str | None = None
-    result: dict | None = None
+    result: StudyResult | None = None
     sr_path: str | None = None
 
 
@@ -102,7 +104,7 @@ def _study(row: sqlite3.Row) -> Study:
     return Study(
         key=row["study_key"], study_uid=row["study_uid"], calling_ae=row["calling_ae"], state=row["state"],
         attempts=row["attempts"], version=row["version"], priority=row["priority"], last_received=row["last_received"],
-        reason=row["reason"], result=json.loads(row["result"]) if row["result"] else None, sr_path=row["sr_path"],
+        reason=row["reason"], result=StudyResult.from_json(json.loads(row["result"])) if row["result"] else None, sr_path=row["sr_path"],
     )
 
 
@@ -210,7 +212,7 @@ class Store:
         study.state, study.attempts = "analysing", study.attempts + 1
         return study
 
-    def finish(self, key: str, result: dict, outputs: list[str | Path], destinations: list[str], priority: int,
+    def finish(self, key: str, result: StudyResult, outputs: list[str | Path], destinations: list[str], priority: int,
                sr_path: str | Path | None, now: float | None = None) -> int:
         """Store a finished analysis and put its files in the outbox for every destination;
         returns the new version. A study that received instances meanwhile goes back to
@@ -222,7 +224,7 @@ class Store:
             newer = row["claimed_at"] is not None and row["last_received"] > row["claimed_at"]
             state = "received" if newer else ("analysed" if outputs and destinations else "sent")
             db.execute("UPDATE studies SET state=?, version=?, priority=?, result=?, sr_path=?, reason=NULL, updated_at=? "
-                       "WHERE study_key=?", (state, version, priority, json.dumps(result), str(sr_path) if sr_path else None,
+                       "WHERE study_key=?", (state, version, priority, json.dumps(result.to_json()), str(sr_path) if sr_path else None,
                                              now, key))
             db.executemany(
                 "INSERT INTO outbox (study_key, version, destination, path, priority, created_at, next_attempt_at) "

@@ -7,6 +7,7 @@ a worker that dies mid-study leaves the study ``analysing`` and the next worker 
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -17,6 +18,7 @@ import pydicom
 from listener.config import ListenerConfig
 from listener.exporter import destination_key
 from listener.store import Store, Study
+from mura_monai.results import StudyResult
 
 __all__ = ["Worker", "load_predictor", "results_dir"]
 
@@ -88,11 +90,11 @@ class Worker:
             state = self.store.fail(study.key, reason, True, self.config.model.max_attempts)
             logger.exception("analysis failed", extra={"study_ref": ref, "state": state})
         else:
-            logger.info("study analysed", extra={"study_ref": ref, "version": version, "abnormal": result["abnormal"],
-                                                 "uncertain": result["uncertain"], "images": len(result["images"])})
+            logger.info("study analysed", extra={"study_ref": ref, "version": version, "abnormal": result.abnormal,
+                                                 "uncertain": result.uncertain, "images": len(result.images)})
         return True
 
-    def analyse(self, study: Study) -> tuple[int, dict]:
+    def analyse(self, study: Study) -> tuple[int, StudyResult]:
         """Score the study's instances, write heatmaps, SR and SCs, and queue them for export."""
         instances = self.store.instances(study.key)
         unreadable: list[tuple[str, str]] = []
@@ -102,17 +104,15 @@ class Worker:
             raise AnalysisError("no radiograph to score in the study" + (f" ({'; '.join(reasons)[:200]})" if reasons else ""),
                                 retry=False)
         (result,) = self.predictor.studies(records, P)
-        result["unreadable"] = len(unreadable)
         version = study.version + 1
-        result["analysis_version"] = version  # the review's "original" label names the analysis it copies
+        # the review's "original" label names the analysis it copies
+        result = dataclasses.replace(result, unreadable=len(unreadable), analysis_version=version)
         out = results_dir(self.config.spool_dir, study, version)
         predecessor = pydicom.dcmread(study.sr_path) if study.sr_path and Path(study.sr_path).is_file() else None
         from mura_monai.ensemble_outputs import write_study_outputs
 
-        write_study_outputs(self.predictor, result, out / "heatmaps" if self.config.model.heatmaps else None,
-                            out / "dicom", predecessor=predecessor)
-        outputs = result.get("dicom_outputs", [])
-        sr_path = next((p for p in outputs if Path(p).name == "sr.dcm"), None)
-        priority = 1 if result["abnormal"] or result["uncertain"] else 0
-        self.store.finish(study.key, result, outputs, self.destinations, priority, sr_path)
+        result = write_study_outputs(self.predictor, result, out / "heatmaps" if self.config.model.heatmaps else None,
+                                     out / "dicom", predecessor=predecessor)
+        outputs = list(result.dicom_outputs or ())
+        self.store.finish(study.key, result, outputs, self.destinations, int(result.needs_attention), result.sr_path)
         return version, result

@@ -30,8 +30,9 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
 
-from mura_monai.metrics import AGGREGATIONS
-from mura_monai.operating_points import OPERATING_POINTS, operating_points
+from mura_monai.metrics import AGGREGATIONS, group_by_study
+from mura_monai.metrics import logit as _logit
+from mura_monai.operating_points import OPERATING_POINTS, OperatingPoint, operating_points
 
 __all__ = [
     "CALIBRATIONS",
@@ -46,12 +47,6 @@ __all__ = [
 COMBINE_METHODS: tuple[str, ...] = ("mean", "weighted_mean", "vote", "stacking")
 CALIBRATIONS: tuple[str, ...] = ("none", "platt", "isotonic")
 ALL_PARTS = "ALL"
-_EPS = 1e-6
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=float), _EPS, 1.0 - _EPS)
-    return np.log(p / (1.0 - p))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -183,9 +178,7 @@ class FittedEnsemble:
 def _study_table(prob: np.ndarray, labels: np.ndarray, studies: Sequence[str], parts: Sequence[str], aggregation: str):
     """Study-level ``(probability, label, body part)`` arrays, studies in first-seen order."""
     reduce = AGGREGATIONS[aggregation]
-    index: dict[str, list[int]] = {}
-    for i, study in enumerate(studies):
-        index.setdefault(study, []).append(i)
+    index = group_by_study({"study": s} for s in studies)
     rows = [(float(reduce([prob[i] for i in idx])), int(labels[idx[0]]), parts[idx[0]]) for idx in index.values()]
     p, y, part = zip(*rows)
     return np.array(p), np.array(y), list(part)
@@ -233,7 +226,7 @@ def fit_ensemble_parameters(
         raise ValueError("fitting an ensemble needs both normal and abnormal studies")
     fitted = FittedEnsemble(members=list(members), combine=combine, calibration=calibration, aggregation=aggregation)
     fitted.member_calibrators = [Calibrator(calibration).fit(P[:, j], y) for j in range(P.shape[1])]
-    fitted.member_thresholds = [operating_points(y, P[:, j])["youden"] for j in range(P.shape[1])]
+    fitted.member_thresholds = [operating_points(y, P[:, j])[OperatingPoint.YOUDEN] for j in range(P.shape[1])]
     member_auc = [_study_auc(P[:, j], y, studies, body_parts, aggregation) for j in range(P.shape[1])]
     if weights is None:
         weights = [max(auc - 0.5, 0.01) if not math.isnan(auc) else 0.01 for auc in member_auc]

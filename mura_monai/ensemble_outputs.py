@@ -6,13 +6,17 @@ scoring itself, and the listener asks for them per study.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-__all__ = ["cam_weights", "write_sample_heatmaps", "write_study_outputs"]
+from mura_monai.results import StudyResult
+
+__all__ = ["cam_weights", "heatmap_settings", "write_sample_heatmaps", "write_study_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,44 +38,53 @@ def _folder_name(study: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", study).strip("_")[-96:] or "study"
 
 
-def write_study_outputs(predictor, study: dict, heatmaps_dir: str | Path | None, dicom_out: str | Path | None,
-                        predecessor=None) -> None:
+def write_study_outputs(predictor, study: StudyResult, heatmaps_dir: str | Path | None, dicom_out: str | Path | None,
+                        predecessor=None) -> StudyResult:
     """Heatmap PNGs (``heatmaps_dir/<study>/NN_<image>.png``) and, for DICOM studies, an SR and
-    one secondary capture per image under ``dicom_out``; paths are added to ``study``.
+    one secondary capture per image under ``dicom_out``; returns the result with their paths.
     ``predecessor`` is the SR of an earlier analysis of the same study, which the new one
     references (the listener re-analyses a study that gained images)."""
     from mura_monai.explain import explain_prepared, write_overlay_png
 
     weights = cam_weights(predictor.fitted)
-    method = predictor.settings.get("heatmap_method", "gradcam")
-    alpha = float(predictor.settings.get("heatmap_alpha", 0.4))
+    method, alpha = heatmap_settings(predictor.settings)
     overlays: dict[str, np.ndarray] = {}
-    for n, image in enumerate(study["images"], start=1):
-        loaded = predictor.members[0].load(image["path"])  # decoded once, prepared per member
+    images = []
+    for n, image in enumerate(study.images, start=1):
+        loaded = predictor.members[0].load(image.path)  # decoded once, prepared per member
         prepared = [(m.loaded.network, m.prepare(loaded), w) for m, w in zip(predictor.members, weights)]
         radiograph = np.asarray(loaded["image"], dtype=np.float32).reshape(np.asarray(loaded["image"]).shape[-2:])
         explained = explain_prepared(prepared, radiograph, method=method, alpha=alpha)
         if heatmaps_dir is not None:
-            path = Path(heatmaps_dir) / _folder_name(study["study"]) / f"{n:02d}_{Path(image['path']).stem}.png"
+            path = Path(heatmaps_dir) / _folder_name(study.study) / f"{n:02d}_{Path(image.path).stem}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             write_overlay_png(path, explained["overlay"])
-            image["heatmap"] = str(path)
-        if image.get("sop_instance_uid"):
-            overlays[image["sop_instance_uid"]] = explained["overlay"]
+            image = dataclasses.replace(image, heatmap=str(path))
+        if image.sop_instance_uid:
+            overlays[image.sop_instance_uid] = explained["overlay"]
+        images.append(image)
+    study = dataclasses.replace(study, images=tuple(images))
     if dicom_out is None:
-        return
-    dicom_images = [image for image in study["images"] if image.get("sop_instance_uid")]
+        return study
+    dicom_images = [image for image in study.images if image.sop_instance_uid]
     if not dicom_images:
-        logger.info("study %s holds no DICOM images: no SR or secondary capture written", _folder_name(study["study"]))
-        study["dicom_outputs"] = []
-        return
+        logger.info("study %s holds no DICOM images: no SR or secondary capture written", _folder_name(study.study))
+        return dataclasses.replace(study, dicom_outputs=())
     import pydicom
 
     from mura_monai.dicom_out import write_dicom_outputs
 
-    sources = [pydicom.dcmread(image["path"]) for image in dicom_images]
+    sources = [pydicom.dcmread(image.path) for image in dicom_images]
     written = write_dicom_outputs(study, sources, overlays, predictor.algorithm, dicom_out, predecessor=predecessor)
-    study["dicom_outputs"] = [str(p) for p in written]
+    return dataclasses.replace(study, dicom_outputs=tuple(str(p) for p in written))
+
+
+def heatmap_settings(settings: Mapping) -> tuple[str, float]:
+    """The CAM method and overlay opacity an ensemble's ``inference.json`` asks for, with the
+    defaults every heatmap of the project uses."""
+    from mura_monai.explain import HEATMAP_ALPHA, HEATMAP_METHOD
+
+    return str(settings.get("heatmap_method", HEATMAP_METHOD)), float(settings.get("heatmap_alpha", HEATMAP_ALPHA))
 
 
 def write_sample_heatmaps(members, predictions: dict, out_dir: str | Path, n: int = 4, method: str = "gradcam") -> list[tuple[str, str]]:

@@ -22,8 +22,10 @@ from mura_monai.constants import BODY_PARTS
 from mura_monai.data.mura import find_mura_root, mura_datalist
 from mura_monai.data.radiograph_reader import RadiographReadError
 from mura_monai.ensemble import FittedEnsemble, cross_fitted_probabilities, fit_ensemble_parameters, study_uncertainty
-from mura_monai.inference import BundlePredictor, collect_inputs, image_record, read_inference_config, refused_records, study_body_part
-from mura_monai.metrics import AGGREGATIONS
+from mura_monai.body_parts import UNKNOWN, study_body_part
+from mura_monai.inference import BundlePredictor, collect_inputs, image_source, read_inference_config, refused_records
+from mura_monai.metrics import AGGREGATIONS, group_by_study
+from mura_monai.results import SCHEMA_VERSION, Algorithm, ImageResult, ImageSource, MemberVersion, StudyResult
 
 __all__ = ["EnsemblePredictor", "MemberSpec", "is_ensemble_bundle"]
 
@@ -122,20 +124,16 @@ class EnsemblePredictor:
         return [s.name for s in self.specs]
 
     @property
-    def algorithm(self) -> dict:
+    def algorithm(self) -> Algorithm:
         """What the DICOM outputs name as the algorithm: the ensemble and its members' versions."""
-        return {
-            "name": f"mura-monai {self.bundle_dir.name}",
-            "version": self.version,
-            "manufacturer": "mura-monai",
-            "members": [{"name": s.name, "version": s.version} for s in self.specs],
-        }
+        return Algorithm(name=f"mura-monai {self.bundle_dir.name}", version=self.version,
+                         members=tuple(MemberVersion(s.name, s.version) for s in self.specs))
 
     # -- running the members -----------------------------------------------------------
     def member_probabilities(
         self, paths: Sequence[Path], progress: bool = False, unreadable: list | None = None
-    ) -> tuple[list[dict], np.ndarray]:
-        """Image records (study, body part and its source, SOP instance) and the members'
+    ) -> tuple[list[ImageSource], np.ndarray]:
+        """The images read (study, body part and its source, SOP instance) and the members'
         probabilities ``(N, M)``; each file is decoded once for all members.
 
         A file that cannot be read raises :class:`RadiographReadError`, unless ``unreadable`` is
@@ -145,7 +143,7 @@ class EnsemblePredictor:
         from tqdm import tqdm
 
         batch_size = int(self.settings.get("batch_size", 8))
-        records: list[dict] = []
+        records: list[ImageSource] = []
         rows: list[list[float]] = []
         pending: list[list[torch.Tensor]] = [[] for _ in self.members]
         pending_router: list[torch.Tensor] = []
@@ -155,7 +153,7 @@ class EnsemblePredictor:
             columns = [member.forward(batch) for member, batch in zip(self.members, pending)]
             rows.extend(list(r) for r in zip(*columns))
             if pending_router:
-                self._route([records[i] for i in pending_index], pending_router)
+                self._route(records, pending_index, pending_router)
             for batch in pending:
                 batch.clear()
             pending_router.clear()
@@ -169,11 +167,11 @@ class EnsemblePredictor:
                     raise
                 unreadable.append((str(path), str(exc.reason)))
                 continue
-            record = image_record(path, loaded["image"])
+            record = image_source(path, loaded["image"])
             records.append(record)
             for member, batch in zip(self.members, pending):
                 batch.append(member.prepare(loaded))
-            if record["body_part"] == "UNKNOWN" and self.router is not None:
+            if record.body_part == UNKNOWN and self.router is not None:
                 pending_router.append(self.router.prepare(loaded))
                 pending_index.append(len(records) - 1)
             if len(pending[0]) == batch_size:
@@ -182,13 +180,13 @@ class EnsemblePredictor:
             flush()
         return records, np.asarray(rows, dtype=float).reshape(len(records), len(self.members))
 
-    def _route(self, records: list[dict], batch: list[torch.Tensor]) -> None:
+    def _route(self, records: list[ImageSource], which: list[int], batch: list[torch.Tensor]) -> None:
         """Body part from the router for images whose DICOM and path say nothing."""
         loaded = self.router.loaded
         with torch.no_grad():
             logits = loaded.network.router(torch.stack(batch).to(loaded.device))
-        for record, index in zip(records, logits.argmax(dim=1).cpu().tolist()):
-            record["body_part"], record["body_part_source"] = BODY_PARTS[index], "router"
+        for i, index in zip(which, logits.argmax(dim=1).cpu().tolist()):
+            records[i] = records[i].with_body_part(BODY_PARTS[index], "router")
 
     # -- inference ---------------------------------------------------------------------
     def predict(
@@ -205,67 +203,50 @@ class EnsemblePredictor:
         if heatmaps_dir is not None or dicom_out is not None:
             from mura_monai.ensemble_outputs import write_study_outputs
 
-            for study in studies:
-                write_study_outputs(self, study, heatmaps_dir, dicom_out)
+            studies = [write_study_outputs(self, study, heatmaps_dir, dicom_out) for study in studies]
         return {
+            "schema_version": SCHEMA_VERSION,
             "bundle": self.bundle_dir.name,
             "bundle_dir": str(self.bundle_dir),
             "ensemble": self.describe(),
-            "studies": studies,
+            "studies": [study.to_json() for study in studies],
             "refused": refused_records(unreadable),
         }
 
     def describe(self) -> dict:
         fitted = self._require_fitted()
         return {
-            **self.algorithm,
+            **self.algorithm.to_json(),
             "combine": fitted.combine,
             "calibration": fitted.calibration,
             "operating_point": self.settings["operating_point"],
             "aggregation": fitted.aggregation,
         }
 
-    def studies(self, records: list[dict], P: np.ndarray) -> list[dict]:
-        """Study results from image records and member probabilities."""
+    def studies(self, records: Sequence[ImageSource], P: np.ndarray) -> list[StudyResult]:
+        """Study results from the images read and the members' probabilities on them."""
         fitted = self._require_fitted()
         prob = fitted(P)
         member_prob = fitted.member_probabilities(P)
         reduce = AGGREGATIONS[fitted.aggregation]
         operating_point = self.settings["operating_point"]
-        grouped: dict[str, list[int]] = {}
-        for i, record in enumerate(records):
-            grouped.setdefault(record["study"], []).append(i)
         studies = []
-        for study, index in grouped.items():
-            part = study_body_part(records[i]["body_part"] for i in index)
-            sources = sorted({records[i]["body_part_source"] for i in index})
+        for study, index in group_by_study(records).items():
+            part = study_body_part(records[i].body_part for i in index)
             p = float(reduce(prob[index]))
             members = {name: float(reduce(member_prob[index, j])) for j, name in enumerate(self.member_names)}
             threshold, fitted_on = fitted.threshold(part, operating_point)
             doubt = study_uncertainty(list(members.values()), p, threshold, self.settings["uncertainty_margin"])
-            studies.append({
-                "study": study,
-                "body_part": part,
-                "body_part_source": "+".join(sources),
-                "probability": p,
-                "abnormal": p > threshold,
-                "threshold": threshold,
-                "threshold_fitted_on": fitted_on,
-                "operating_point": operating_point,
-                **doubt,
-                "uncertain": doubt["uncertainty"] >= self.settings["uncertain_level"],
-                "members": members,
-                "images": [
-                    {
-                        "path": records[i]["path"],
-                        "probability": float(prob[i]),
-                        "sop_instance_uid": records[i]["sop_instance_uid"],
-                        "body_part": records[i]["body_part"],
-                        "members": {name: float(member_prob[i, j]) for j, name in enumerate(self.member_names)},
-                    }
-                    for i in index
-                ],
-            })
+            studies.append(StudyResult(
+                study=study, body_part=part, probability=p, abnormal=p > threshold, threshold=threshold,
+                body_part_source="+".join(sorted({records[i].body_part_source for i in index})),
+                threshold_fitted_on=fitted_on, operating_point=operating_point, **doubt,
+                uncertain=doubt["uncertainty"] >= self.settings["uncertain_level"], members=members,
+                images=tuple(ImageResult(
+                    path=records[i].path, probability=float(prob[i]), sop_instance_uid=records[i].sop_instance_uid,
+                    body_part=records[i].body_part,
+                    members={name: float(member_prob[i, j]) for j, name in enumerate(self.member_names)})
+                    for i in index)))
         return studies
 
     def _require_fitted(self) -> FittedEnsemble:

@@ -22,11 +22,14 @@ from monai.visualize import GradCAM, GradCAMpp, SmoothGrad
 from torch import nn
 
 __all__ = [
-    "CAM_METHODS", "cam_to_original", "compute_cam", "ensemble_cam", "explain_image", "explain_prepared", "overlay", "target_layer",
+    "CAM_METHODS", "HEATMAP_ALPHA", "HEATMAP_METHOD", "cam_to_original", "compute_cam", "ensemble_cam", "explain_image", "explain_prepared", "overlay", "target_layer",
     "write_overlay_png",
 ]
 
 CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcampp", "smoothgrad")
+# Grad-CAM at 40 % opacity unless a bundle says otherwise: a reader still sees the bone under the colour.
+HEATMAP_METHOD = "gradcam"
+HEATMAP_ALPHA = 0.4
 _NOT_FEATURES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d, nn.Dropout, nn.Flatten)
 
 
@@ -205,7 +208,8 @@ def write_overlay_png(path: str | Path, rgb: np.ndarray) -> Path:
     return path
 
 
-def explain_image(members: Sequence[tuple], path: str | Path, method: str = "gradcam", alpha: float = 0.4) -> dict:
+def explain_image(members: Sequence[tuple], path: str | Path, method: str = HEATMAP_METHOD,
+                  alpha: float = HEATMAP_ALPHA) -> dict:
     """Ensemble heatmap of one radiograph file.
 
     ``members`` holds ``(network, preprocessing, weight)``: each member's own preprocessing
@@ -220,8 +224,8 @@ def explain_image(members: Sequence[tuple], path: str | Path, method: str = "gra
     return explain_prepared(prepared, radiograph, method, alpha)
 
 
-def explain_prepared(members: Sequence[tuple], radiograph: np.ndarray, method: str = "gradcam",
-                     alpha: float = 0.4) -> dict:
+def explain_prepared(members: Sequence[tuple], radiograph: np.ndarray, method: str = HEATMAP_METHOD,
+                     alpha: float = HEATMAP_ALPHA) -> dict:
     """:func:`explain_image` for inputs already prepared: ``(network, network input (C, H, W),
     weight)`` per member and the radiograph ``(H0, W0)`` in [0, 1]; the listener's worker has
     decoded the image once already and should not decode it again per member."""

@@ -7,6 +7,7 @@ later, the listener's worker.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -17,24 +18,23 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
-from mura_monai.constants import BODY_PARTS, DICOM_BODY_PART
+from mura_monai.body_parts import body_part_of, body_part_source, study_body_part
 from mura_monai.data.patient_metadata import image_metadata
 from mura_monai.data.radiograph_reader import RadiographReadError, is_dicom, require_plain_radiograph
-from mura_monai.metrics import AGGREGATIONS, study_probabilities
+from mura_monai.metrics import AGGREGATIONS, group_by_study, study_probabilities
+from mura_monai.results import SCHEMA_VERSION, ImageResult, ImageSource, StudyResult
 from mura_monai.model_settings import load_model_settings
 from mura_monai.zoom import ZOOM_COMBINES, zoom_boxes
 from mura_monai.zoom import combine as combine_zoom
 from mura_monai.multiview import (
     EARLY_FUSIONS, VIEW_FUSION_FILE, VIEW_FUSIONS, LearnedViewFusion, capture_features, fuse_study, last_linear,
-    study_groups,
 )
 
-__all__ = ["BundlePredictor", "body_part_of", "body_part_source", "collect_inputs", "group_studies", "image_record", "read_inference_config", "refused_records", "study_body_part"]
+__all__ = ["BundlePredictor", "body_part_of", "body_part_source", "collect_inputs", "group_studies", "image_record", "image_source", "read_inference_config", "refused_records", "study_body_part"]
 
 logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
-_DICOM_TO_MURA = {v: k for k, v in DICOM_BODY_PART.items()}
 
 
 def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
@@ -63,45 +63,9 @@ def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-def body_part_source(path: Path, meta: dict) -> tuple[str, str]:
-    """MURA study type of an image and where it was read: ``(part, source)``.
-
-    Sources in the order tried: ``dicom`` (BodyPartExamined), ``description`` (study, then
-    series description), ``path`` (a MURA folder name such as ``XR_WRIST``). Returns
-    ``("UNKNOWN", "unknown")`` when none says it: the caller decides what an unknown part means
-    (the ensemble asks its router, or reports it as unknown), never this function.
-    """
-    part = str(meta.get("BodyPartExamined", "") or "").upper().strip()
-    if part in _DICOM_TO_MURA:
-        return _DICOM_TO_MURA[part], "dicom"
-    for key in ("StudyDescription", "SeriesDescription"):
-        words = str(meta.get(key, "") or "").upper().replace("_", " ").split()
-        for dicom_name, mura_name in _DICOM_TO_MURA.items():
-            if dicom_name in words:
-                return mura_name, "description"
-    for component in reversed(path.parts):
-        if component.upper() in BODY_PARTS:
-            return component.upper(), "path"
-    return "UNKNOWN", "unknown"
-
-
-def body_part_of(path: Path, meta: dict) -> str:
-    """MURA study type of an image (see :func:`body_part_source`); ``"UNKNOWN"`` when unsaid."""
-    return body_part_source(path, meta)[0]
-
-
-def study_body_part(parts) -> str:
-    """One body part for a study from its images' parts: the part they agree on, ``UNKNOWN``
-    when none is known, ``MIXED:A+B`` when they disagree (reported, not resolved by guessing)."""
-    known = sorted(set(parts) - {"UNKNOWN"})
-    if not known:
-        return "UNKNOWN"
-    return known[0] if len(known) == 1 else "MIXED:" + "+".join(known)
-
-
 def group_studies(images: Sequence[dict], threshold: float, aggregation: str = "mean",
-                  fused: dict[str, float] | None = None) -> list[dict]:
-    """The ``studies`` list of the infer JSON contract (DESIGN.md) from per-image results.
+                  fused: dict[str, float] | None = None) -> list[StudyResult]:
+    """Study results from per-image records (``path``, ``study``, ``body_part``, ``probability``).
 
     ``fused`` gives study probabilities computed by a view-fusion rule that needs more than the
     image probabilities (:mod:`mura_monai.multiview`); other studies use ``aggregation``.
@@ -109,16 +73,10 @@ def group_studies(images: Sequence[dict], threshold: float, aggregation: str = "
     studies = []
     for study, members, probability in study_probabilities(images, aggregation):
         probability = (fused or {}).get(study, probability)
-        studies.append(
-            {
-                "study": study,
-                "body_part": study_body_part(m["body_part"] for m in members),
-                "probability": probability,
-                "abnormal": probability > threshold,
-                "threshold": threshold,
-                "images": [{"path": m["path"], "probability": m["probability"]} for m in members],
-            }
-        )
+        studies.append(StudyResult(
+            study=study, body_part=study_body_part(m["body_part"] for m in members), probability=probability,
+            abnormal=probability > threshold, threshold=threshold,
+            images=tuple(ImageResult(path=m["path"], probability=m["probability"]) for m in members)))
     return studies
 
 
@@ -140,18 +98,18 @@ def read_inference_config(bundle_dir: Path, models_dir: str | Path | None = None
     return parser
 
 
-def image_record(path: Path, image) -> dict:
-    """The per-image record of the infer JSON, before a probability is known."""
+def image_source(path: Path, image) -> ImageSource:
+    """What a loaded image's header and path say about it, before any network has scored it."""
     meta = dict(getattr(image, "meta", {}) or {})
-    part = body_part_source(path, meta)
-    return {
-        "path": str(path),
-        "study": meta.get("StudyInstanceUID") or str(path.parent),
-        "sop_instance_uid": meta.get("SOPInstanceUID") or None,
-        "body_part": part[0],
-        "body_part_source": part[1],
-        "probability": None,
-    }
+    part, source = body_part_source(path, meta)
+    return ImageSource(path=str(path), study=meta.get("StudyInstanceUID") or str(path.parent), body_part=part,
+                       body_part_source=source, sop_instance_uid=meta.get("SOPInstanceUID") or None)
+
+
+def image_record(path: Path, image) -> dict:
+    """A working row of the scoring loop: the image's :class:`ImageSource` plus its probability,
+    in the shape the metrics take for labelled rows too."""
+    return {**dataclasses.asdict(image_source(path, image)), "probability": None}
 
 
 def _setting(parser: ConfigParser, key: str, default):
@@ -244,7 +202,7 @@ class BundlePredictor:
         aggregation of image probabilities (``learned``, ``early_mean``, ``early_max``)."""
         if self.view_fusion in AGGREGATIONS:
             return None
-        groups = study_groups(list(images))
+        groups = group_by_study(images)
         features = torch.stack([r["_features"] for r in images]) if self.view_fusion in EARLY_FUSIONS else None
         head = last_linear(self.loaded.network) if features is not None else None
         return {study: fuse_study(self.view_fusion, [images[i]["probability"] for i in idx],
@@ -345,9 +303,10 @@ class BundlePredictor:
         for record in images:
             record.pop("_features", None)
         return {
+            "schema_version": SCHEMA_VERSION,
             "bundle": self.bundle_dir.resolve().name,
             "bundle_dir": str(self.bundle_dir.resolve()),
             "view_fusion": self.view_fusion,
-            "studies": group_studies(images, self.loaded.threshold, self.loaded.aggregation, fused),
+            "studies": [s.to_json() for s in group_studies(images, self.loaded.threshold, self.loaded.aggregation, fused)],
             "refused": refused_records(unreadable),
         }

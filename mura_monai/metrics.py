@@ -6,7 +6,7 @@ the maths; this module only groups predictions and resamples studies for the int
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy.stats import rankdata
@@ -17,6 +17,8 @@ from mura_monai.constants import BODY_PARTS
 __all__ = [
     "AGGREGATIONS",
     "aggregate_studies",
+    "group_by_study",
+    "logit",
     "study_probabilities",
     "binary_metrics",
     "bootstrap_intervals",
@@ -129,6 +131,25 @@ def bootstrap_intervals(
     return out
 
 
+def logit(p, eps: float = 1e-6) -> np.ndarray:
+    """Log-odds of probabilities clipped to ``[eps, 1 - eps]``: a network's 0.0 or 1.0 would
+    otherwise be an infinite logit and poison a calibration or a view-fusion fit."""
+    from scipy.special import logit as _logit
+
+    return _logit(np.clip(np.asarray(p, dtype=np.float64), eps, 1.0 - eps))
+
+
+def group_by_study(records: Iterable) -> dict[str, list[int]]:
+    """The positions of each study's records, studies in first-seen order: the one grouping that
+    metrics, view fusion, ensemble fitting and inference share (records are dicts with a
+    ``study`` key or objects with a ``study`` attribute)."""
+    groups: dict[str, list[int]] = {}
+    for i, record in enumerate(records):
+        study = record["study"] if isinstance(record, Mapping) else record.study
+        groups.setdefault(study, []).append(i)
+    return groups
+
+
 def study_probabilities(records: Iterable[dict], aggregation: str = "mean") -> list[tuple[str, list[dict], float]]:
     """``(study, its image records, study probability)`` in first-seen order.
 
@@ -138,10 +159,9 @@ def study_probabilities(records: Iterable[dict], aggregation: str = "mean") -> l
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {sorted(AGGREGATIONS)}, got {aggregation!r}")
     reduce = AGGREGATIONS[aggregation]
-    grouped: dict[str, list[dict]] = {}
-    for rec in records:
-        grouped.setdefault(rec["study"], []).append(rec)
-    return [(study, recs, float(reduce([r["probability"] for r in recs]))) for study, recs in grouped.items()]
+    records = list(records)
+    grouped = [(study, [records[i] for i in index]) for study, index in group_by_study(records).items()]
+    return [(study, recs, float(reduce([r["probability"] for r in recs]))) for study, recs in grouped]
 
 
 def aggregate_studies(records: Iterable[dict], aggregation: str = "mean") -> list[dict]:

@@ -26,22 +26,18 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedGroupKFold
 from torch import nn
 
-from mura_monai.metrics import AGGREGATIONS, binary_metrics, bootstrap_intervals
+from mura_monai.metrics import AGGREGATIONS, binary_metrics, bootstrap_intervals, group_by_study
+from mura_monai.metrics import logit as _logit
 
 __all__ = [
     "EARLY_FUSIONS", "LATE_FUSIONS", "VIEW_FUSION_FILE", "VIEW_FUSIONS", "LearnedViewFusion", "capture_features", "compare_view_fusions",
-    "fuse_study", "last_linear", "study_groups",
+    "fuse_study", "last_linear",
 ]
 
 LATE_FUSIONS = (*AGGREGATIONS, "learned")
 EARLY_FUSIONS = ("early_mean", "early_max")
 VIEW_FUSION_FILE = "view_fusion.json"
 VIEW_FUSIONS = (*LATE_FUSIONS, *EARLY_FUSIONS)
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, dtype=np.float64), 1e-6, 1 - 1e-6)
-    return np.log(p / (1 - p))
 
 
 def last_linear(network: nn.Module) -> nn.Module:
@@ -136,14 +132,6 @@ def fuse_study(method: str, probabilities, features: torch.Tensor | None = None,
     raise ValueError(f"view fusion must be one of {list(VIEW_FUSIONS)}, got {method!r}")
 
 
-def study_groups(records: list[dict]) -> dict[str, list[int]]:
-    """Indices of each study's image records, in first-seen order."""
-    groups: dict[str, list[int]] = {}
-    for i, record in enumerate(records):
-        groups.setdefault(record["study"], []).append(i)
-    return groups
-
-
 def compare_view_fusions(records: list[dict], features: torch.Tensor | None, head: nn.Linear | None,
                          threshold: float = 0.5, n_bootstrap: int = 200, seed: int = 0, n_splits: int = 5) -> dict:
     """Study-level metrics of every fusion rule on the same labelled image predictions.
@@ -152,7 +140,7 @@ def compare_view_fusions(records: list[dict], features: torch.Tensor | None, hea
     the very studies it is scored on; the weights fitted on all of them are returned for
     inference under ``"learned_fit"``.
     """
-    groups = study_groups(records)
+    groups = group_by_study(records)
     studies = list(groups)
     labels = np.array([int(records[idx[0]]["label"]) for idx in groups.values()])
     # a patient's studies stay on one side of a fold (MURA study ids name the patient folder)

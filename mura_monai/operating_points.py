@@ -8,13 +8,48 @@ and a high-specificity point (few false alarms). All four come from scikit-learn
 from __future__ import annotations
 
 from collections.abc import Sequence
+from enum import Enum
 
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
 
-__all__ = ["OPERATING_POINTS", "operating_points", "sensitivity_specificity"]
+__all__ = ["DEFAULT_OPERATING_POINT", "OPERATING_POINTS", "OperatingPoint", "operating_points", "sensitivity_specificity"]
 
-OPERATING_POINTS: tuple[str, ...] = ("pr_equal", "youden", "high_sensitivity", "high_specificity")
+
+class OperatingPoint(str, Enum):
+    """A named way of choosing the threshold, with the words each audience reads it by: a short
+    label (figures, tables), the meaning of its code in a DICOM SR, and one line of help (report)."""
+
+    PR_EQUAL = "pr_equal"
+    YOUDEN = "youden"
+    HIGH_SENSITIVITY = "high_sensitivity"
+    HIGH_SPECIFICITY = "high_specificity"
+
+    @property
+    def label(self) -> str:
+        return _WORDS[self][0]
+
+    @property
+    def dicom_meaning(self) -> str:
+        return _WORDS[self][1]
+
+    @property
+    def description(self) -> str:
+        return _WORDS[self][2]
+
+
+_WORDS = {
+    OperatingPoint.PR_EQUAL: ("precision = recall", "Precision equals recall",
+                              "where precision equals recall (the operating point of Han, Lee and Kim)."),
+    OperatingPoint.YOUDEN: ("Youden's J", "Maximum Youden index", "maximises sensitivity + specificity − 1."),
+    OperatingPoint.HIGH_SENSITIVITY: ("high sensitivity", "High sensitivity",
+                                      "the highest threshold keeping sensitivity ≥ 0.95 (triage: miss little)."),
+    OperatingPoint.HIGH_SPECIFICITY: ("high specificity", "High specificity",
+                                      "the lowest threshold keeping specificity ≥ 0.95 (few false alarms)."),
+}
+OPERATING_POINTS: tuple[str, ...] = tuple(point.value for point in OperatingPoint)
+# the ensemble's and the review's default where a bundle names none
+DEFAULT_OPERATING_POINT = OperatingPoint.YOUDEN
 
 
 def _finite(thresholds: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mura_monai.operating_points import operating_points, sensitivity_specificity
+from mura_monai.operating_points import OperatingPoint, operating_points, sensitivity_specificity
 
 __all__ = [
     "MAX_HEATMAPS",
@@ -160,12 +160,7 @@ def _operating_point_section(studies: list[dict] | None, parts: list[str]) -> tu
     return text + f"<table><thead><tr>{head1}</tr><tr>{head2}</tr></thead><tbody>{body}</tbody></table>", thresholds
 
 
-_POINT_HELP = {
-    "pr_equal": "where precision equals recall (seed 000's operating point).",
-    "youden": "maximises sensitivity + specificity − 1.",
-    "high_sensitivity": "the highest threshold keeping sensitivity ≥ 0.95 (triage: miss little).",
-    "high_specificity": "the lowest threshold keeping specificity ≥ 0.95 (few false alarms).",
-}
+_POINT_HELP = {point.value: point.description for point in OperatingPoint}
 
 
 def _data_uri(path: Path) -> str:

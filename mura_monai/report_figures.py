@@ -24,6 +24,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from mura_monai.constants import BODY_PARTS
+from mura_monai.operating_points import OperatingPoint
 from mura_monai.operating_points import sensitivity_specificity
 
 __all__ = [
@@ -37,13 +38,7 @@ __all__ = [
     "study_groups",
 ]
 
-POINT_LABELS: dict[str, str] = {
-    "pr_equal": "precision = recall",
-    "youden": "Youden's J",
-    "high_sensitivity": "high sensitivity",
-    "high_specificity": "high specificity",
-    "threshold": "threshold used",
-}
+POINT_LABELS: dict[str, str] = {**{point.value: point.label for point in OperatingPoint}, "threshold": "threshold used"}
 _MARKERS = {"pr_equal": "o", "youden": "s", "high_sensitivity": "^", "high_specificity": "v", "threshold": "D"}
 _ALL = "All studies"
 _DPI = 110

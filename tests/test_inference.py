@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from mura_monai.inference import body_part_of, collect_inputs, group_studies
+from mura_monai.results import StudyResult
 
 
 @pytest.mark.parametrize(
@@ -29,9 +30,10 @@ def test_group_studies_follows_the_infer_contract():
         {"path": "b2", "study": "1.2.4", "body_part": "XR_WRIST", "probability": 0.2},
     ]
     a, b = group_studies(images, threshold=0.6)
-    assert a == {"study": "1.2.3", "body_part": "XR_WRIST", "probability": pytest.approx(0.7), "abnormal": True,
+    assert a.to_json() == {"study": "1.2.3", "body_part": "XR_WRIST", "probability": pytest.approx(0.7), "abnormal": True,
                  "threshold": 0.6, "images": [{"path": "a1", "probability": 0.9}, {"path": "a2", "probability": 0.5}]}
-    assert b["body_part"] == "MIXED:XR_HAND+XR_WRIST" and b["abnormal"] is False
+    assert b.body_part == "MIXED:XR_HAND+XR_WRIST" and b.abnormal is False
+    assert StudyResult.from_json(a.to_json()) == a  # what is written reads back as it was
 
 
 def test_collect_inputs_finds_radiographs_and_ignores_the_rest(tmp_path):

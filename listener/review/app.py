@@ -240,7 +240,7 @@ def create_app(config: ListenerConfig, settings: ReviewSettings | None = None) -
         comment = str(params.get("comment") or "").strip()[:2000]
         label = await run_in_threadpool(
             data.labels.add, study.study.key, "final", finding, sop_instance_uid=found.sop_instance_uid if found else None,
-            reviewer=reviewer, comment=comment, analysis_version=study.result.get("analysis_version"),
+            reviewer=reviewer, comment=comment, analysis_version=study.result.analysis_version if study.result else None,
             unattributed=reviewer is None, client_id=client_id)
         revised = False
         if found is None:

@@ -18,6 +18,8 @@ import pydicom
 from listener.config import ListenerConfig
 from listener.review.labels import Label, LabelStore, review_state
 from listener.store import Store, Study
+from mura_monai.body_parts import body_part_of
+from mura_monai.results import StudyResult
 
 __all__ = ["ReviewDatastore", "ReviewImage", "ReviewStudy", "image_id", "study_id"]
 
@@ -61,12 +63,12 @@ class ReviewStudy:
     final: Label | None
 
     @property
-    def result(self) -> dict:
-        return self.study.result or {}
+    def result(self) -> StudyResult | None:
+        return self.study.result
 
     @property
     def analysed(self) -> bool:
-        return "probability" in self.result
+        return self.result is not None
 
     @property
     def review(self) -> str:
@@ -75,9 +77,7 @@ class ReviewStudy:
     @property
     def finding(self) -> str | None:
         """The model's finding."""
-        if not self.analysed:
-            return None
-        return "abnormal" if self.result.get("abnormal") else "normal"
+        return self.result.finding if self.result is not None else None
 
     def summary(self, show_patient_name: bool = False) -> dict:
         """One worklist row."""
@@ -88,15 +88,15 @@ class ReviewStudy:
             "accession_number": self.header.get("AccessionNumber", ""),
             "study_date": f"{date[:4]}-{date[4:6]}-{date[6:8]}" if len(date) == 8 else date,
             "description": self.header.get("StudyDescription", ""),
-            "body_part": r.get("body_part") or _mura_part(self.header.get("BodyPartExamined", "")),
+            "body_part": r.body_part if r is not None else body_part_of(None, self.header),
             "state": self.study.state,
             "analysed": self.analysed,
             "finding": self.finding,
-            "probability": r.get("probability"),
-            "threshold": r.get("threshold"),
-            "operating_point": r.get("operating_point"),
-            "uncertain": bool(r.get("uncertain")),
-            "uncertainty": r.get("uncertainty"),
+            "probability": r.probability if r is not None else None,
+            "threshold": r.threshold if r is not None else None,
+            "operating_point": r.operating_point if r is not None else None,
+            "uncertain": bool(r is not None and r.uncertain),
+            "uncertainty": r.uncertainty if r is not None else None,
             "review": self.review,
             "final": self.final.as_dict() if self.final else None,
             "images": len(self.images),
@@ -108,28 +108,19 @@ class ReviewStudy:
     def detail(self, history: list[Label], show_patient_name: bool = False) -> dict:
         """The study view: every image, the members' votes, the labels' history."""
         r = self.result
-        threshold = r.get("threshold")
-        members = [{"name": name, "probability": p,
-                    "vote": None if threshold is None else ("abnormal" if p > threshold else "normal")}
-                   for name, p in (r.get("members") or {}).items()]
+        members = [{"name": name, "probability": p, "vote": "abnormal" if p > r.threshold else "normal"}
+                   for name, p in (r.members if r is not None else {}).items()]
         return self.summary(show_patient_name) | {
             "images": [image.summary() for image in self.images],
             "members": members,
-            "disagreement": r.get("disagreement"),
-            "threshold_fitted_on": r.get("threshold_fitted_on"),
+            "disagreement": r.disagreement if r is not None else None,
+            "threshold_fitted_on": r.threshold_fitted_on if r is not None else None,
             "original": self.original.as_dict() if self.original else None,
             "labels": [label.as_dict() | {"image": image_id(label.sop_instance_uid) if label.sop_instance_uid else None}
                        for label in history],
-            "analysis_version": r.get("analysis_version"),
+            "analysis_version": r.analysis_version if r is not None else None,
             "version": self.study.version,
         }
-
-
-def _mura_part(body_part_examined: str) -> str:
-    from mura_monai.constants import DICOM_BODY_PART
-
-    names = {dicom: mura for mura, dicom in DICOM_BODY_PART.items()}
-    return names.get(body_part_examined.strip().upper(), "UNKNOWN")
 
 
 class ReviewDatastore:
@@ -178,16 +169,16 @@ class ReviewDatastore:
 
     def _build(self, study: Study, labels: dict[tuple[str, str], Label] | None = None) -> ReviewStudy:
         instances = self.store.instances(study.key)
-        result = study.result or {}
-        scored = {image.get("sop_instance_uid"): image for image in result.get("images", [])}
+        scored = {image.sop_instance_uid: image for image in (study.result.images if study.result else ())}
         images = []
         for row in instances:
             uid = row["sop_instance_uid"]
-            scored_image = scored.get(uid, {})
-            heatmap = scored_image.get("heatmap")
+            scored_image = scored.get(uid)
+            heatmap = scored_image.heatmap if scored_image else None
             images.append(ReviewImage(
                 id=image_id(uid), sop_instance_uid=uid, path=Path(row["path"]),
-                probability=scored_image.get("probability"), members=scored_image.get("members") or {},
+                probability=scored_image.probability if scored_image else None,
+                members=dict(scored_image.members) if scored_image else {},
                 heatmap=Path(heatmap) if heatmap and Path(heatmap).is_file() else None))
         # analysed images first, in the result's order (the worker's order is the SR's order)
         order = {uid: n for n, uid in enumerate(scored)}

@@ -27,35 +27,39 @@ __all__ = ["export_labels"]
 logger = logging.getLogger("listener.review")
 
 
+_HEADER = ("PatientID", "StudyDate", "BodyPartExamined", "StudyDescription", "SeriesDescription")
+
+
 def _header(path: str) -> dict:
-    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["PatientID", "StudyDate", "BodyPartExamined"])
-    return {k: str(ds.get(k, "") or "") for k in ("PatientID", "StudyDate", "BodyPartExamined")}
+    """What the export needs of the first image; the body part by the rule inference reads it by."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=list(_HEADER))
+    return {k: str(ds.get(k, "") or "") for k in _HEADER}
 
 
 def _reviewed_studies(config: ListenerConfig) -> tuple[list[dict], dict[str, int]]:
     """The studies with a final label, as records; and how many were left out, by reason."""
-    from mura_monai.constants import BODY_PARTS, DICOM_BODY_PART
+    from mura_monai.body_parts import body_part_of
+    from mura_monai.constants import BODY_PARTS
 
     store = Store(config.spool_dir / "queue.sqlite3")
     labels = LabelStore(store)
     labels.record_originals()
     latest = labels.latest_study_labels()
-    from_dicom = {dicom: mura for mura, dicom in DICOM_BODY_PART.items()}
     records, skipped = [], {"unknown body part": 0, "no readable image": 0}
     try:
         for study in store.studies():
             final = latest.get((study.key, "final"))
             if final is None:
                 continue
-            result = study.result or {}
-            analysed = [image["sop_instance_uid"] for image in result.get("images", [])]
+            result = study.result
+            analysed = [image.sop_instance_uid for image in (result.images if result else ())]
             instances = {row["sop_instance_uid"]: row["path"] for row in store.instances(study.key)}
             paths = [instances[uid] for uid in analysed if uid in instances] or list(instances.values())
             if not paths:
                 skipped["no readable image"] += 1
                 continue
             header = _header(paths[0])
-            part = result.get("body_part") or from_dicom.get(header["BodyPartExamined"].upper(), "UNKNOWN")
+            part = result.body_part if result else body_part_of(None, header)
             if part not in BODY_PARTS:
                 skipped["unknown body part"] += 1
                 continue
@@ -63,7 +67,7 @@ def _reviewed_studies(config: ListenerConfig) -> tuple[list[dict], dict[str, int
             records.append({
                 "key": study.key, "paths": paths, "patient_id": header["PatientID"] or study.key,
                 "study_date": header["StudyDate"], "body_part": part, "label": int(final.finding == "abnormal"),
-                "model_abnormal": (original.finding == "abnormal") if original else bool(result.get("abnormal")),
+                "model_abnormal": (original.finding == "abnormal") if original else bool(result and result.abnormal),
                 "reviewer_abnormal": final.finding == "abnormal", "unattributed": final.unattributed,
             })
     finally:

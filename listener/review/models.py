@@ -8,6 +8,7 @@ and a study a fraction of that.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import tempfile
 import threading
@@ -15,6 +16,8 @@ from pathlib import Path
 
 from listener.config import ListenerConfig
 from listener.review.datastore import ReviewImage, ReviewStudy, image_id
+from mura_monai.operating_points import DEFAULT_OPERATING_POINT
+from mura_monai.results import StudyResult
 
 __all__ = ["ModelRunner", "describe_models"]
 
@@ -32,7 +35,7 @@ def describe_models(config: ListenerConfig) -> dict:
     """MONAI Label's ``models`` of ``/info/``: the ensemble (its thresholds per body part at its
     operating point) and its members, each a binary classifier with the label ``abnormal``."""
     bundle, inference, fitted = _ensemble_files(config)
-    operating_point = inference.get("operating_point", "youden")
+    operating_point = inference.get("operating_point", DEFAULT_OPERATING_POINT.value)
     thresholds = {part: points.get(operating_point) for part, points in fitted.get("thresholds", {}).items()}
     members = fitted.get("members") or [m["name"] for m in inference.get("members", [])]
     labels = {"abnormal": 1}
@@ -84,44 +87,41 @@ class ModelRunner:
             result = predictor.studies(records, P)[0]  # the images of one study
             heatmap = self._heatmap(predictor, model, result)
         by_path = {str(i.path): i for i in images}
-        threshold = result["threshold"]
-        if model == self.name:
-            probability, members = result["probability"], result["members"]
-        else:
-            probability, members = result["members"][model], {}
+        ensemble = model == self.name
+        probability = result.probability if ensemble else result.members[model]
         params = {
             "model": model, "study": study.id, "image": image.id if image else None,
-            "body_part": result["body_part"], "probability": probability, "threshold": threshold,
-            "abnormal": probability > threshold, "finding": "abnormal" if probability > threshold else "normal",
-            "operating_point": result["operating_point"], "members": members,
-            "uncertainty": result["uncertainty"] if model == self.name else None,
-            "uncertain": result["uncertain"] if model == self.name else None,
-            "images": [{"id": image_id(by_path[str(r["path"])].sop_instance_uid) if str(r["path"]) in by_path else None,
-                        "probability": r["probability"] if model == self.name else r["members"][model]}
-                       for r in result["images"]],
+            "body_part": result.body_part, "probability": probability, "threshold": result.threshold,
+            "abnormal": probability > result.threshold,
+            "finding": "abnormal" if probability > result.threshold else "normal",
+            "operating_point": result.operating_point, "members": dict(result.members) if ensemble else {},
+            "uncertainty": result.uncertainty if ensemble else None,
+            "uncertain": result.uncertain if ensemble else None,
+            "images": [{"id": image_id(by_path[r.path].sop_instance_uid) if r.path in by_path else None,
+                        "probability": r.probability if ensemble else r.members[model]}
+                       for r in result.images],
             "unreadable": len(unreadable),
         }
         return params, heatmap
 
     @staticmethod
-    def _heatmap(predictor, model: str, result: dict) -> bytes | None:
+    def _heatmap(predictor, model: str, result: StudyResult) -> bytes | None:
         """The first image's heatmap: the ensemble's weighted CAM, or the member's own."""
-        from mura_monai.ensemble_outputs import write_study_outputs
+        from mura_monai.ensemble_outputs import heatmap_settings, write_study_outputs
         from mura_monai.explain import explain_prepared, write_overlay_png
 
         with tempfile.TemporaryDirectory(prefix="mura-review-") as tmp:
             if model not in predictor.member_names:
-                first = {**result, "images": result["images"][:1]}
-                write_study_outputs(predictor, first, tmp, None)
-                path = first["images"][0].get("heatmap")
+                first = write_study_outputs(predictor, dataclasses.replace(result, images=result.images[:1]), tmp, None)
+                path = first.images[0].heatmap
             else:
                 import numpy as np
 
                 member = predictor.members[predictor.member_names.index(model)]
-                loaded = predictor.members[0].load(result["images"][0]["path"])
+                loaded = predictor.members[0].load(result.images[0].path)
                 radiograph = np.asarray(loaded["image"], dtype=np.float32).reshape(np.asarray(loaded["image"]).shape[-2:])
+                method, alpha = heatmap_settings(predictor.settings)
                 explained = explain_prepared([(member.loaded.network, member.prepare(loaded), 1.0)], radiograph,
-                                             method=predictor.settings.get("heatmap_method", "gradcam"),
-                                             alpha=float(predictor.settings.get("heatmap_alpha", 0.4)))
+                                             method=method, alpha=alpha)
                 path = write_overlay_png(Path(tmp) / "heatmap.png", explained["overlay"])
             return Path(path).read_bytes() if path else None

@@ -17,13 +17,14 @@ import pydicom
 from listener.config import ListenerConfig
 from listener.exporter import destination_key
 from listener.store import Store, Study
+from mura_monai.results import Algorithm, MemberVersion
 
 __all__ = ["needs_revision", "write_revision"]
 
 logger = logging.getLogger("listener.review")
 
 
-def _algorithm(predecessor: pydicom.Dataset) -> dict:
+def _algorithm(predecessor: pydicom.Dataset) -> Algorithm:
     """The algorithm named in the SR being revised: the correction is about that result, whatever
     model the listener runs today."""
     from mura_monai.dicom_out import read_sr_result
@@ -32,10 +33,10 @@ def _algorithm(predecessor: pydicom.Dataset) -> dict:
     members = []
     for parameter in named.get("parameters", []):
         name, _, version = parameter.removeprefix("member=").partition(" ")
-        members.append({"name": name, "version": version})
-    return {"name": named["name"] or str(predecessor.get("ManufacturerModelName", "mura-monai")),
-            "version": named["version"] or str(predecessor.get("SoftwareVersions", "")),
-            "manufacturer": str(predecessor.get("Manufacturer", "mura-monai")), "members": members}
+        members.append(MemberVersion(name, version))
+    return Algorithm(name=named["name"] or str(predecessor.get("ManufacturerModelName", "mura-monai")),
+                     version=named["version"] or str(predecessor.get("SoftwareVersions", "")),
+                     manufacturer=str(predecessor.get("Manufacturer", "mura-monai")), members=tuple(members))
 
 
 def needs_revision(study: Study, finding: str) -> bool:
@@ -55,9 +56,10 @@ def write_revision(config: ListenerConfig, store: Store, study: Study, finding: 
     from mura_monai.dicom_out import build_sr
 
     predecessor = pydicom.dcmread(study.sr_path)
-    result = dict(study.result or {})
-    result["abnormal"] = finding == "abnormal"
-    analysed = {image.get("sop_instance_uid") for image in result.get("images", [])}
+    if study.result is None:
+        raise ValueError("the study has no analysis to revise")
+    result = study.result.with_finding(finding == "abnormal")
+    analysed = {image.sop_instance_uid for image in result.images}
     sources = [pydicom.dcmread(row["path"], stop_before_pixels=True) for row in store.instances(study.key)
                if row["sop_instance_uid"] in analysed]
     sr = build_sr(result, sources, _algorithm(predecessor), predecessor=predecessor,

@@ -17,10 +17,10 @@ __all__ = ["STRATEGIES", "filter_studies", "next_study", "worklist_order"]
 
 def _rank(study: ReviewStudy) -> tuple:
     r = study.result
-    if r.get("abnormal"):
-        group, within = 0, -float(r.get("probability") or 0)
-    elif r.get("uncertain"):
-        group, within = 1, -float(r.get("uncertainty") or 0)
+    if r is not None and r.abnormal:
+        group, within = 0, -r.probability
+    elif r is not None and r.uncertain:
+        group, within = 1, -float(r.uncertainty or 0)
     else:
         group, within = 2, -study.study.last_received
     return (not study.analysed, study.review != "unreviewed", group, within)
@@ -46,11 +46,11 @@ def _random(candidates: list[ReviewStudy], rng: random.Random) -> ReviewStudy:
 
 
 def _uncertain(candidates: list[ReviewStudy], rng: random.Random) -> ReviewStudy:
-    return max(candidates, key=lambda s: (float(s.result.get("uncertainty") or 0), s.result.get("probability") or 0))
+    return max(candidates, key=lambda s: (float(s.result.uncertainty or 0), s.result.probability) if s.result else (0.0, 0.0))
 
 
 def _abnormal(candidates: list[ReviewStudy], rng: random.Random) -> ReviewStudy:
-    return max(candidates, key=lambda s: float(s.result.get("probability") or 0))
+    return max(candidates, key=lambda s: s.result.probability if s.result else 0.0)
 
 
 STRATEGIES: dict[str, tuple[Callable[[list[ReviewStudy], random.Random], ReviewStudy], str]] = {

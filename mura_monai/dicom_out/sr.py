@@ -6,7 +6,7 @@ probability, referencing the image), plus an image library listing every analyse
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 
 import highdicom as hd
@@ -14,6 +14,9 @@ from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
+
+from mura_monai.operating_points import OperatingPoint
+from mura_monai.results import Algorithm, StudyResult
 
 __all__ = ["build_sr", "read_sr_result", "SR_SERIES_DESCRIPTION", "BODY_PART_CODES", "FINDING_SOURCES", "OPERATING_POINTS"]
 
@@ -41,13 +44,7 @@ _DISAGREEMENT = hd.sr.CodedConcept("DISAGREEMENT", _LOCAL, "Ensemble member disa
 _THRESHOLD = hd.sr.CodedConcept.from_code(codes.DCM.ThresholdValue)
 _FINDING_SOURCE = hd.sr.CodedConcept("FINDSRC", _LOCAL, "Source of the finding")
 FINDING_SOURCES = {"unattributed_api_client": hd.sr.CodedConcept("APICLIENT", _LOCAL, "Unattributed API client")}
-OPERATING_POINTS = {
-    "youden": "Maximum Youden index",
-    "pr_equal": "Precision equals recall",
-    "high_sensitivity": "High sensitivity",
-    "high_specificity": "High specificity",
-    "fixed": "Fixed threshold",
-}
+OPERATING_POINTS = {point.value: point.dicom_meaning for point in OperatingPoint}
 _ABNORMAL = hd.sr.CodedConcept.from_code(codes.SCT.Abnormal)
 _NORMAL = hd.sr.CodedConcept.from_code(codes.SCT.Normal)
 _YES, _NO = hd.sr.CodedConcept.from_code(codes.SCT.Yes), hd.sr.CodedConcept.from_code(codes.SCT.No)
@@ -63,7 +60,7 @@ _TYPE2 = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "Accessi
           "StudyDate", "StudyTime")
 
 
-def build_sr(study: dict, sources: Sequence[Dataset], algorithm: dict, *, series_number: int = 900,
+def build_sr(study: StudyResult | Mapping, sources: Sequence[Dataset], algorithm: Algorithm | Mapping, *, series_number: int = 900,
              instance_number: int = 1, predecessor: Dataset | None = None,
              series_instance_uid: str | None = None, reviewer: str | None = None,
              reviewer_organization: str = "mura-monai review",
@@ -71,35 +68,36 @@ def build_sr(study: dict, sources: Sequence[Dataset], algorithm: dict, *, series
     """A new version of an existing result stays in the predecessor's series unless told otherwise,
     so the PACS shows one AI series per study.
 
-    ``reviewer``: the person whose finding ``study["abnormal"]`` is (a corrected result). They
+    ``reviewer``: the person whose finding ``study.abnormal`` is (a corrected result). They
     become the document's person observer beside the device and its verifying observer
     (VERIFIED); the probabilities and the operating point stay the algorithm's.
 
     ``finding_source``: a key of :data:`FINDING_SOURCES` when the finding is neither the
     algorithm's nor a named person's (a correction from an API client that named nobody). The
     study group then says so, and the document stays UNVERIFIED: no person vouched for it."""
+    study, algorithm = StudyResult.coerce(study), _coerce_algorithm(algorithm)
     if finding_source is not None and finding_source not in FINDING_SOURCES:
         raise ValueError(f"finding_source must be one of {sorted(FINDING_SOURCES)}, got {finding_source!r}")
     if not sources:
         raise ValueError("an SR needs at least one analysed source image")
     study_uid = sources[0].StudyInstanceUID
-    if any(ds.StudyInstanceUID != study_uid for ds in sources) or study.get("study", study_uid) != study_uid:
+    if any(ds.StudyInstanceUID != study_uid for ds in sources) or study.study != study_uid:
         raise ValueError("the result and all its source images must belong to one study")
     headers = [_header(ds) for ds in sources]
     by_uid = {ds.SOPInstanceUID: ds for ds in headers}
     algo = _algorithm_id(algorithm)
     sites = _finding_sites(study, headers)
     groups = [_study_group(study, algo, sites, algorithm, finding_source)]
-    for i, image in enumerate(study.get("images", []), 1):
-        uid = image.get("sop_instance_uid")
+    for i, image in enumerate(study.images, 1):
+        uid = image.sop_instance_uid
         if uid not in by_uid:
             raise ValueError(f"image {i} of the result ({uid}) is not among the source datasets")
         groups.append(_image_group(i, image, by_uid[uid], algo, sites, algorithm))
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=_device_uid(algorithm), name=algorithm["name"], manufacturer_name=algorithm["manufacturer"],
-            model_name=algorithm["version"]))
+            uid=_device_uid(algorithm), name=algorithm.name, manufacturer_name=algorithm.manufacturer,
+            model_name=algorithm.version))
     person = None if reviewer is None else hd.sr.ObserverContext(
         observer_type=codes.DCM.Person,
         observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
@@ -119,7 +117,7 @@ def build_sr(study: dict, sources: Sequence[Dataset], algorithm: dict, *, series
         series_number=series_number,
         sop_instance_uid=generate_uid(),
         instance_number=instance_number,
-        manufacturer=algorithm["manufacturer"],
+        manufacturer=algorithm.manufacturer,
         is_complete=True,
         is_verified=reviewer is not None,
         verifying_observer_name=reviewer,
@@ -127,10 +125,10 @@ def build_sr(study: dict, sources: Sequence[Dataset], algorithm: dict, *, series
         previous_versions=[predecessor] if predecessor is not None else None,
         contributing_equipment=[_equipment(algorithm)],
         series_description=SR_SERIES_DESCRIPTION,
-        manufacturer_model_name=algorithm["name"],
-        software_versions=algorithm["version"],
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.version,
         coding_schemes=[CodingSchemeIdentificationItem(
-            designator=_LOCAL, name="mura-monai local codes", responsible_organization=algorithm["manufacturer"])],
+            designator=_LOCAL, name="mura-monai local codes", responsible_organization=algorithm.manufacturer)],
     )
 
 
@@ -148,33 +146,37 @@ def _header(ds: Dataset) -> Dataset:
     return header
 
 
-def _device_uid(algorithm: dict) -> str:
+def _coerce_algorithm(algorithm: Algorithm | Mapping) -> Algorithm:
+    return algorithm if isinstance(algorithm, Algorithm) else Algorithm.from_json(algorithm)
+
+
+def _device_uid(algorithm: Algorithm) -> str:
     """Stable per algorithm version, so observers can be matched across reports."""
-    return generate_uid(entropy_srcs=["mura-monai device", algorithm["name"], algorithm["version"]])
+    return generate_uid(entropy_srcs=["mura-monai device", algorithm.name, algorithm.version])
 
 
-def _algorithm_id(algorithm: dict, member: str | None = None) -> hd.sr.AlgorithmIdentification:
+def _algorithm_id(algorithm: Algorithm, member: str | None = None) -> hd.sr.AlgorithmIdentification:
     if member is not None:
-        version = {m["name"]: m["version"] for m in algorithm.get("members", [])}.get(member, "unknown")
+        version = {m.name: m.version for m in algorithm.members}.get(member, "unknown")
         return hd.sr.AlgorithmIdentification(name=member, version=version)
     return hd.sr.AlgorithmIdentification(
-        name=algorithm["name"], version=algorithm["version"], manufacturer=algorithm.get("manufacturer"),
-        parameters=[f"member={m['name']} {m['version']}" for m in algorithm.get("members", [])] or None)
+        name=algorithm.name, version=algorithm.version, manufacturer=algorithm.manufacturer,
+        parameters=[f"member={m.name} {m.version}" for m in algorithm.members] or None)
 
 
-def _equipment(algorithm: dict) -> hd.ContributingEquipment:
-    members = [f"{m['name']} {m['version']}" for m in algorithm.get("members", [])]
+def _equipment(algorithm: Algorithm) -> hd.ContributingEquipment:
+    members = [f"{m.name} {m.version}" for m in algorithm.members]
     return hd.ContributingEquipment(
-        manufacturer=algorithm["manufacturer"], purpose_of_reference=codes.DCM.ProcessingEquipment,
-        manufacturer_model_name=algorithm["name"],
-        software_versions=[f"{algorithm['name']} {algorithm['version']}", *members],
+        manufacturer=algorithm.manufacturer, purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=algorithm.name,
+        software_versions=[f"{algorithm.name} {algorithm.version}", *members],
         contribution_datetime=datetime.now(),
         contribution_description="AI abnormality scoring - NOT FOR DIAGNOSTIC USE")
 
 
-def _finding_sites(study: dict, headers: Sequence[Dataset]) -> list[hd.sr.FindingSite] | None:
+def _finding_sites(study: StudyResult, headers: Sequence[Dataset]) -> list[hd.sr.FindingSite] | None:
     """Laterality only when every image agrees, as a mixed study has no single side."""
-    site = BODY_PART_CODES.get(study.get("body_part", "UNKNOWN"))
+    site = BODY_PART_CODES.get(study.body_part)
     if site is None:
         return None
     sides = {str(ds.get("ImageLaterality") or ds.get("Laterality") or "").strip().upper() for ds in headers}
@@ -182,7 +184,7 @@ def _finding_sites(study: dict, headers: Sequence[Dataset]) -> list[hd.sr.Findin
     return [hd.sr.FindingSite(anatomic_location=site, laterality=side)]
 
 
-def _probabilities(probability: float, members: dict, algorithm: dict, image: Dataset | None):
+def _probabilities(probability: float, members: Mapping[str, float], algorithm: Algorithm, image: Dataset | None):
     """Members get their own TID 4019 so a reviewer sees which network said what."""
     refs = [hd.sr.SourceImageForMeasurement.from_source_image(image)] if image is not None else None
     out = [hd.sr.Measurement(name=_PROB, value=float(probability), unit=_PROBABILITY_UNIT, referenced_images=refs)]
@@ -193,24 +195,26 @@ def _probabilities(probability: float, members: dict, algorithm: dict, image: Da
 
 
 def _study_group(study, algo, sites, algorithm, finding_source=None) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    op = study["operating_point"]
+    op = study.operating_point
+    if op is None:
+        raise ValueError("an SR needs the operating point its threshold was chosen at")
     if len(op) > 16:
         raise ValueError(f"operating point name {op!r} is longer than a DICOM code value allows")
-    measurements = _probabilities(study["probability"], study.get("members"), algorithm, None)
-    measurements.append(hd.sr.Measurement(name=_THRESHOLD, value=float(study["threshold"]),
+    measurements = _probabilities(study.probability, study.members, algorithm, None)
+    measurements.append(hd.sr.Measurement(name=_THRESHOLD, value=study.threshold,
                                           unit=_PROBABILITY_UNIT))
-    for concept, key in ((_UNCERTAINTY, "uncertainty"), (_DISAGREEMENT, "disagreement")):
-        if study.get(key) is not None:
-            measurements.append(hd.sr.Measurement(name=concept, value=float(study[key]), unit=_NO_UNIT))
+    for concept, value in ((_UNCERTAINTY, study.uncertainty), (_DISAGREEMENT, study.disagreement)):
+        if value is not None:
+            measurements.append(hd.sr.Measurement(name=concept, value=float(value), unit=_NO_UNIT))
     evaluations = [
         hd.sr.QualitativeEvaluation(_OP_POINT, hd.sr.CodedConcept(op, _LOCAL, OPERATING_POINTS.get(op, op))),
-        hd.sr.QualitativeEvaluation(_UNCERTAIN, _YES if study.get("uncertain") else _NO),
+        hd.sr.QualitativeEvaluation(_UNCERTAIN, _YES if study.uncertain else _NO),
     ]
     if finding_source is not None:
         evaluations.append(hd.sr.QualitativeEvaluation(_FINDING_SOURCE, FINDING_SOURCES[finding_source]))
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=_STUDY_GROUP),
-        finding_type=_ABNORMAL if study["abnormal"] else _NORMAL,
+        finding_type=_ABNORMAL if study.abnormal else _NORMAL,
         finding_sites=sites, algorithm_id=algo, measurements=measurements, qualitative_evaluations=evaluations)
 
 
@@ -218,7 +222,7 @@ def _image_group(i, image, ds, algo, sites, algorithm) -> hd.sr.MeasurementsAndQ
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"Image {i}"),
         finding_sites=sites, algorithm_id=algo,
-        measurements=_probabilities(image["probability"], image.get("members"), algorithm, ds),
+        measurements=_probabilities(image.probability, image.members, algorithm, ds),
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(ds)])
 
 

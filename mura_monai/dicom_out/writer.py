@@ -10,14 +10,17 @@ from pydicom.uid import generate_uid
 
 from mura_monai.dicom_out.secondary_capture import build_heatmap_sc
 from mura_monai.dicom_out.sr import build_sr
+from mura_monai.results import Algorithm, StudyResult
 
 __all__ = ["write_dicom_outputs"]
 
 
-def write_dicom_outputs(study: dict, sources: Sequence[Dataset], overlays: Mapping[str, np.ndarray],
-                        algorithm: dict, out_dir, predecessor: Dataset | None = None) -> list[Path]:
+def write_dicom_outputs(study: StudyResult | Mapping, sources: Sequence[Dataset], overlays: Mapping[str, np.ndarray],
+                        algorithm: Algorithm | Mapping, out_dir, predecessor: Dataset | None = None) -> list[Path]:
     """A re-analysis (the study gained images) overwrites ``sr.dcm`` with the next version of the
-    SR, numbered after its predecessor, and writes a fresh heatmap series."""
+    SR, numbered after its predecessor, and writes a fresh heatmap series. The SR comes first in
+    the list (:attr:`~mura_monai.results.StudyResult.sr_path` relies on it)."""
+    algorithm = algorithm if isinstance(algorithm, Algorithm) else Algorithm.from_json(algorithm)
     if not sources:
         raise ValueError("no source images to write results for")
     folder = Path(out_dir) / str(sources[0].StudyInstanceUID)
@@ -34,7 +37,7 @@ def write_dicom_outputs(study: dict, sources: Sequence[Dataset], overlays: Mappi
             continue
         n += 1
         sc = build_heatmap_sc(source, overlay, series_instance_uid=series_uid, instance_number=n,
-                              manufacturer=algorithm.get("manufacturer", "mura-monai"))
+                              manufacturer=algorithm.manufacturer)
         paths.append(folder / f"sc_{n}.dcm")
         sc.save_as(paths[-1], enforce_file_format=True)
     return paths

@@ -28,7 +28,7 @@ def _review(config):
     studies = sorted(store.studies(), key=lambda s: s.key)
     truth = {}
     for n, study in enumerate(studies[:3]):
-        model = "abnormal" if study.result["abnormal"] else "normal"
+        model = "abnormal" if study.result.abnormal else "normal"
         final = ("normal" if model == "abnormal" else "abnormal") if n == 0 else model
         if n == 0:
             labels.add(study.key, "final", model, reviewer="dr-a")
@@ -49,7 +49,7 @@ def test_reviewed_studies_export_as_a_mura_root_with_the_final_labels(make_liste
     exported = [study for split in splits for study in split.studies]
     assert len(exported) == 3 and all(split.studies for split in splits)  # both splits, by patient
     assert not {s["patient"] for s in splits[0].studies} & {s["patient"] for s in splits[1].studies}
-    expected = sorted((s.result["body_part"], label, len(s.result["images"])) for s, label, _ in truth.values())
+    expected = sorted((s.result.body_part, label, len(s.result.images)) for s, label, _ in truth.values())
     assert sorted((s["body_part"], s["label"], len(s["images"])) for s in exported) == expected
     for study in exported:
         assert re.fullmatch(r"patient\d{5}", study["patient"])

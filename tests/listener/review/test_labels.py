@@ -19,9 +19,9 @@ def test_original_labels_copy_each_analysed_study_once(make_listener):
     assert labels.record_originals() == 0
     for study in studies:
         original = labels.latest(study.key, "original")
-        assert original.finding == ("abnormal" if study.result["abnormal"] else "normal")
-        assert original.probability == pytest.approx(study.result["probability"])
-        assert original.analysis_version == study.result["analysis_version"] == 1
+        assert original.finding == ("abnormal" if study.result.abnormal else "normal")
+        assert original.probability == pytest.approx(study.result.probability)
+        assert original.analysis_version == study.result.analysis_version == 1
 
 
 def test_a_new_final_label_is_a_new_row_and_the_latest_wins(make_listener):

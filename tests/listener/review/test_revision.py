@@ -64,6 +64,6 @@ def test_a_label_on_one_image_sends_no_sr(make_listener, serve):
     store = Store(config.spool_dir / "queue.sqlite3")
     study = store.studies()[0]
     image = json.loads(urllib.request.urlopen(f"{app.url}/datastore/study?study={study_id(study.key)}").read())["images"][0]
-    finding = "normal" if study.result["abnormal"] else "abnormal"
+    finding = "normal" if study.result.abnormal else "abnormal"
     assert _label(app, image["id"], finding)["sr_revised"] is False
     assert store.study(study.key).sr_path == study.sr_path
