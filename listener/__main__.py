@@ -2,7 +2,10 @@
 
 ``mura-listener [serve] --config listener.toml`` runs the service until SIGTERM or Ctrl-C;
 ``mura-listener status --config listener.toml [--json]`` lists the studies and their state
-(received, waiting, analysing, analysed, sent, failed) from the spool's database.
+(received, waiting, analysing, analysed, sent, failed) from the spool's database;
+``mura-listener export-labels --config listener.toml OUT`` writes the reviewed studies as a MURA
+root with the agreement table, so the corrections train the next models. It lives here, not in
+``mura-monai``, because the library never imports the service.
 """
 from __future__ import annotations
 
@@ -10,17 +13,36 @@ import argparse
 import json
 import signal
 import sys
+from pathlib import Path
 
 __all__ = ["main"]
 
 
 def _setup_argparser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mura-listener", description="mura-monai DICOM listener")
-    parser.add_argument("command", nargs="?", choices=["serve", "status"], default="serve",
-                        help="serve (default): run the service; status: list studies and their state")
+    parser.add_argument("command", nargs="?", choices=["serve", "status", "export-labels"], default="serve",
+                        help="serve (default): run the service; status: list studies and their state; "
+                             "export-labels: the reviewed studies as a MURA root, with an agreement table")
+    parser.add_argument("out", nargs="?", type=Path,
+                        help="export-labels: folder to write MURA-v1.1/, agreement.csv and agreement.md in")
     parser.add_argument("--config", required=True, help="listener.toml")
     parser.add_argument("--json", action="store_true", help="status: print JSON instead of a table")
+    parser.add_argument("--valid-fraction", type=float, default=0.2,
+                        help="export-labels: share of patients in the valid split (default 0.2)")
+    parser.add_argument("--seed", type=int, default=0, help="export-labels: seed of the split by patient (default 0)")
     return parser
+
+
+def _export_labels(config, out: Path | None, valid_fraction: float, seed: int) -> int:
+    from listener.review.export import export_labels
+
+    if out is None:
+        raise ValueError("export-labels needs the folder to write to: mura-listener export-labels --config FILE OUT")
+    if not 0.0 <= valid_fraction < 1.0:
+        raise ValueError(f"--valid-fraction must be in [0, 1), got {valid_fraction}")
+    summary = export_labels(config, out, valid_fraction=valid_fraction, seed=seed)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
 
 
 def _status(config, as_json: bool) -> int:
@@ -51,6 +73,15 @@ def main(args: list[str] | None = None) -> int:
         return 2
     if parsed.command == "status":
         return _status(config, parsed.json)
+    if parsed.command == "export-labels":
+        try:
+            return _export_labels(config, parsed.out, parsed.valid_fraction, parsed.seed)
+        except (FileExistsError, FileNotFoundError, ValueError) as exc:
+            print(f"mura-listener export-labels: error: {exc}", file=sys.stderr)
+            return 2
+    if parsed.out is not None:
+        print(f"mura-listener {parsed.command}: error: unexpected argument {parsed.out}", file=sys.stderr)
+        return 2
     from listener.logs import setup_logging
     from listener.service import ListenerService
 

@@ -83,12 +83,7 @@ def _setup_argparser() -> argparse.ArgumentParser:
     compare.add_argument("--output-dir", type=Path, default=Path("."),
                          help="where comparison.md and comparison.csv go (default: the current folder)")
 
-    export = sub.add_parser("export-labels", help="the review app's reviewed studies as a MURA root, with an "
-                                                  "agreement table (model vs reviewer)")
-    export.add_argument("--config", type=Path, required=True, help="listener.toml (its spool holds studies and labels)")
-    export.add_argument("out", type=Path, help="folder to write MURA-v1.1/, agreement.csv and agreement.md in")
-    export.add_argument("--valid-fraction", type=float, default=0.2, help="share of patients in the valid split")
-    export.add_argument("--seed", type=int, default=0, help="seed of the split by patient (default 0)")
+    sub.add_parser("export-labels", help=f"moved: {_EXPORT_MOVED}")
     return parser
 
 
@@ -145,34 +140,16 @@ def _infer(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from mura_monai.ensemble_outputs import cam_weights, write_sample_heatmaps
-    from mura_monai.ensemble_predictor import EnsemblePredictor, is_ensemble_bundle
-    from mura_monai.evaluation import evaluate_bundle, evaluate_ensemble, evaluate_zoom
-    from mura_monai.inference import BundlePredictor
+    from mura_monai.ensemble_outputs import write_sample_heatmaps
+    from mura_monai.evaluation import evaluate
     from mura_monai.report import format_metrics_table, write_html_report
 
-    if is_ensemble_bundle(args.bundle):
-        if args.zoom:
-            raise ValueError("--zoom applies to a single model's bundle, not an ensemble")
-        ensemble = EnsemblePredictor(args.bundle, device=args.device, models_dir=args.models_dir,
-                                     members_models_dir=args.members_models_dir)
-        metrics = evaluate_ensemble(ensemble, args.dataset_dir, args.output_dir, n_bootstrap=args.n_bootstrap,
-                                    progress=sys.stderr.isatty())
-        members = [(m.loaded.network, m.loaded.preprocessing, w) for m, w in zip(ensemble.members, cam_weights(ensemble.fitted))]
-    elif args.zoom:
-        single = BundlePredictor(args.bundle, device=args.device, models_dir=args.models_dir, overrides={"zoom": True})
-        metrics = evaluate_zoom(single, args.dataset_dir, args.output_dir, n_bootstrap=args.n_bootstrap,
-                                progress=sys.stderr.isatty())
-        members = [(single.loaded.network, single.loaded.preprocessing, 1.0)]
-    else:
-        metrics = evaluate_bundle(
-            args.bundle, args.dataset_dir, args.output_dir, device=args.device, models_dir=args.models_dir,
-            overrides={"n_bootstrap": args.n_bootstrap},
-        )
-        single = BundlePredictor(args.bundle, device=args.device, models_dir=args.models_dir)
-        members = [(single.loaded.network, single.loaded.preprocessing, 1.0)]
+    evaluated = evaluate(args.bundle, args.dataset_dir, args.output_dir, device=args.device, models_dir=args.models_dir,
+                         members_models_dir=args.members_models_dir, n_bootstrap=args.n_bootstrap, zoom=args.zoom,
+                         progress=sys.stderr.isatty())
+    metrics = evaluated.metrics
     predictions = json.loads((args.output_dir / "predictions.json").read_text())
-    samples = write_sample_heatmaps(members, predictions, args.output_dir / "heatmaps", n=args.sample_heatmaps)
+    samples = write_sample_heatmaps(evaluated.explainers, predictions, args.output_dir / "heatmaps", n=args.sample_heatmaps)
     report = write_html_report(metrics, args.output_dir / "report.html", title=f"{args.bundle.resolve().name} on {args.dataset_dir}",
                                heatmaps=samples)
     print(format_metrics_table(metrics))
@@ -205,22 +182,15 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_labels(args: argparse.Namespace) -> int:
-    from listener.config import load_config
-    from listener.review.export import export_labels
-
-    if not 0.0 <= args.valid_fraction < 1.0:
-        raise ValueError(f"--valid-fraction must be in [0, 1), got {args.valid_fraction}")
-    summary = export_labels(load_config(args.config), args.out, valid_fraction=args.valid_fraction, seed=args.seed)
-    print(json.dumps(summary, indent=2, default=str))
-    return 0
-
-
-_COMMANDS = {"synth": _synth, "infer": _infer, "evaluate": _evaluate, "fit-ensemble": _fit_ensemble, "compare": _compare,
-             "export-labels": _export_labels}
+_COMMANDS = {"synth": _synth, "infer": _infer, "evaluate": _evaluate, "fit-ensemble": _fit_ensemble, "compare": _compare}
+# The library never imports the service: exporting the review's labels is the listener's command.
+_EXPORT_MOVED = "mura-listener export-labels --config listener.toml OUT"
 
 
 def main(args: list[str] | None = None) -> int:
+    if (sys.argv[1:] if args is None else args)[:1] == ["export-labels"]:
+        print(f"mura-monai export-labels: error: moved to the listener's command line: {_EXPORT_MOVED}", file=sys.stderr)
+        return 2
     parsed = _setup_argparser().parse_args(args)
     logging.basicConfig(
         level=logging.DEBUG if parsed.debug else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

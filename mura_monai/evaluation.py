@@ -6,6 +6,7 @@ the settings recorded at training time, then runs MONAI's ``ConfigWorkflow``.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ from monai.bundle import ConfigWorkflow
 from mura_monai.data.mura import find_mura_root
 from mura_monai.model_settings import load_model_settings
 
-__all__ = ["bundle_configs", "evaluate_bundle", "evaluate_ensemble", "evaluate_zoom"]
+__all__ = ["Evaluated", "bundle_configs", "evaluate", "evaluate_bundle", "evaluate_ensemble", "evaluate_zoom"]
 
 
 def bundle_configs(bundle_dir: str | Path, *names: str) -> list[str]:
@@ -125,3 +126,39 @@ def evaluate_zoom(predictor, dataset_dir: str | Path, output_dir: str | Path, n_
     }
     return write_evaluation(records, output_dir, threshold, aggregation, n_bootstrap, extra=extra)
 
+
+@dataclass(frozen=True)
+class Evaluated:
+    """An evaluation's metrics, and the networks that explain it (``(network, preprocessing,
+    weight)`` each, as :func:`~mura_monai.explain.explain_image` takes them) for the report's heatmaps."""
+
+    metrics: dict
+    explainers: list
+
+
+def evaluate(bundle_dir: str | Path, dataset_dir: str | Path, output_dir: str | Path, *, device: str = "auto",
+             models_dir: str | Path | None = None, members_models_dir: str | Path | None = None,
+             n_bootstrap: int = 1000, zoom: bool = False, progress: bool = False) -> Evaluated:
+    """Any bundle of the project on a MURA root's valid split: an ensemble through its predictor,
+    a single model through its own ``evaluating`` workflow, or with zoom to attention beside
+    itself without it. ``predictions.json`` and ``metrics.json`` land in ``output_dir``."""
+    from mura_monai.ensemble_outputs import cam_weights
+    from mura_monai.ensemble_predictor import EnsemblePredictor, is_ensemble_bundle
+    from mura_monai.inference import BundlePredictor
+
+    if is_ensemble_bundle(bundle_dir):
+        if zoom:
+            raise ValueError("--zoom applies to a single model's bundle, not an ensemble")
+        ensemble = EnsemblePredictor(bundle_dir, device=device, models_dir=models_dir,
+                                     members_models_dir=members_models_dir)
+        metrics = evaluate_ensemble(ensemble, dataset_dir, output_dir, n_bootstrap=n_bootstrap, progress=progress)
+        return Evaluated(metrics, [(m.loaded.network, m.loaded.preprocessing, w)
+                                   for m, w in zip(ensemble.members, cam_weights(ensemble.fitted))])
+    if zoom:
+        single = BundlePredictor(bundle_dir, device=device, models_dir=models_dir, overrides={"zoom": True})
+        metrics = evaluate_zoom(single, dataset_dir, output_dir, n_bootstrap=n_bootstrap, progress=progress)
+        return Evaluated(metrics, [(single.loaded.network, single.loaded.preprocessing, 1.0)])
+    metrics = evaluate_bundle(bundle_dir, dataset_dir, output_dir, device=device, models_dir=models_dir,
+                              overrides={"n_bootstrap": n_bootstrap})
+    single = BundlePredictor(bundle_dir, device=device, models_dir=models_dir)
+    return Evaluated(metrics, [(single.loaded.network, single.loaded.preprocessing, 1.0)])

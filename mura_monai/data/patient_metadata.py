@@ -17,13 +17,14 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform
 
+from mura_monai.metadata_encoding import N_METADATA, metadata_vector
+
 __all__ = [
     "METADATA_FILE", "N_METADATA", "PatientMetadatad", "dicom_age_years", "image_metadata", "load_patient_metadata",
     "metadata_vector",
 ]
 
 METADATA_FILE = "patient_metadata.csv"
-N_METADATA = 4  # age / 100, age missing, sex M, sex F (both 0: unknown)
 _AGE = re.compile(r"^(\d{1,3})([DWMY])$")
 _UNIT_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 
@@ -32,14 +33,6 @@ def dicom_age_years(value) -> float | None:
     """Years from a DICOM Age String (``045Y``, ``006M``, ``003W``, ``010D``); None when absent or malformed."""
     match = _AGE.match(str(value or "").strip().upper())
     return float(int(match[1]) * _UNIT_YEARS[match[2]]) if match else None
-
-
-def metadata_vector(age: float | None, sex: str | None) -> np.ndarray:
-    """The network's metadata input: ``[age / 100, age missing, male, female]``."""
-    known = age is not None and np.isfinite(age)
-    sex = str(sex or "").strip().upper()[:1]
-    return np.array([age / 100.0 if known else 0.0, 0.0 if known else 1.0, float(sex == "M"), float(sex == "F")],
-                    dtype=np.float32)
 
 
 def load_patient_metadata(mura_root: str | Path) -> dict[str, dict]:

@@ -1,7 +1,7 @@
 """Image features joined with patient age and sex (seed 000's "patient characteristics").
 
 The image network's pooled features and a small embedding of the metadata vector
-(:func:`~mura_monai.data.patient_metadata.metadata_vector`) are classified together by one
+(:func:`~mura_monai.metadata_encoding.metadata_vector`) are classified together by one
 linear layer. The image network keeps its module names under ``image.net``, so its pretrained
 weights still load, and an unknown age and sex is an input like any other: a study from a PACS
 that strips demographics is scored from its pixels.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mura_monai.data.patient_metadata import N_METADATA, metadata_vector
+from mura_monai.metadata_encoding import N_METADATA, metadata_vector
 from mura_monai.model_settings import as_flag
 from mura_monai.networks.agcnn import SplitBackbone
 

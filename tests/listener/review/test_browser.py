@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from monailabel.client.client import MONAILabelClient  # installed --no-deps by make
 
-from mura_monai.cli import main
+from listener.__main__ import main
 from mura_monai.data.mura import load_mura_split
 from mura_monai.dicom_out import read_sr_result
 from tests.dicom_out.dciodvfy import dciodvfy_errors

@@ -1,4 +1,4 @@
-"""``mura-monai export-labels``: reviewed studies as a MURA root the data layer reads, and the agreement table."""
+"""``mura-listener export-labels``: reviewed studies as a MURA root the data layer reads, and the agreement table."""
 from __future__ import annotations
 
 import csv
@@ -14,7 +14,7 @@ from sklearn.metrics import cohen_kappa_score
 from listener.review.export import _anonymise
 from listener.review.labels import LabelStore
 from listener.store import Store
-from mura_monai.cli import main
+from listener.__main__ import main
 from mura_monai.data.mura import load_mura_split
 from tests.bundles.bundle_runner import TRAIN, bundle_run
 
