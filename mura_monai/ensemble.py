@@ -38,6 +38,7 @@ __all__ = [
     "CALIBRATIONS",
     "COMBINE_METHODS",
     "Calibrator",
+    "FITTED_FILE",
     "FittedEnsemble",
     "cross_fitted_probabilities",
     "fit_ensemble_parameters",
@@ -47,6 +48,8 @@ __all__ = [
 COMBINE_METHODS: tuple[str, ...] = ("mean", "weighted_mean", "vote", "stacking")
 CALIBRATIONS: tuple[str, ...] = ("none", "platt", "isotonic")
 ALL_PARTS = "ALL"
+# the fitted combination in a models folder (the ensemble bundle's ``fitted_path`` names the same file)
+FITTED_FILE = "ensemble.json"
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:

@@ -16,19 +16,21 @@ from pathlib import Path
 
 from listener.config import ListenerConfig
 from listener.review.datastore import ReviewImage, ReviewStudy, image_id
+from mura_monai.ensemble import FITTED_FILE, FittedEnsemble
 from mura_monai.operating_points import DEFAULT_OPERATING_POINT
 from mura_monai.results import StudyResult
 
 __all__ = ["ModelRunner", "describe_models"]
 
 
-def _ensemble_files(config: ListenerConfig) -> tuple[Path, dict, dict]:
+def _ensemble_files(config: ListenerConfig) -> tuple[Path, dict, FittedEnsemble | None]:
+    """The ensemble bundle, its inference settings and its fitted combination (None before
+    ``fit-ensemble``), read by the classes that write them; no torch is loaded."""
     bundle = config.resolve(config.model.bundle)
     inference = json.loads((bundle / "configs" / "inference.json").read_text())
     models_dir = config.resolve(config.model.models_dir) if config.model.models_dir else bundle / "models"
-    fitted_path = models_dir / "ensemble.json"
-    fitted = json.loads(fitted_path.read_text()) if fitted_path.is_file() else {}
-    return bundle, inference, fitted
+    fitted_path = models_dir / FITTED_FILE
+    return bundle, inference, FittedEnsemble.load(fitted_path) if fitted_path.is_file() else None
 
 
 def describe_models(config: ListenerConfig) -> dict:
@@ -36,16 +38,16 @@ def describe_models(config: ListenerConfig) -> dict:
     operating point) and its members, each a binary classifier with the label ``abnormal``."""
     bundle, inference, fitted = _ensemble_files(config)
     operating_point = inference.get("operating_point", DEFAULT_OPERATING_POINT.value)
-    thresholds = {part: points.get(operating_point) for part, points in fitted.get("thresholds", {}).items()}
-    members = fitted.get("members") or [m["name"] for m in inference.get("members", [])]
+    thresholds = {part: points.get(operating_point) for part, points in (fitted.thresholds if fitted else {}).items()}
+    members = fitted.members if fitted else [m["name"] for m in inference.get("members", [])]
     labels = {"abnormal": 1}
     models = {bundle.name: {
         "type": "classification", "dimension": 2, "labels": labels, "members": members,
         "description": "Ensemble of the members: calibrated, combined, thresholded per body part",
-        "config": {"combine": fitted.get("combine", inference.get("combine")),
-                   "calibration": fitted.get("calibration", inference.get("calibration")),
+        "config": {"combine": fitted.combine if fitted else inference.get("combine"),
+                   "calibration": fitted.calibration if fitted else inference.get("calibration"),
                    "operating_point": operating_point, "thresholds": thresholds,
-                   "fitted": bool(fitted)},
+                   "fitted": fitted is not None},
     }}
     for name in members:
         models[name] = {"type": "classification", "dimension": 2, "labels": labels,
