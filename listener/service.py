@@ -15,6 +15,7 @@ import threading
 
 from listener.config import ListenerConfig, load_config
 from listener.exporter import Exporter
+from listener.processes import stop_when_parent_dies
 from listener.scp import StorageSCP
 from listener.spool import Spool
 from listener.store import Store
@@ -34,6 +35,7 @@ def _worker_main(config_path: str, stop, log_format: str) -> None:
     from listener.worker import Worker
 
     setup_logging(log_format)
+    stop_when_parent_dies(stop)
     config = load_config(config_path)
     worker = Worker(config, open_store(config))
     logging.getLogger("listener.worker").info("worker ready", extra={"bundle": str(config.resolve(config.model.bundle))})

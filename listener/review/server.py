@@ -16,6 +16,7 @@ import threading
 import time
 
 from listener.config import ListenerConfig, ReviewSettings, load_config
+from listener.processes import stop_when_parent_dies
 
 __all__ = ["ReviewProcess", "effective_host", "main", "make_server"]
 
@@ -54,6 +55,7 @@ def _process_main(config_path: str, stop, log_format: str) -> None:
     from listener.logs import setup_logging
 
     setup_logging(log_format)
+    stop_when_parent_dies(stop)
     server = make_server(load_config(config_path))
 
     def watch() -> None:

@@ -85,13 +85,36 @@ def test_a_pushed_study_comes_back_as_sr_and_heatmaps(tmp_path, ensemble, pacs):
         assert listener.stop() == 0
 
 
+def _children(pid: int) -> list[int]:
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir()
+            for c in (task / "children").read_text().split()]
+
+
+def _exits(pid: int, timeout_s: float) -> bool:
+    """Whether ``pid`` is gone within ``timeout_s`` (not our child: waited on through a pidfd)."""
+    import select
+
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        return bool(select.select([fd], [], [], timeout_s)[0])
+    finally:
+        os.close(fd)
+
+
 def test_kill_9_after_the_ack_loses_nothing(tmp_path, ensemble, pacs):
     config = _config(tmp_path, ensemble, pacs, stable_age_s=600.0)  # nothing analysed before the kill
     listener = Listener(config)
     files = _study_files(ensemble["root"], 1)
     _push(listener.port, files)  # storescu exits 0: every instance acknowledged
+    children = _children(listener.process.pid)
+    assert children, "the service runs its worker in a child process"
     listener.process.send_signal(signal.SIGKILL)
     listener.process.wait(timeout=30)
+    for child in children:  # no orphaned worker claims studies beside the restarted service's own
+        assert _exits(child, timeout_s=60), f"child process {child} outlived the killed service"
     config.write_text(config.read_text().replace("stable_age_s = 600.0", "stable_age_s = 1.0"))
     restarted = Listener(config)
     try:
