@@ -14,7 +14,7 @@ DEMO_PATIENTS ?= 200
 DEMO_EPOCHS ?= 4
 DEMO_IMAGE_SIZE ?= 128
 
-.PHONY: install system-deps demo test bench fuzz clean
+.PHONY: install system-deps demo test test-quick bench fuzz clean
 
 install: $(STAMP)
 
@@ -43,6 +43,11 @@ demo: install system-deps
 
 test: install system-deps
 	$(BIN)/python -m pytest -q
+
+# The library's unit tests, the override matrix and the architecture checks, in a few minutes:
+# no bundle trainings, listener, Orthanc, browser or fuzzing (those are `make test`).
+test-quick: install system-deps
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # The fuzz targets of the suite with fresh randomness and FUZZ_EXAMPLES inputs each (the suite runs
 # a short, fixed set); FUZZ_TARGET=reader|cstore|all; what fails is kept in .hypothesis/ and

@@ -7,6 +7,21 @@ import cv2
 import numpy as np
 import pytest
 
+# What `make test-quick` leaves out: whole trainings of the bundles, the running listener with
+# Orthanc and a browser, the fuzz campaigns and the corpus through a trained ensemble. Everything
+# else (transforms, networks, losses, metrics, DICOM writers, the store) stays in the quick run.
+_SLOW = ("tests/bundles/", "tests/listener/", "tests/fuzz/", "tests/conformance/test_infer_corpus.py",
+         "tests/engines/test_distributed.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    root = Path(str(config.rootpath))
+    for item in items:
+        where = Path(str(item.path)).relative_to(root).as_posix()
+        if where.startswith(_SLOW) and not where.endswith(("test_overrides.py", "test_architecture.py")):
+            item.add_marker(pytest.mark.slow)
+
+
 # (split, body part, patient, study, label, number of views)
 TINY_STUDIES = [
     ("train", "XR_WRIST", "patient00001", "study1_positive", 1, 2),
