@@ -223,7 +223,7 @@ class BundlePredictor:
 
     def _zoom(self, records: list[dict], batch: list[torch.Tensor], originals: list[torch.Tensor],
               metadata: list[np.ndarray] | None = None) -> None:
-        """Seed 003's second look: predict again on the attended region of the full-resolution
+        """Huschauer's second look: predict again on the attended region of the full-resolution
         radiograph and combine (see :mod:`mura_monai.zoom`)."""
         shapes = [tuple(int(n) for n in image.shape[-2:]) for image in originals]
         boxes = zoom_boxes(self.loaded.network, torch.stack(batch), shapes, self.input_size, self.zoom_threshold)

@@ -184,7 +184,7 @@ def evaluate_predictions(
 
     Returns ``{"study": {...}, "image": {...}, "per_body_part": {part: {...}}, "n_studies": N,
     "n_images": M, "aggregation": ..., "studies": [...]}``; ``per_body_part`` holds study-level
-    metrics, as MURA and the seeds report them. Every metric block carries ``ci95`` intervals
+    metrics, as MURA and the papers report them. Every metric block carries ``ci95`` intervals
     when ``n_bootstrap > 0``.
     """
     if not records:

@@ -113,6 +113,6 @@ def test_router_pipeline_trains_router_and_every_part(trained):
     doc = read_json(out / "metrics.json")
     assert 0.0 <= doc["routing"]["router_accuracy"] <= 1.0
     assert sum(map(sum, doc["routing"]["confusion"]["matrix"])) == doc["n_images"]
-    table = (out / "seed001_table.md").read_text()
+    table = (out / "patel_et_al_table.md").read_text()
     assert "| TP | FN | FP | TN |" in table and "Router (bone detector) accuracy" in table
     assert all(part in table for part in doc["per_body_part"])
