@@ -1,4 +1,4 @@
-"""Seed 001's router pipeline pieces: targets, validation data, transfer freeze, joined checkpoint, report."""
+"""Patel et al.'s router pipeline pieces: targets, validation data, transfer freeze, joined checkpoint, report."""
 from __future__ import annotations
 
 import json
