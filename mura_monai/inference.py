@@ -101,7 +101,7 @@ def study_body_part(parts) -> str:
 
 def group_studies(images: Sequence[dict], threshold: float, aggregation: str = "mean",
                   fused: dict[str, float] | None = None) -> list[dict]:
-    """The ``studies`` list of the infer JSON contract (DESIGN.md) from per-image results.
+    """The ``studies`` list of the infer JSON (docs/formats.md) from per-image results.
 
     ``fused`` gives study probabilities computed by a view-fusion rule that needs more than the
     image probabilities (:mod:`mura_monai.multiview`); other studies use ``aggregation``.
@@ -337,8 +337,8 @@ class BundlePredictor:
         return records
 
     def predict(self, inputs: Iterable[str | Path], progress: bool = False) -> dict:
-        """The infer JSON document: ``{"studies": [...], "refused": [...]}`` (DESIGN.md's contract
-        plus the files that could not be scored, each with its reason)."""
+        """The infer JSON document: ``{"studies": [...], "refused": [...]}`` (docs/formats.md:
+        the scored studies and the files that could not be scored, each with its reason)."""
         unreadable: list[tuple[str, str]] = []
         images = self.predict_images(collect_inputs(inputs), progress=progress, unreadable=unreadable)
         fused = self.fuse_views(images)

@@ -180,7 +180,7 @@ def evaluate_predictions(
     n_bootstrap: int = 1000,
     seed: int = 0,
 ) -> dict:
-    """The ``metrics.json`` document of DESIGN.md from image-level predictions.
+    """The ``metrics.json`` document (docs/formats.md) from image-level predictions.
 
     Returns ``{"study": {...}, "image": {...}, "per_body_part": {part: {...}}, "n_studies": N,
     "n_images": M, "aggregation": ..., "studies": [...]}``; ``per_body_part`` holds study-level
