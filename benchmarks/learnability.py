@@ -13,7 +13,7 @@ It also fits an *intensity-only* probe: a logistic regression on what says nothi
 and casts are findings that brighten an image, on real radiographs as here, so this probe is
 above 0.5; it is the floor a network must beat to show it sees more than brightness. Markers,
 rulers and exposure are drawn in both classes at the same rates, so they add nothing to it
-(seed 003's warning about MURA models winning on such confounders).
+(Huschauer's warning about MURA models winning on such confounders).
 
     python benchmarks/learnability.py --dataset-dir /tmp/s140/mura --image-size 128 --epochs 12
 """

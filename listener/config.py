@@ -1,4 +1,4 @@
-"""``listener.toml``: the keys of DESIGN.md, checked once at start so a typo fails loudly.
+"""``listener.toml``: the keys of docs/formats.md, checked once at start so a typo fails loudly.
 
 A PACS administrator edits this file by hand; an unknown key or a wrong type is reported with
 its table and name rather than ignored (a misspelt ``allowed_calling_aets`` would otherwise

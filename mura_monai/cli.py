@@ -51,7 +51,7 @@ def _setup_argparser() -> argparse.ArgumentParser:
     infer.add_argument("--view-fusion-file", type=Path, metavar="JSON",
                        help="fitted learned view fusion: an evaluation's view_fusion.json (default: MODELS_DIR/view_fusion.json)")
     infer.add_argument("--zoom", action="store_true",
-                       help="seed 003's zoom to attention: predict again on the attended region at full resolution")
+                       help="Huschauer's zoom to attention: predict again on the attended region at full resolution")
 
     evaluate = sub.add_parser("evaluate", help="evaluate a trained bundle on the valid split of a MURA root")
     evaluate.add_argument("--bundle", type=Path, required=True, help="bundle folder with models/model.pt")
@@ -65,7 +65,7 @@ def _setup_argparser() -> argparse.ArgumentParser:
     evaluate.add_argument("--members-models-dir", type=Path, metavar="DIR",
                           help="ensemble: folder holding one checkpoint folder per member (default: each member's models/)")
     evaluate.add_argument("--zoom", action="store_true",
-                          help="evaluate with seed 003's zoom to attention, beside the same model without it")
+                          help="evaluate with Huschauer's zoom to attention, beside the same model without it")
 
     fit = sub.add_parser("fit-ensemble", help="fit an ensemble's combination, calibration and thresholds on a valid split")
     fit.add_argument("--bundle", type=Path, required=True, help="ensemble bundle folder (configs/inference.json names the members)")

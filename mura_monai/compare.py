@@ -2,7 +2,7 @@
 
 ``mura-monai evaluate`` (or a bundle's ``evaluating`` workflow) leaves a ``metrics.json`` per
 bundle; this module reads several of them and writes ``comparison.md`` (an overall table with
-training cost, and a per-body-part table in the seeds' layout) and ``comparison.csv`` (long
+training cost, and a per-body-part table in the papers' layout) and ``comparison.csv`` (long
 format: one row per bundle and level, plain numbers) for further analysis.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``bundles/ensemble/configs/inference.json`` names the members (other bundles of this project)
 and the combination settings; ``ckpt_dir/ensemble.json`` holds what :func:`fit` learned on a
 valid split. This module loads every member once (the listener keeps it loaded), reads each
-radiograph once for all members, and produces the infer JSON of DESIGN.md extended with what a
+radiograph once for all members, and produces the infer JSON of docs/formats.md extended with what a
 reader and a PACS need: per-body-part threshold and operating point, member probabilities,
 uncertainty, and optionally heatmaps and DICOM SR / secondary captures.
 """

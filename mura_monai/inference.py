@@ -65,7 +65,8 @@ def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
 
 def group_studies(images: Sequence[dict], threshold: float, aggregation: str = "mean",
                   fused: dict[str, float] | None = None) -> list[StudyResult]:
-    """Study results from per-image records (``path``, ``study``, ``body_part``, ``probability``).
+    """The infer JSON's studies (docs/formats.md) from per-image records (``path``, ``study``,
+    ``body_part``, ``probability``).
 
     ``fused`` gives study probabilities computed by a view-fusion rule that needs more than the
     image probabilities (:mod:`mura_monai.multiview`); other studies use ``aggregation``.
@@ -181,7 +182,7 @@ class BundlePredictor:
 
     def _zoom(self, records: list[dict], batch: list[torch.Tensor], originals: list[torch.Tensor],
               metadata: list[np.ndarray] | None = None) -> None:
-        """Seed 003's second look: predict again on the attended region of the full-resolution
+        """Huschauer's second look: predict again on the attended region of the full-resolution
         radiograph and combine (see :mod:`mura_monai.zoom`)."""
         shapes = [tuple(int(n) for n in image.shape[-2:]) for image in originals]
         boxes = zoom_boxes(self.loaded.network, torch.stack(batch), shapes, self.input_size, self.zoom_threshold)
@@ -295,8 +296,8 @@ class BundlePredictor:
         return records
 
     def predict(self, inputs: Iterable[str | Path], progress: bool = False) -> dict:
-        """The infer JSON document: ``{"studies": [...], "refused": [...]}`` (DESIGN.md's contract
-        plus the files that could not be scored, each with its reason)."""
+        """The infer JSON document: ``{"studies": [...], "refused": [...]}`` (docs/formats.md:
+        the scored studies and the files that could not be scored, each with its reason)."""
         unreadable: list[tuple[str, str]] = []
         images = self.predict_images(collect_inputs(inputs), progress=progress, unreadable=unreadable)
         fused = self.fuse_views(images)

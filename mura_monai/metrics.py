@@ -200,11 +200,11 @@ def evaluate_predictions(
     n_bootstrap: int = 1000,
     seed: int = 0,
 ) -> dict:
-    """The ``metrics.json`` document of DESIGN.md from image-level predictions.
+    """The ``metrics.json`` document (docs/formats.md) from image-level predictions.
 
     Returns ``{"study": {...}, "image": {...}, "per_body_part": {part: {...}}, "n_studies": N,
     "n_images": M, "aggregation": ..., "studies": [...]}``; ``per_body_part`` holds study-level
-    metrics, as MURA and the seeds report them. Every metric block carries ``ci95`` intervals
+    metrics, as MURA and the papers report them. Every metric block carries ``ci95`` intervals
     when ``n_bootstrap > 0``.
     """
     if not records:

@@ -1,7 +1,7 @@
-"""Fusing the views of a study (seed 003): late fusion of image scores, early fusion of features.
+"""Fusing the views of a study (Huschauer): late fusion of image scores, early fusion of features.
 
 MURA labels studies, and a study has 1 to 4+ views; the baseline averages the views'
-probabilities. Seed 003 tried early fusion (no gain) and suggested late fusion. Here:
+probabilities. Huschauer tried early fusion (no gain) and suggested late fusion. Here:
 
 * late: ``mean`` (MURA's rule), ``max``, ``median`` of the image probabilities, and ``learned``:
   a logistic regression on the study's max, mean and min image logits — an ordered weighted
@@ -13,6 +13,9 @@ probabilities. Seed 003 tried early fusion (no gain) and suggested late fusion. 
 The networks are trained on single images, so early fusion reuses an image-trained classifier
 on pooled features: with a linear head ``early_mean`` equals averaging logits, ``early_max``
 is the one that differs. Which rule wins is measured by :func:`compare_view_fusions`.
+
+Reference: Huschauer S., "Deep Learning-based Classification of Musculoskeletal Radiographs - Learn
+to Zoom from Network Response", ZHAW.
 """
 from __future__ import annotations
 

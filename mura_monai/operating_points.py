@@ -1,9 +1,13 @@
 """Decision thresholds on a probability, chosen from labelled predictions.
 
 A probability alone does not tell a reader what to do; a threshold does, and which threshold is
-right depends on the use. Seed 000 reports the point where precision equals recall; ROC analysis
+right depends on the use. Han, Lee and Kim report the point where precision equals recall; ROC analysis
 usually takes Youden's J; clinical products offer a high-sensitivity point (triage: miss little)
 and a high-specificity point (few false alarms). All four come from scikit-learn's curves.
+
+Reference: Han S.J., Lee C.I., Kim S.-J., "Development of medical aid artificial intelligence
+through detection of musculoskeletal X-ray abnormalities using artificial neural networks in medical
+image data".
 """
 from __future__ import annotations
 
@@ -62,7 +66,7 @@ def operating_points(
 ) -> dict[str, float]:
     """Thresholds ``t`` at which to call a prediction abnormal when ``p > t`` (as :func:`binary_metrics` does).
 
-    - ``pr_equal``: where precision and recall cross (seed 000's operating point).
+    - ``pr_equal``: where precision and recall cross (Han, Lee and Kim's operating point).
     - ``youden``: maximises sensitivity + specificity - 1.
     - ``high_sensitivity``: the highest threshold whose sensitivity reaches ``target_sensitivity``.
     - ``high_specificity``: the lowest threshold whose specificity reaches ``target_specificity``.

@@ -1,8 +1,16 @@
-"""Tables in the seeds' formats: plain text for the terminal, and a one-page offline HTML report.
+"""Tables in the papers' formats: plain text for the terminal, and a one-page offline HTML report.
 
 The HTML page is what a reader opens after ``mura-monai evaluate``: it must open from a copied
 folder or an air-gapped machine, so it carries its images as data URIs and refers to nothing
 online. Its figures come from :mod:`mura_monai.report_figures`.
+
+References:
+
+* Patel K., Patel V., Patel S., Patel D., "Deep Learning For Abnormalities Detection in
+  Musculoskeletal Radiographs": the table of :func:`format_patel_et_al_table`.
+* Han S.J., Lee C.I., Kim S.-J., "Development of medical aid artificial intelligence through
+  detection of musculoskeletal X-ray abnormalities using artificial neural networks in medical image
+  data": the precision = recall operating point.
 """
 from __future__ import annotations
 
@@ -20,7 +28,7 @@ from mura_monai.operating_points import OperatingPoint, operating_points, sensit
 __all__ = [
     "MAX_HEATMAPS",
     "format_metrics_table",
-    "format_seed001_table",
+    "format_patel_et_al_table",
     "format_value",
     "format_with_ci",
     "load_studies",
@@ -75,7 +83,7 @@ _REPORT_COLUMNS = (("n", "n"), ("tp", "TP"), ("fn", "FN"), ("fp", "FP"), ("tn", 
 
 
 def report_table_rows(metrics: dict) -> list[list[str]]:
-    """The seeds' table in their column order (counts, F1, κ and AUC with intervals), header first,
+    """The papers' table in their column order (counts, F1, κ and AUC with intervals), header first,
     one row per body part, then all studies and all images."""
     rows = [["level", *(label for _, label in _REPORT_COLUMNS)]]
     blocks = list(metrics.get("per_body_part", {}).items())
@@ -227,7 +235,7 @@ def write_html_report(
     studies: list[dict] | None = None,
     heatmaps: list | None = None,
 ) -> Path:
-    """One self-contained HTML page (opens offline; images are data URIs) with the seeds' tables,
+    """One self-contained HTML page (opens offline; images are data URIs) with the papers' tables,
     operating points, ROC/PR/calibration figures and sample heatmaps.
 
     ``studies`` are study-level records (``body_part``, ``label``, ``probability``); when None
@@ -327,17 +335,17 @@ def _view_fusion_section(directory: Path) -> str:
     return f"<h2>Fusing a study's views</h2><p>{html.escape(note)}</p>{_table(rows, 'view-fusion')}\n"
 
 
-_SEED001_COLUMNS = ("tp", "fn", "fp", "tn", "accuracy", "precision", "sensitivity", "f1")
+_PATEL_ET_AL_COLUMNS = ("tp", "fn", "fp", "tn", "accuracy", "precision", "sensitivity", "f1")
 
 
-def format_seed001_table(metrics: dict) -> str:
-    """Seed 001's result table (Markdown): per body part TP, FN, FP, TN, accuracy, precision,
+def format_patel_et_al_table(metrics: dict) -> str:
+    """Patel et al.'s result table (Markdown): per body part TP, FN, FP, TN, accuracy, precision,
     sensitivity, F1 at study level, then the router's accuracy, model sizes and training time."""
-    lines = ["| Body part | " + " | ".join(c.upper() if len(c) == 2 else c.capitalize() for c in _SEED001_COLUMNS) + " |",
-             "|---" * (len(_SEED001_COLUMNS) + 1) + "|"]
+    lines = ["| Body part | " + " | ".join(c.upper() if len(c) == 2 else c.capitalize() for c in _PATEL_ET_AL_COLUMNS) + " |",
+             "|---" * (len(_PATEL_ET_AL_COLUMNS) + 1) + "|"]
     blocks = list(metrics.get("per_body_part", {}).items()) + [("Average / all studies", metrics.get("study", {}))]
     for name, block in blocks:
-        lines.append(f"| {name} | " + " | ".join(format_value(block.get(c, float("nan"))) for c in _SEED001_COLUMNS) + " |")
+        lines.append(f"| {name} | " + " | ".join(format_value(block.get(c, float("nan"))) for c in _PATEL_ET_AL_COLUMNS) + " |")
     routing = metrics.get("routing", {})
     training = metrics.get("training", {})
     lines.append("")

@@ -1,4 +1,4 @@
-"""Seed 001's pipeline in bundle form: train the body-part router, then one model per part.
+"""Patel et al.'s pipeline in bundle form: train the body-part router, then one model per part.
 
 ``bundles/efficientnet_b0_router`` describes *one* EfficientNet-B0 training in its config,
 parameterised by ``target`` (``"router"`` or a body part). ``train_pipeline`` runs that config
@@ -7,12 +7,15 @@ early stopping, resume and summary of every other bundle) and then joins the che
 one ``RoutedClassifier`` state dict, ``model.pt``, that evaluation and inference load like any
 single-network bundle's.
 
-Seed 001 fine-tunes every model from ImageNet weights. Offline there may be none, and a part model
+Patel et al. fine-tune every model from ImageNet weights. Offline there may be none, and a part model
 trained from scratch on one body part's few images does not leave chance (measured: study AUC
 0.53 on a 300-patient synthetic root, while the same images pooled teach DenseNet-169 and
 ResNet-50). So, by default when no ``pretrained_path`` is given, the pipeline first trains one
 abnormality model on all parts (target ``"all_parts"``) and fine-tunes each part model from it
-with the seed's freeze: the in-domain stand-in for the ImageNet start.
+with the paper's freeze: the in-domain stand-in for the ImageNet start.
+
+Reference: Patel K., Patel V., Patel S., Patel D., "Deep Learning For Abnormalities Detection in
+Musculoskeletal Radiographs".
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from mura_monai.engines.training_summary import SUMMARY_FILE, read_training_summ
 from mura_monai.networks.factory import efficientnet_b0
 from mura_monai.networks.freeze import freeze_all_but_last
 from mura_monai.networks.routed import RoutedClassifier
-from mura_monai.report import format_seed001_table
+from mura_monai.report import format_patel_et_al_table
 
 __all__ = [
     "ROUTER", "SHARED", "WHOLE_SET_TARGETS", "MANIFEST_FILE", "PART_INIT_CHOICES", "RoutingReportWriter", "transfer_network", "uses_shared_init",
@@ -54,7 +57,7 @@ PART_INIT_CHOICES = ("auto", "shared", "pretrained")
 
 def transfer_network(out_channels: int, in_channels: int = 1, pretrained_path: str | None = None,
                      trainable_layers: int | None = 20, freeze_batchnorm: bool = True, pooling: str = "avg") -> nn.Module:
-    """EfficientNet-B0 with seed 001's transfer-learning freeze when pretrained weights are given.
+    """EfficientNet-B0 with Patel et al.'s transfer-learning freeze when pretrained weights are given.
 
     Freezing only makes sense on top of learnt weights: from random initialisation every layer
     trains (logged), since frozen random filters would cripple the model.
@@ -72,7 +75,7 @@ def uses_shared_init(part_init: str, pretrained_path: str | None) -> bool:
 
     ``"shared"``: always; ``"pretrained"``: never (from ``pretrained_path``, or from scratch
     without one); ``"auto"``: only when there is no ``pretrained_path``, so that with ImageNet
-    weights the pipeline is seed 001's as published.
+    weights the pipeline is Patel et al.'s as published.
     """
     if part_init not in PART_INIT_CHOICES:
         raise ValueError(f"part_init must be one of {PART_INIT_CHOICES}, got {part_init!r}")
@@ -201,13 +204,13 @@ def build_routed_classifier(ckpt_dir: str | Path, in_channels: int = 1, pooling:
 
 
 class RoutingReportWriter:
-    """Evaluator handler: the router's accuracy and seed 001's per-part table, beside metrics.json.
+    """Evaluator handler: the router's accuracy and Patel et al.'s per-part table, beside metrics.json.
 
     Reads the routes the ``RoutedClassifier`` chose (``last_route``) against each image's true
     body part; at the end of the evaluation adds ``"routing"`` to ``metrics.json`` (written just
     before by ``MetricsReportWriter``, which must come first in the handler list) and writes
-    ``seed001_table.md``: TP, FN, FP, TN, accuracy, precision, sensitivity and F1 per part, model
-    sizes and training time, as seed 001 reports them.
+    ``patel_et_al_table.md``: TP, FN, FP, TN, accuracy, precision, sensitivity and F1 per part, model
+    sizes and training time, as Patel et al. report them.
     """
 
     def __init__(self, network: nn.Module, output_dir: str | Path, body_part_key: str = "body_part_index") -> None:
@@ -247,6 +250,6 @@ class RoutingReportWriter:
         doc["routing"] = self.routing_metrics()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(doc, indent=2))
-        (self.output_dir / "seed001_table.md").write_text(format_seed001_table(doc))
+        (self.output_dir / "patel_et_al_table.md").write_text(format_patel_et_al_table(doc))
         logger.info("router accuracy %.3f on %d images", doc["routing"]["router_accuracy"], doc["routing"]["n_images"])
         return doc["routing"]

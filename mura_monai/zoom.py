@@ -1,11 +1,14 @@
-"""Zoom to attention (seed 003): look again, closer, where the network looked.
+"""Zoom to attention (Huschauer): look again, closer, where the network looked.
 
 The network reads a radiograph shrunk to its input size (a 2000-pixel wrist becomes 224); a
-hairline fracture may span a pixel there. Seed 003 takes the network's attention, crops that
+hairline fracture may span a pixel there. Huschauer takes the network's attention, crops that
 region from the full-resolution image — at least the network's input size, so the crop is
 never upsampled past the original — predicts again, and combines both predictions. Attention
 here is Grad-CAM on the network's own CAM layer (:mod:`mura_monai.explain`), mapped back to the
 radiograph's grid; the region is the largest connected area above ``threshold``.
+
+Reference: Huschauer S., "Deep Learning-based Classification of Musculoskeletal Radiographs - Learn
+to Zoom from Network Response", ZHAW.
 """
 from __future__ import annotations
 

@@ -72,7 +72,7 @@ def test_full_report_has_tables_figures_and_no_links(evaluation, tmp_path):
     assert f"<td>{metrics['n_studies']}</td>" in page and f"<td>{metrics['n_images']}</td>" in page
     assert "abnormal when probability &gt; 0.500" in page
     assert "mean of its images" in page
-    # the seeds' table: TP, FN, FP, TN, F1, kappa and AUC with interval, per part and for all studies
+    # the papers' table: TP, FN, FP, TN, F1, kappa and AUC with interval, per part and for all studies
     for part in metrics["per_body_part"]:
         block = metrics["per_body_part"][part]
         cells = _cells(_row(page, f"metrics-{part}"))

@@ -1,4 +1,4 @@
-"""Seed 001's router pipeline pieces: targets, validation data, transfer freeze, joined checkpoint, report."""
+"""Patel et al.'s router pipeline pieces: targets, validation data, transfer freeze, joined checkpoint, report."""
 from __future__ import annotations
 
 import json
@@ -16,7 +16,7 @@ from mura_monai.data.splits import holdout_split
 from mura_monai.engines.training_summary import SUMMARY_FILE
 from mura_monai.networks import count_parameters, efficientnet_b0
 from mura_monai.networks.routed import RoutedClassifier
-from mura_monai.report import format_seed001_table
+from mura_monai.report import format_patel_et_al_table
 from mura_monai.routing import (
     MANIFEST_FILE,
     ROUTER,
@@ -276,8 +276,8 @@ def _metrics() -> dict:
     }
 
 
-def test_seed001_table():
-    table = format_seed001_table(_metrics())
+def test_patel_et_al_table():
+    table = format_patel_et_al_table(_metrics())
     lines = table.splitlines()
     assert lines[0] == "| Body part | TP | FN | FP | TN | Accuracy | Precision | Sensitivity | F1 |"
     assert "| TP | FN | FP | TN |" in lines[0]
@@ -290,8 +290,8 @@ def test_seed001_table():
     assert "Training time: 1234 s in all." in table
 
 
-def test_seed001_table_without_routing_or_training():
-    table = format_seed001_table({"per_body_part": {"XR_HAND": {"tp": 1}}, "study": {}})
+def test_patel_et_al_table_without_routing_or_training():
+    table = format_patel_et_al_table({"per_body_part": {"XR_HAND": {"tp": 1}}, "study": {}})
     assert "| XR_HAND | 1 | — | — |" in table
     assert "Router" not in table and "Models:" not in table
 
@@ -328,4 +328,4 @@ def test_routing_report_writer_adds_router_accuracy(tmp_path):
     matrix = doc["routing"]["confusion"]["matrix"]
     assert matrix[BODY_PART_INDEX["XR_HAND"]][BODY_PART_INDEX["XR_WRIST"]] == 1
     assert matrix[BODY_PART_INDEX["XR_WRIST"]][BODY_PART_INDEX["XR_WRIST"]] == 2
-    assert "Router (bone detector) accuracy: 0.750 on 4 images." in (tmp_path / "seed001_table.md").read_text()
+    assert "Router (bone detector) accuracy: 0.750 on 4 images." in (tmp_path / "patel_et_al_table.md").read_text()

@@ -1,10 +1,14 @@
-"""Patient age and sex beside the radiograph (seed 000 joins them to the image features).
+"""Patient age and sex beside the radiograph (Han, Lee and Kim join them to the image features).
 
 Degenerative change, osteopenia and orthopaedic hardware grow with age; a model may use that.
 Age and sex come from the DICOM header (``PatientAge``, ``PatientSex``) or, for a MURA root —
 whose PNGs carry no header — from an optional ``MURA-v1.1/patient_metadata.csv`` with a header
 row ``patient,age,sex`` (``patient00001,45,M``). Stanford's MURA ships no such file: without it
 every image reads "age unknown, sex unknown" and a metadata model falls back to the image.
+
+Reference: Han S.J., Lee C.I., Kim S.-J., "Development of medical aid artificial intelligence
+through detection of musculoskeletal X-ray abnormalities using artificial neural networks in medical
+image data".
 """
 from __future__ import annotations
 

@@ -1,8 +1,11 @@
 """Hold-out splits of a MURA training split, by patient.
 
-Seed 001 holds 20 % of the training data out for validation and keeps MURA's own valid split
+Patel et al. hold 20 % of the training data out for validation and keep MURA's own valid split
 for the final figures. Splitting images at random would put views of one patient on both
 sides, and the model would be validated on patients it has seen; the split is by patient.
+
+Reference: Patel K., Patel V., Patel S., Patel D., "Deep Learning For Abnormalities Detection in
+Musculoskeletal Radiographs".
 """
 from __future__ import annotations
 

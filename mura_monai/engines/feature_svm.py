@@ -1,4 +1,4 @@
-"""Seed 003's feature-extraction training: CNN features once, then a bag of SVMs fitted on them.
+"""Huschauer's feature-extraction training: CNN features once, then a bag of SVMs fitted on them.
 
 Nothing trains by gradient, so there is no Ignite trainer: the train split's features are
 extracted in one pass (deterministic preprocessing, no augmentation, the network in eval
@@ -6,6 +6,9 @@ mode), scikit-learn fits the bag, :class:`~mura_monai.networks.svm_head.BaggedSV
 its numbers, and ``model.pt`` is saved like any bundle's. Under ``torchrun`` each rank extracts
 its shard and rank 0 fits on the gathered rows; the rows are put in path order first, so one
 process and N ranks fit the same SVMs on the same table.
+
+Reference: Huschauer S., "Deep Learning-based Classification of Musculoskeletal Radiographs - Learn
+to Zoom from Network Response", ZHAW.
 """
 from __future__ import annotations
 
@@ -60,12 +63,12 @@ def fit_bagged_svm(
         labels: ``(N,)`` 0 normal / 1 abnormal (the study's label, per image).
         groups: ``(N,)`` patient of each image: calibration folds keep a patient's images
             together, so the sigmoid learns from decisions on unseen patients, as at test time.
-        n_estimators, degree: the seed's 10 SVMs with a degree-5 polynomial kernel.
+        n_estimators, degree: the paper's 10 SVMs with a degree-5 polynomial kernel.
         C, coef0, gamma: SVC's. ``coef0=1`` (sklearn's default is 0): on 2048 standardised
             features ``gamma * <x, x'>`` is ~0.02 between different images and 1 for an image
             with itself, so a homogeneous degree-5 kernel is nearly the identity matrix and the
-            SVMs memorise; the seed does not give its value.
-        max_samples: fraction of the images each SVM is fitted on (bootstrap). The seed bagged to
+            SVMs memorise; the paper does not give its value.
+        max_samples: fraction of the images each SVM is fitted on (bootstrap). Huschauer bagged to
             fit MURA in memory: 0.1 gives each SVM a tenth (SVM cost grows ~quadratically).
         max_features: fraction of the features each SVM sees.
         class_weight: SVC's, e.g. ``"balanced"``.

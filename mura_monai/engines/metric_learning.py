@@ -1,4 +1,4 @@
-"""Training and evaluating seed 002's Siamese embedding models with MONAI's engines.
+"""Training and evaluating Regalla and Kudikala's Siamese embedding models with MONAI's engines.
 
 Three pieces the bundle assembles around a plain ``SupervisedTrainer`` (which optimises the
 :class:`~mura_monai.networks.siamese.Embedder` with a triplet loss) and ``SupervisedEvaluator``
@@ -11,6 +11,9 @@ Three pieces the bundle assembles around a plain ``SupervisedTrainer`` (which op
   the model the bundle ships;
 * :class:`EmbeddingReportWriter`: at evaluation, the embedding's recall@k and the study AUC and
   κ of both classifiers (k-NN and logistic regression) on the same embeddings.
+
+Reference: Regalla S.T., Kudikala S.P., "Research on Musculoskeletal Abnormality Detection using
+Deep Learning Techniques", B.Tech report, IIITDM Kurnool, 2023.
 """
 from __future__ import annotations
 

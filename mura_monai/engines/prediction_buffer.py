@@ -128,7 +128,7 @@ def write_evaluation(
 
 
 class MetricsReportWriter:
-    """Writes ``metrics.json`` (DESIGN.md format) and ``predictions.json`` when an evaluation ends.
+    """Writes ``metrics.json`` (format: docs/formats.md) and ``predictions.json`` when an evaluation ends.
 
     Args:
         output_dir: folder for the files; created if absent.

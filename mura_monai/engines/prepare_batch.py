@@ -37,7 +37,7 @@ class LabelAndBodyPart(PrepareBatch):
 
 
 class BodyPartTarget(PrepareBatch):
-    """Targets as ``(B,)`` body-part indices: the training batches of the 7-class router (seed 001)."""
+    """Targets as ``(B,)`` body-part indices: the training batches of the 7-class router (Patel et al.)."""
 
     def __init__(self, body_part_key: str = "body_part_index") -> None:
         self.body_part_key = body_part_key

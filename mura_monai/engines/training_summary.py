@@ -1,7 +1,7 @@
 """What a training run cost and reached, beside its checkpoint.
 
-The seeds compare models by accuracy *and* by training time and storage (seed 001 reports both),
-so ``mura-monai compare`` needs them for every bundle. The trainer writes
+The papers compare models by accuracy *and* by training time and storage (Patel et al. report
+both), so ``mura-monai compare`` needs them for every bundle. The trainer writes
 ``<ckpt_dir>/training_summary.json`` after every epoch (a killed run still leaves one), adding
 the time of earlier runs when the training was resumed; evaluation copies it into metrics.json.
 """

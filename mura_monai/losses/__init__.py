@@ -1,4 +1,4 @@
-"""Losses the seeds use that torch and MONAI do not ship."""
+"""Losses the papers use that torch and MONAI do not ship."""
 from __future__ import annotations
 
 from mura_monai.losses.triplet import (

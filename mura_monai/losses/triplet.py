@@ -1,20 +1,23 @@
-"""Seed 002's metric-learning losses on a batch of L2-normalised embeddings.
+"""Regalla and Kudikala's metric-learning losses on a batch of L2-normalised embeddings.
 
-Every loss here mines its triplets inside the batch, as the seed does: the batch is P classes x
+Every loss here mines its triplets inside the batch, as the paper does: the batch is P classes x
 K images (see :func:`mura_monai.engines.metric_learning.pk_sampler`) and each image is an anchor
 in turn. pytorch-metric-learning does the mining (``BatchHardMiner``) and the standard triplet
 margin loss; the two losses it does not have are written here:
 
-* **triplet focal loss** (Zhang et al. 2018, the seed's TFL): batch-hard distances mapped to an
+* **triplet focal loss** (Zhang et al. 2018, the paper's TFL): batch-hard distances mapped to an
   exponential kernel, ``max(0, exp(D_ap*/σ) − exp(D_an*/σ) + m)``, so a hard triplet weighs
   exponentially more than an easy one;
-* **selectively contrastive loss** (Xuan et al. 2020, the seed's SCL): on similarities ``S``,
+* **selectively contrastive loss** (Xuan et al. 2020, the paper's SCL): on similarities ``S``,
   ``λ·S_an`` when the hardest negative is more similar than the hardest positive (the triplet is
   "wrong"; only the negative pair is pushed), else ``−log(e^S_ap / (e^S_ap + e^S_an))``.
 
-The seed writes the losses as sums over anchors; here they are means, so the learning rate does
+The paper writes the losses as sums over anchors; here they are means, so the learning rate does
 not depend on the batch size. Targets may be the bundles' ``(B, 2)`` label/body-part tensor
 (see :class:`~mura_monai.engines.LabelAndBodyPart`) or plain ``(B,)`` labels.
+
+Reference: Regalla S.T., Kudikala S.P., "Research on Musculoskeletal Abnormality Detection using
+Deep Learning Techniques", B.Tech report, IIITDM Kurnool, 2023.
 """
 from __future__ import annotations
 
@@ -39,7 +42,7 @@ def _no_triplet(embeddings: torch.Tensor) -> torch.Tensor:
 
 
 class TripletLoss(nn.Module):
-    """The plain triplet margin loss over every valid triplet of the batch (the seed's baseline)."""
+    """The plain triplet margin loss over every valid triplet of the batch (the paper's baseline)."""
 
     def __init__(self, margin: float = 0.2) -> None:
         super().__init__()
@@ -97,7 +100,7 @@ class SelectivelyContrastiveLoss(nn.Module):
 
     Args:
         lambda_: ``λ``, the weight of the negative similarity on "wrong" triplets.
-        temperature: the similarities are divided by it inside the softmax term; 1 is the seed's
+        temperature: the similarities are divided by it inside the softmax term; 1 is the paper's
             formula as written, Xuan et al. train with 0.1 (cosine similarities in [−1, 1] give
             the softmax little to work with otherwise).
     """

@@ -1,10 +1,18 @@
-"""The class-weighted binary cross-entropy of the MURA baseline (seed 004; seed 000's DenseNet).
+"""The class-weighted binary cross-entropy of the MURA baseline (also Han, Lee and Kim's DenseNet).
 
 Rajpurkar et al. weight each term by the other class's share within the study type T:
 ``L = -w_{T,1}·y·log p - w_{T,0}·(1-y)·log(1-p)`` with ``w_{T,1} = |N_T| / (|A_T| + |N_T|)`` and
 ``w_{T,0} = |A_T| / (|A_T| + |N_T|)``, |A_T| and |N_T| the abnormal and normal training images
 of body part T. The weights therefore need the body part of every sample, which arrives as the
 second column of the target (see ``mura_monai.engines.LabelAndBodyPart``).
+
+References:
+
+* Rajpurkar P. et al., "MURA: Large Dataset for Abnormality Detection in Musculoskeletal
+  Radiographs", arXiv:1712.06957, 2017.
+* Han S.J., Lee C.I., Kim S.-J., "Development of medical aid artificial intelligence through
+  detection of musculoskeletal X-ray abnormalities using artificial neural networks in medical image
+  data".
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Attention-guided CNN ("FusionNet" of seed 000; Guan et al., *Diagnose like a radiologist*).
+"""Attention-guided CNN ("FusionNet" of Han, Lee and Kim; Guan et al., *Diagnose like a radiologist*).
 
 A global branch reads the whole radiograph. Its last feature map, reduced to one heat map
 (the maximum absolute activation over channels, scaled to [0, 1]), is thresholded; the
@@ -11,6 +11,14 @@ The network is trained in the paper's three stages (:data:`STAGES`); :meth:`set_
 which output ``forward`` returns and which weights train, so MONAI's trainers, evaluators,
 ``CheckpointSaver`` and our ``BundlePredictor`` see an ordinary one-logit network at each
 stage. :class:`~mura_monai.engines.staged_training.StagedTraining` moves through the stages.
+
+References:
+
+* Han S.J., Lee C.I., Kim S.-J., "Development of medical aid artificial intelligence through
+  detection of musculoskeletal X-ray abnormalities using artificial neural networks in medical image
+  data".
+* Guan Q. et al., "Diagnose like a Radiologist: Attention Guided Convolutional Neural Network for
+  Thorax Disease Classification", arXiv:1801.09927.
 """
 from __future__ import annotations
 
@@ -129,7 +137,7 @@ class AttentionGuidedCNN(nn.Module):
     """Global, local and fusion branches; ``forward`` returns the current stage's logit.
 
     Args:
-        backbone: ``resnet50`` (the paper's and seed 000's) or ``densenet169``, for both branches.
+        backbone: ``resnet50`` (the paper's and Han, Lee and Kim's) or ``densenet169``, for both branches.
         in_channels: 1 for radiographs; 3 for RGB-replicated input to ImageNet weights.
         pretrained_path: local weights file of the backbone, loaded into both branches (as the
             paper starts both from ImageNet); never downloaded.

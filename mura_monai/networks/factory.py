@@ -1,4 +1,7 @@
-"""Networks the bundle configs name, built from MONAI's with the seeds' settings."""
+"""Networks the bundle configs name, built from MONAI's with the papers' settings.
+
+The papers are cited in full in the README ("Papers") and in each bundle's ``docs/README.md``.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,7 +36,7 @@ def densenet169(
     in_channels: int = 1, out_channels: int = 1, dropout_prob: float = 0.0, pretrained_path: str | Path | None = None,
     pooling: str = "avg",
 ) -> nn.Module:
-    """DenseNet-169 of the MURA baseline (seed 004): one logit for "abnormal".
+    """DenseNet-169 of the MURA baseline (Rajpurkar et al. 2017): one logit for "abnormal".
 
     Args:
         in_channels: 1 for radiographs; 3 when feeding RGB-replicated images to ImageNet weights.
@@ -51,7 +54,7 @@ def densenet169(
 
 def resnet50(in_channels: int = 1, out_channels: int = 1, pretrained_path: str | Path | None = None,
              pooling: str = "avg") -> nn.Module:
-    """ResNet-50 of seed 000, laid out exactly as torchvision's so ImageNet files load unrenamed.
+    """ResNet-50 of Han, Lee and Kim, laid out exactly as torchvision's so ImageNet files load unrenamed.
 
     MONAI's defaults differ from torchvision's in two places that matter for the weights: a
     stride-1 stem (MedicalNet's 3D setting) and biased 1x1 downsample convolutions. Here the stem
@@ -84,12 +87,12 @@ def efficientnet_b0(
     in_channels: int = 1, out_channels: int = 1, pretrained_path: str | Path | None = None, pooling: str = "avg",
     bn_momentum: float = 0.1,
 ) -> nn.Module:
-    """EfficientNet-B0 of seed 001: the 7-class body-part router and the 1-logit abnormality model.
+    """EfficientNet-B0 of Patel et al.: the 7-class body-part router and the 1-logit abnormality model.
 
     MONAI's ``pretrained=True`` would download; weights come only from ``pretrained_path``, in
     MONAI's (``efficientnet_pytorch``) naming, e.g. ``_conv_stem.weight``, ``_blocks.0.0._bn1.*``.
     torchvision's ``efficientnet_b0`` naming (``features.0.0.weight``) is not mapped and is refused
-    by :func:`load_pretrained`. Seed 001 fine-tunes it with
+    by :func:`load_pretrained`. Patel et al. fine-tune it with
     :func:`~mura_monai.networks.freeze.freeze_all_but_last` (``n_trainable=20``).
 
     Args:

@@ -1,9 +1,12 @@
-"""Seed 001's transfer-learning recipe: train only the last layers, keep every BatchNorm frozen.
+"""Patel et al.'s transfer-learning recipe: train only the last layers, keep every BatchNorm frozen.
 
 Fine-tuning ImageNet EfficientNet-B0 on a few thousand radiographs of one body part overfits
 when every layer trains, and small batches of grey images would drag the BatchNorm running
 statistics away from the ones the pretrained filters expect. So the early layers keep their
 weights, and each BatchNorm keeps both its affine parameters and its running statistics.
+
+Reference: Patel K., Patel V., Patel S., Patel D., "Deep Learning For Abnormalities Detection in
+Musculoskeletal Radiographs".
 """
 from __future__ import annotations
 
@@ -56,12 +59,12 @@ def freeze_all_but_last(model: nn.Module, n_trainable: int | None, freeze_batchn
 
     "Layers" are the modules owning parameters themselves, in registration order, which for
     MONAI's and torchvision's networks is the leaf Conv/BatchNorm/Linear modules in forward
-    order (EfficientNet-B0 has 131). Keras, which seed 001 used, also counts parameterless
+    order (EfficientNet-B0 has 131). Keras, which Patel et al. used, also counts parameterless
     layers (activations, pooling, dropout), so its "last 20" reaches less far back than 20 here.
 
     Frozen layers get ``requires_grad=False``; the last ``n_trainable`` are left as they are (not
     re-enabled). With ``freeze_batchnorm`` every BatchNorm, including those among the last
-    ``n_trainable`` (as in the seed), also loses its gradients and stays in eval mode through any
+    ``n_trainable`` (as in the paper), also loses its gradients and stays in eval mode through any
     later ``model.train()``, so its running statistics never update.
 
     Args:

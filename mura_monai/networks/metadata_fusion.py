@@ -1,10 +1,14 @@
-"""Image features joined with patient age and sex (seed 000's "patient characteristics").
+"""Image features joined with patient age and sex (Han, Lee and Kim's "patient characteristics").
 
 The image network's pooled features and a small embedding of the metadata vector
 (:func:`~mura_monai.metadata_encoding.metadata_vector`) are classified together by one
 linear layer. The image network keeps its module names under ``image.net``, so its pretrained
 weights still load, and an unknown age and sex is an input like any other: a study from a PACS
 that strips demographics is scored from its pixels.
+
+Reference: Han S.J., Lee C.I., Kim S.-J., "Development of medical aid artificial intelligence
+through detection of musculoskeletal X-ray abnormalities using artificial neural networks in medical
+image data".
 """
 from __future__ import annotations
 

@@ -1,8 +1,11 @@
-"""Seed 001's two-stage model: a body-part router sends each radiograph to its part's model.
+"""Patel et al.'s two-stage model: a body-part router sends each radiograph to its part's model.
 
 Held as one ``nn.Module`` so that the evaluator, ``mura-monai infer`` and the checkpoint
 format are the same as for any single-network bundle: ``forward`` returns one abnormality
 logit per image, whichever part model produced it.
+
+Reference: Patel K., Patel V., Patel S., Patel D., "Deep Learning For Abnormalities Detection in
+Musculoskeletal Radiographs".
 """
 from __future__ import annotations
 

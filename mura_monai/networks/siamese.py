@@ -1,6 +1,6 @@
-"""Seed 002's Siamese embedding network and the classifier on its embeddings, as one torch module.
+"""Regalla and Kudikala's Siamese embedding network and its embeddings' classifier, as one module.
 
-The seed trains a DenseNet-169 or ResNet-50 "twin" to a 128- or 256-d embedding with triplet
+They train a DenseNet-169 or ResNet-50 "twin" to a 128- or 256-d embedding with triplet
 losses and then classifies the embeddings. The twins share their weights, so one network run on
 each image of a P x K batch is the whole Siamese triplet network: the losses of
 :mod:`mura_monai.losses.triplet` compare the embeddings inside the batch.
@@ -17,6 +17,9 @@ Layout, so that training and the other tools each see what they need:
 * ``classifier``: pooled features -> embedding -> logit; the early view fusion of
   :mod:`mura_monai.multiview` pools the views' features at its input (``fusion_head``);
 * :class:`Embedder`: the view of the same weights the trainer optimises (image -> embedding).
+
+Reference: Regalla S.T., Kudikala S.P., "Research on Musculoskeletal Abnormality Detection using
+Deep Learning Techniques", B.Tech report, IIITDM Kurnool, 2023.
 """
 from __future__ import annotations
 
@@ -147,7 +150,7 @@ class SiameseNet(nn.Module):
     Args:
         backbone: image -> ``(B, n_features)`` pooled features.
         n_features: the backbone's feature length.
-        dim: embedding length (the seed's 128 or 256).
+        dim: embedding length (the paper's 128 or 256).
         head: ``logistic`` or ``knn``.
         k: neighbours of the k-NN head.
     """
@@ -190,11 +193,11 @@ class Embedder(nn.Module):
 
 def siamese_net(backbone: str = "densenet169", dim: int = 256, head: str = "logistic", k: int = 15, in_channels: int = 1,
                 pretrained_path: str | Path | None = None, pooling: str = "avg") -> SiameseNet:
-    """The seed's Siamese network on one of its two backbones.
+    """Regalla and Kudikala's Siamese network on one of its two backbones.
 
     Args:
         backbone: ``densenet169`` or ``resnet50``.
-        dim: embedding length (the seed compares 128 and 256).
+        dim: embedding length (the paper compares 128 and 256).
         head: the classifier ``forward`` answers with (``logistic`` or ``knn``).
         k: neighbours of the k-NN head.
         in_channels: 1 for radiographs.

@@ -1,6 +1,6 @@
-"""Seed 003's "CNN features + bagged SVMs" as one torch module.
+"""Huschauer's "CNN features + bagged SVMs" as one torch module.
 
-The seed trains a bag of 10 polynomial-kernel (degree 5) SVMs on ResNet features. scikit-learn
+Huschauer trains a bag of 10 polynomial-kernel (degree 5) SVMs on ResNet features. scikit-learn
 fits them; this module holds what the fit found as tensors, so the model saves and loads like
 any bundle model (``model.pt``, ``torch.load(..., weights_only=True)``, no pickle), runs on the
 evaluator's device, and answers ``forward(x)`` with one abnormality logit per image, which is
@@ -21,6 +21,9 @@ The head reproduces this scikit-learn pipeline (see
   ``p = 1 / (1 + exp(a * d + b))``, so the logit is exactly ``-(a * d + b)``.
 
 A bare ``BaggingClassifier`` (no calibration) is accepted too; its logit is the decision value.
+
+Reference: Huschauer S., "Deep Learning-based Classification of Musculoskeletal Radiographs - Learn
+to Zoom from Network Response", ZHAW.
 """
 from __future__ import annotations
 
@@ -187,16 +190,16 @@ class ResNetSVM(nn.Module):
 
 def resnet_svm(in_channels: int = 1, pretrained_path: str | Path | None = None, backbone_ckpt: str | Path | None = None,
                pooling: str = "avg") -> ResNetSVM:
-    """Seed 003's feature-extraction model on :func:`~mura_monai.networks.resnet50` features.
+    """Huschauer's feature-extraction model on :func:`~mura_monai.networks.resnet50` features.
 
-    The seed extracted ResNet-152 ImageNet features briefly trained on MURA; ResNet-50 is the
+    Huschauer extracted ResNet-152 ImageNet features briefly trained on MURA; ResNet-50 is the
     ResNet this project carries (same layout, 2048-d pooled features, torchvision's names).
 
     Args:
         in_channels: 1 for radiographs.
         pretrained_path: local torchvision-named ImageNet ``resnet50`` weights; never downloaded.
         backbone_ckpt: a ``model.pt`` trained by ``bundles/resnet50`` (loaded after, so it wins
-            over ``pretrained_path``): "pretrained for a few iterations on MURA" as the seed did.
+            over ``pretrained_path``): "pretrained for a few iterations on MURA" as the paper did.
         pooling: the backbone's global pooling, ``avg`` or ``max`` (as the checkpoint was trained).
     """
     backbone = load_pretrained(resnet50(in_channels, 1, pretrained_path, pooling), backbone_ckpt)

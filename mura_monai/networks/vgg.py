@@ -1,8 +1,11 @@
-"""VGG-19 (configuration E) for the MURA baseline of seed 003, in plain torch layers.
+"""VGG-19 (configuration E) for Huschauer's MURA baseline, in plain torch layers.
 
 MONAI ships no VGG. Module names copy torchvision's (``features.<idx>``, ``avgpool``,
 ``classifier.<idx>``) so a local ``vgg19.pth`` / ``vgg19_bn.pth`` loads through
 :func:`~mura_monai.networks.pretrained.load_pretrained` with no renaming, its RGB stem summed to grey.
+
+Reference: Huschauer S., "Deep Learning-based Classification of Musculoskeletal Radiographs - Learn
+to Zoom from Network Response", ZHAW.
 """
 from __future__ import annotations
 
@@ -123,7 +126,7 @@ def vgg19(
     hidden_features: int = 4096,
     pool_size: int = 7,
 ) -> nn.Module:
-    """VGG-19 baseline of seed 003: one logit for "abnormal".
+    """VGG-19 baseline of Huschauer: one logit for "abnormal".
 
     Args:
         in_channels: 1 for radiographs; 3 when feeding RGB-replicated images to ImageNet weights.

@@ -1,4 +1,4 @@
-"""MONAI transforms for the seed papers' radiograph preprocessing (array and dictionary versions)."""
+"""MONAI transforms for the papers' radiograph preprocessing (array and dictionary versions)."""
 from __future__ import annotations
 
 from mura_monai.transforms import array, dictionary

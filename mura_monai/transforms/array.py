@@ -1,4 +1,4 @@
-"""Array transforms reproducing the seed papers' radiograph preprocessing.
+"""Array transforms reproducing the papers' radiograph preprocessing.
 
 Every transform here takes one channel-first image, shape ``(C, H, W)``, as a numpy array, a torch
 Tensor or a MONAI ``MetaTensor``, and returns the same type (a ``MetaTensor`` keeps its meta data).
@@ -9,13 +9,18 @@ into it unless their docstring says otherwise (:class:`GBPNormalize`).
 
 The maths is OpenCV's, MONAI's or numpy's; this module only adapts shapes, types and ranges.
 
-Seed papers referred to below:
+Papers referred to below:
 
-* seed 001 -- edge enhancement (Sobel, Prewitt, Roberts, Canny) and Laplacian sharpening of MURA
-  radiographs before classification.
-* seed 002 -- contrast-limited adaptive histogram equalisation (CLAHE) of the lightness channel.
-* seed 003 -- intensity rescaling ("shrinking/expanding the intensity exposure") as augmentation, and
-  the mean/std normalisation used for guided back-propagation saliency maps.
+* Patel et al. -- edge enhancement (Sobel, Prewitt, Roberts, Canny) and Laplacian sharpening of MURA
+  radiographs before classification: Patel K., Patel V., Patel S., Patel D., "Deep Learning For
+  Abnormalities Detection in Musculoskeletal Radiographs".
+* Regalla and Kudikala -- contrast-limited adaptive histogram equalisation (CLAHE) of the lightness
+  channel: Regalla S.T., Kudikala S.P., "Research on Musculoskeletal Abnormality Detection using Deep
+  Learning Techniques", B.Tech report, IIITDM Kurnool, 2023.
+* Huschauer -- intensity rescaling ("shrinking/expanding the intensity exposure") as augmentation,
+  and the mean/std normalisation used for guided back-propagation saliency maps: Huschauer S., "Deep
+  Learning-based Classification of Musculoskeletal Radiographs - Learn to Zoom from Network
+  Response", ZHAW.
 """
 from __future__ import annotations
 
@@ -75,7 +80,7 @@ class Clahe(Transform):
 
     Radiographs put most of the anatomy into a narrow band of grey levels; CLAHE equalises the histogram
     tile by tile so that fine bone texture and cortical edges gain local contrast, while the clip limit
-    stops noise in flat regions being amplified. Seed paper 002 applies it before classification: it
+    stops noise in flat regions being amplified. Regalla and Kudikala apply it before classification: it
     converts the image to LAB, runs ``cv2.createCLAHE`` on the lightness channel L only, merges the
     channels back and converts to the original colour space.
 
@@ -86,15 +91,16 @@ class Clahe(Transform):
 
     Quantisation: OpenCV's CLAHE works on integer images only, and the image is quantised to **8 bits**
     (0..255) for it, then returned as float32 in [0, 1] (so the output has at most 256 levels). 8 bits
-    rather than 16 because (a) MURA's radiographs are 8-bit PNGs, so nothing is lost for them, (b) seed
-    002 ran CLAHE on 8-bit images, and (c) OpenCV's ``clipLimit`` is relative to the mean histogram bin
-    count: with 65536 bins the per-bin limit of an ordinary tile rounds to 1, so the same ``clip_limit``
-    would mean something quite different on 16-bit data. In the RGB path only L is quantised (L in
+    rather than 16 because (a) MURA's radiographs are 8-bit PNGs, so nothing is lost for them, (b)
+    Regalla and Kudikala ran CLAHE on 8-bit images, and (c) OpenCV's ``clipLimit`` is relative to the
+    mean histogram bin count: with 65536 bins the per-bin limit of an ordinary tile rounds to 1, so the
+    same ``clip_limit`` would mean something quite different on 16-bit data. In the RGB path only L is quantised (L in
     [0, 100] to 0..255); the colour channels a, b stay in float.
 
     Args:
         clip_limit: contrast limit per tile, as a multiple of the mean histogram bin count (OpenCV's
-            ``clipLimit``); larger values give stronger local contrast and more noise. Seed 002: 2.0.
+            ``clipLimit``); larger values give stronger local contrast and more noise.
+            Regalla and Kudikala: 2.0.
         tile_grid_size: number of tiles (rows, columns) the image is divided into; each tile gets its own
             equalisation, so more tiles give more local (and less smooth) contrast.
     """
@@ -137,9 +143,9 @@ class Clahe(Transform):
 
 
 class EdgeEnhance(Transform):
-    """Edge detection / enhancement with a classical operator, per channel (seed paper 001).
+    """Edge detection / enhancement with a classical operator, per channel (Patel et al.).
 
-    Seed 001 feeds the classifier radiographs whose bone outlines and fracture lines are emphasised by an
+    Patel et al. feed the classifier radiographs whose bone outlines and fracture lines are emphasised by an
     edge operator. Each channel is filtered on its own:
 
     * ``"sobel"``: magnitude of ``cv2.Sobel`` x and y derivatives (3x3);
@@ -227,7 +233,7 @@ class LaplacianSharpen(Transform):
     """Laplacian sharpening: ``out = img - strength * Laplacian(img)``, clipped to [0, 1].
 
     Subtracting the Laplacian (second derivative) steepens every intensity transition, making bone
-    margins, trabeculae and fracture lines crisper. Seed paper 001 compares strengths 1.5 and 3.0.
+    margins, trabeculae and fracture lines crisper. Patel et al. compare strengths 1.5 and 3.0.
     The Laplacian is ``cv2.Laplacian`` with the given aperture, computed per channel in float32 with
     reflected borders.
 
@@ -265,9 +271,9 @@ def _check_percentiles(lower: float, upper: float) -> None:
 
 
 class IntensityRescale(Transform):
-    """Stretch the intensities between two percentiles to [0, 1] and clip (seed paper 003).
+    """Stretch the intensities between two percentiles to [0, 1] and clip (Huschauer).
 
-    Seed 003 "shrinks or expands the intensity exposure" of the radiographs: the grey levels between the
+    Huschauer "shrinks or expands the intensity exposure" of the radiographs: the grey levels between the
     ``lower`` and ``upper`` percentiles of the image are mapped linearly onto [0, 1] and everything outside
     is clipped, which removes the effect of a few very dark (background, collimator) or very bright
     (markers, implants) pixels on the exposure. Implemented with MONAI's
@@ -301,7 +307,7 @@ class IntensityRescale(Transform):
 
 
 class RandIntensityRescale(RandomizableTransform):
-    """:class:`IntensityRescale` with random percentiles, as augmentation (seed paper 003).
+    """:class:`IntensityRescale` with random percentiles, as augmentation (Huschauer).
 
     With probability ``prob`` the lower percentile is drawn uniformly from ``lower_range`` and the upper
     one from ``upper_range`` (from ``self.R``, so ``set_random_state`` and
@@ -359,7 +365,7 @@ class RandIntensityRescale(RandomizableTransform):
 class GBPNormalize(Transform):
     """Normalise to mean 0.5 and standard deviation 0.5: ``0.5 + 0.5 * (x - mean) / std``.
 
-    Seed paper 003 normalises images this way for guided back-propagation (GBP), so that every image (or
+    Huschauer normalises images this way for guided back-propagation (GBP), so that every image (or
     gradient map) has the same centre and spread before it is displayed or compared. Mean and std
     (population std) are taken over the whole image, all channels together, as in the paper; the
     channels are therefore shifted and scaled by the same amounts and their relative balance is kept.

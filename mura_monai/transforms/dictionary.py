@@ -62,7 +62,7 @@ class _ArrayWrapperd(MapTransform):
 
 
 class Clahed(_ArrayWrapperd):
-    """Dictionary-based wrapper of :class:`mura_monai.transforms.Clahe` (CLAHE, seed paper 002).
+    """Dictionary-based wrapper of :class:`mura_monai.transforms.Clahe` (CLAHE, Regalla and Kudikala).
 
     Args:
         keys: keys of the images to equalise. See also: :class:`monai.transforms.MapTransform`.
@@ -85,7 +85,7 @@ class Clahed(_ArrayWrapperd):
 
 
 class EdgeEnhanced(_ArrayWrapperd):
-    """Dictionary-based wrapper of :class:`mura_monai.transforms.EdgeEnhance` (seed paper 001).
+    """Dictionary-based wrapper of :class:`mura_monai.transforms.EdgeEnhance` (Patel et al.).
 
     Args:
         keys: keys of the images to filter. See also: :class:`monai.transforms.MapTransform`.
@@ -112,11 +112,11 @@ class EdgeEnhanced(_ArrayWrapperd):
 
 
 class LaplacianSharpend(_ArrayWrapperd):
-    """Dictionary-based wrapper of :class:`mura_monai.transforms.LaplacianSharpen` (seed paper 001).
+    """Dictionary-based wrapper of :class:`mura_monai.transforms.LaplacianSharpen` (Patel et al.).
 
     Args:
         keys: keys of the images to sharpen. See also: :class:`monai.transforms.MapTransform`.
-        strength: how much of the Laplacian is subtracted (0: identity; seed 001 uses 1.5 and 3.0).
+        strength: how much of the Laplacian is subtracted (0: identity; Patel et al. use 1.5 and 3.0).
         ksize: aperture of ``cv2.Laplacian``.
         allow_missing_keys: don't raise an exception if a key is missing.
     """
@@ -131,7 +131,7 @@ class LaplacianSharpend(_ArrayWrapperd):
 
 
 class IntensityRescaled(_ArrayWrapperd):
-    """Dictionary-based wrapper of :class:`mura_monai.transforms.IntensityRescale` (seed paper 003).
+    """Dictionary-based wrapper of :class:`mura_monai.transforms.IntensityRescale` (Huschauer).
 
     Args:
         keys: keys of the images to rescale. See also: :class:`monai.transforms.MapTransform`.
@@ -156,7 +156,7 @@ class IntensityRescaled(_ArrayWrapperd):
 
 
 class RandIntensityRescaled(RandomizableTransform, MapTransform):
-    """Dictionary-based version of :class:`mura_monai.transforms.RandIntensityRescale` (seed paper 003).
+    """Dictionary-based version of :class:`mura_monai.transforms.RandIntensityRescale` (Huschauer).
 
     One draw per call: all selected keys are rescaled with the same random percentiles (or none is).
 
@@ -207,7 +207,7 @@ class RandIntensityRescaled(RandomizableTransform, MapTransform):
 
 
 class GBPNormalized(_ArrayWrapperd):
-    """Dictionary-based wrapper of :class:`mura_monai.transforms.GBPNormalize` (seed paper 003).
+    """Dictionary-based wrapper of :class:`mura_monai.transforms.GBPNormalize` (Huschauer).
 
     Args:
         keys: keys of the images to normalise. See also: :class:`monai.transforms.MapTransform`.

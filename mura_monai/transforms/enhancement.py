@@ -1,8 +1,9 @@
 """Named image-enhancement presets, so a bundle override is one word (``--enhancement clahe``).
 
-The seeds compare preprocessing variants: CLAHE (seed 002), edge maps and Laplacian sharpening
-(seed 001), intensity rescaling (seed 003). A name rather than a transform list can be stored
-beside the checkpoint and replayed at inference, so a model always sees what it was trained on.
+The papers compare preprocessing variants: CLAHE (Regalla and Kudikala), edge maps and Laplacian
+sharpening (Patel et al.), intensity rescaling (Huschauer); :mod:`mura_monai.transforms.array`
+cites them in full. A name rather than a transform list can be stored beside the checkpoint and
+replayed at inference, so a model always sees what it was trained on.
 """
 from __future__ import annotations
 

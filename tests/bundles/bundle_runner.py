@@ -34,7 +34,7 @@ def read_json(path: Path) -> dict:
 
 
 def assert_design_metrics(doc: dict, root: Path) -> None:
-    """metrics.json has DESIGN.md's shape and counts every valid study of the root once."""
+    """metrics.json has the shape docs/formats.md gives and counts every valid study of the root once."""
     assert METRIC_KEYS <= set(doc["study"]) and METRIC_KEYS <= set(doc["image"])
     assert doc["per_body_part"] and all(METRIC_KEYS <= set(b) for b in doc["per_body_part"].values())
     valid_studies = (root / "MURA-v1.1" / "valid_labeled_studies.csv").read_text().strip().splitlines()

@@ -103,7 +103,7 @@ def test_router_pipeline_trains_router_and_every_part(trained):
         assert (ckpt / target / "model.pt").is_file()
     shared = torch.load(ckpt / "all_parts" / "model.pt", map_location="cpu", weights_only=True)
     parts = {p: torch.load(ckpt / p / "model.pt", map_location="cpu", weights_only=True) for p in BODY_PARTS}
-    # every part started from the all-parts model and kept its early layers (seed 001's freeze);
+    # every part started from the all-parts model and kept its early layers (Patel et al.'s freeze);
     # heads trained on their part (a part whose few tiny-root images share one label has zero loss)
     assert all(torch.equal(w["_conv_stem.weight"], shared["_conv_stem.weight"]) for w in parts.values())
     assert any(not torch.equal(w["_fc.weight"], shared["_fc.weight"]) for w in parts.values())
@@ -113,6 +113,6 @@ def test_router_pipeline_trains_router_and_every_part(trained):
     doc = read_json(out / "metrics.json")
     assert 0.0 <= doc["routing"]["router_accuracy"] <= 1.0
     assert sum(map(sum, doc["routing"]["confusion"]["matrix"])) == doc["n_images"]
-    table = (out / "seed001_table.md").read_text()
+    table = (out / "patel_et_al_table.md").read_text()
     assert "| TP | FN | FP | TN |" in table and "Router (bone detector) accuracy" in table
     assert all(part in table for part in doc["per_body_part"])

@@ -1,4 +1,4 @@
-"""resnet_svm (seed 003's ResNet features + bagged SVMs) through MONAI's bundle CLI.
+"""resnet_svm (Huschauer's ResNet features + bagged SVMs) through MONAI's bundle CLI.
 
 Trains (64 px, random initialisation: the features mean little, the plumbing is what is
 tested), evaluates to metrics.json, scores a study through `mura-monai infer` (the same

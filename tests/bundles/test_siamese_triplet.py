@@ -1,6 +1,6 @@
-"""siamese_triplet (seed 002's metric learning) through MONAI's bundle CLI.
+"""siamese_triplet (Regalla and Kudikala's metric learning) through MONAI's bundle CLI.
 
-Trains one epoch at 64 px on P x K batches with the seed's losses (the focal loss in the
+Trains one epoch at 64 px on P x K batches with the paper's losses (the focal loss in the
 module fixture, the selectively contrastive loss in its own run; batch-hard and plain triplet
 are the unit tests'), evaluates to metrics.json with the embedding's
 recall@k and both classifiers, scores a study through `mura-monai infer` as the evaluation did,
@@ -20,7 +20,7 @@ from tests.bundles.bundle_runner import (
 from tests.bundles.bundle_runner import one_thread  # noqa: F401 (autouse: one intra-op thread)
 
 NAME = "siamese_triplet"
-# ResNet-50 is the lighter of the seed's two backbones on 2 CPU cores; 32-d keeps the k-NN small
+# ResNet-50 is the lighter of the paper's two backbones on 2 CPU cores; 32-d keeps the k-NN small
 TINY = ["--image_size", "64", "--batch_size", "8", "--samples_per_class", "4", "--num_workers", "0",
         "--max_epochs", "1", "--backbone", "resnet50", "--embedding_dim", "32"]
 

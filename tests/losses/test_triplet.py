@@ -1,4 +1,4 @@
-"""Seed 002's triplet losses against values worked out by hand and by a brute-force loop."""
+"""Regalla and Kudikala's triplet losses against values worked out by hand and by a brute-force loop."""
 import math
 
 import numpy as np

@@ -29,7 +29,7 @@ def _convnet() -> nn.Sequential:
     [
         (1, False, 8),  # only the last Linear
         (2, False, 6 + 8),  # BatchNorm1d and the last Linear
-        (2, True, 8),  # the BatchNorm is among the last 2 but frozen anyway, as in seed 001
+        (2, True, 8),  # the BatchNorm is among the last 2 but frozen anyway, as in Patel et al.
         (None, True, 15 + 8),  # no layer frozen, only the BatchNorm
         (0, False, 29),
         (10, False, 29),  # more than there are layers: nothing frozen
