@@ -193,7 +193,9 @@ class StudyResult:
     @classmethod
     def coerce(cls, result: StudyResult | Mapping[str, Any]) -> StudyResult:
         """A result from either its type or its JSON, for callers that hold the stored form."""
-        return result if isinstance(result, cls) else cls.from_json(result)
+        if isinstance(result, StudyResult):
+            return result
+        return cls.from_json(result)
 
 
 def read_document(document: Mapping[str, Any]) -> list[StudyResult]:

@@ -52,7 +52,7 @@ def build_heatmap_sc(source: Dataset, overlay_rgb: np.ndarray, *, series_instanc
     )
     # Oblique orientations ("LF") are valid DICOM that highdicom's enum rejects; unknown stays empty.
     orientation = source.get("PatientOrientation")
-    sc.PatientOrientation = list(orientation) if orientation and len(orientation) == 2 else None
+    sc.PatientOrientation = list(orientation) if orientation and len(orientation) == 2 else None  # type: ignore[assignment]
     # General Series Laterality is Type 2C: required when the part is paired (or unnamed) and the
     # IOD has no Image Laterality, which a Secondary Capture never has; absent for an unpaired
     # part. Only L and R are enumerated, so "U", "B" and a missing side are written empty.
@@ -60,7 +60,7 @@ def build_heatmap_sc(source: Dataset, overlay_rgb: np.ndarray, *, series_instanc
         if "Laterality" in sc:
             del sc.Laterality
     elif side is None:
-        sc.Laterality = None
+        sc.Laterality = None  # type: ignore[assignment]  # Type 2: present and empty
     sc.copy_patient_and_study_information(source)  # age, size, ... that from_ref_dataset leaves out
     part = _body_part(source)
     if part:

@@ -257,7 +257,7 @@ def _modality_code(modality: str) -> hd.sr.CodedConcept:
 
 def _image_descriptors(ds: Dataset) -> list[hd.sr.ContentItem]:
     """TID 1602/1603 descriptors; spacing only when stated and non-zero (some CR write 0\\0)."""
-    items = [hd.sr.NumContentItem(name=codes.DCM.PixelDataRows, value=ds.Rows, unit=_PIXELS, relationship_type=_ACQ),
+    items: list[hd.sr.ContentItem] = [hd.sr.NumContentItem(name=codes.DCM.PixelDataRows, value=ds.Rows, unit=_PIXELS, relationship_type=_ACQ),
              hd.sr.NumContentItem(name=codes.DCM.PixelDataColumns, value=ds.Columns, unit=_PIXELS,
                                   relationship_type=_ACQ)]
     orientation = ds.get("PatientOrientation")
@@ -279,7 +279,7 @@ def read_sr_result(ds: Dataset) -> dict:
     """Reads what :func:`build_sr` wrote, through highdicom's TID 1500 accessors, so the review app
     and the tests check the SR a PACS would see rather than our input dict."""
     report = hd.sr.ComprehensiveSR.from_dataset(ds).content
-    groups = report.get_image_measurement_groups()
+    groups = report.get_image_measurement_groups()  # type: ignore[attr-defined]  # a MeasurementReport
     study = next(g for g in groups if g.tracking_identifier == _STUDY_GROUP)
     ensemble, members = _read_probabilities(study)
     sites = study.finding_sites
@@ -331,7 +331,7 @@ def _texts(item: Dataset) -> dict[str, list[str]]:
     return out
 
 
-def _read_probabilities(group) -> tuple[float, dict[str, float]]:
+def _read_probabilities(group) -> tuple[float | None, dict[str, float]]:
     """The ensemble's probability carries no algorithm of its own; a member's names its network."""
     ensemble, members = None, {}
     for m in group.get_measurements(name=_PROB):
