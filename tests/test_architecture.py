@@ -60,3 +60,11 @@ def test_export_labels_says_where_it_moved(capsys):
 
     assert main(["export-labels", "--config", "listener.toml", "out"]) == 2
     assert "mura-listener export-labels" in capsys.readouterr().err
+
+
+def test_only_the_services_entry_points_start_the_review_app():
+    """The review builds on the listener; of the listener only the composition roots (the service
+    that runs the app beside it, the command line that exports its labels) may name it."""
+    importers = {module for module, names in _imports("listener").items()
+                 if not module.startswith("listener/review/") and any(n.startswith("listener.review") for n in names)}
+    assert importers <= {"listener/service.py", "listener/__main__.py"}
