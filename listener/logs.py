@@ -39,3 +39,8 @@ def setup_logging(fmt: str = "json", level: int = logging.INFO) -> None:
     root.setLevel(level)
     for noisy in ("pynetdicom", "openjpeg", "highdicom"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pydicom's validation of what it reads warns with the malformed value quoted, which can hold
+    # patient data; the service validates what it needs itself (scp.py, the reader)
+    import pydicom.config
+
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE

@@ -61,7 +61,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
+import warnings
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +91,31 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+class _WithholdValues(logging.Filter):
+    """pydicom's reading validation quotes the offending value in full ("Invalid value for VR UI:
+    '1.2.840...^DOE^JANE...'"), and a corrupt length can make that value swallow the patient's
+    name: the message keeps what was wrong and where, never the value."""
+
+    _QUOTED = re.compile(r"(['\"]).*\1", re.S)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "Invalid value" in message or "value for VR" in message:
+            record.msg, record.args = self._QUOTED.sub("(value withheld)", message), ()
+        return True
+
+
+logging.getLogger("pydicom").addFilter(_WithholdValues())
+
+
+@contextmanager
+def _values_withheld():
+    """The same quoted values also go out as Python warnings, which a command line prints."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*Invalid value for VR")
+        yield
 
 #: Percentiles of the modality values mapped to 0 and 1 when a DICOM image has no VOI.
 PERCENTILES: tuple[float, float] = (0.5, 99.5)
@@ -246,7 +274,8 @@ def read_radiograph(path: Any) -> tuple[np.ndarray, dict]:
     import pydicom
 
     try:
-        ds = pydicom.dcmread(p, force=True)
+        with _values_withheld():
+            ds = pydicom.dcmread(p, force=True)
     except Exception as e:  # truncated or corrupt header
         raise RadiographReadError(p, f"cannot parse DICOM: {_describe(e)}") from None
     return read_radiograph_dataset(ds, p)
@@ -258,7 +287,8 @@ def read_radiograph_dataset(ds: Any, path: Any = "<dataset>") -> tuple[np.ndarra
     may be touched: a missing file meta Transfer Syntax UID is filled in from its encoding."""
     p = str(path)
     try:
-        return _dicom_to_radiograph(ds, p)
+        with _values_withheld():  # values convert lazily: here, not in dcmread
+            return _dicom_to_radiograph(ds, p)
     except RadiographReadError as e:
         raise RadiographReadError(p, _scrub(str(e.reason), ds)) from None
     except Exception as e:  # a value pydicom cannot convert, an unexpected layout...
