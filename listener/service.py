@@ -15,6 +15,7 @@ import threading
 
 from listener.config import ListenerConfig, load_config
 from listener.exporter import Exporter
+from listener.paths import database_path
 from listener.scp import StorageSCP
 from listener.spool import Spool
 from listener.store import Store
@@ -25,7 +26,7 @@ logger = logging.getLogger("listener.service")
 
 
 def open_store(config: ListenerConfig) -> Store:
-    return Store(config.spool_dir / "queue.sqlite3")
+    return Store(database_path(config.spool_dir))
 
 
 def _worker_main(config_path: str, stop, log_format: str) -> None:

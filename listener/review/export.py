@@ -17,6 +17,7 @@ from pathlib import Path
 import pydicom
 
 from listener.config import ListenerConfig
+from listener.paths import database_path
 from listener.review.agreement import agreement_rows, write_agreement
 from listener.review.datastore import radiograph_png
 from listener.review.labels import LabelStore
@@ -36,7 +37,7 @@ def _reviewed_studies(config: ListenerConfig) -> tuple[list[dict], dict[str, int
     """The studies with a final label, as records; and how many were left out, by reason."""
     from mura_monai.constants import BODY_PARTS, DICOM_BODY_PART
 
-    store = Store(config.spool_dir / "queue.sqlite3")
+    store = Store(database_path(config.spool_dir))
     labels = LabelStore(store)
     labels.record_originals()
     latest = labels.latest_study_labels()

@@ -1,9 +1,10 @@
 """Labels of the review: the model's finding (tag ``original``) and the reviewer's (tag ``final``).
 
-They live in the listener's own database (``queue.sqlite3``) beside the studies they label, so a
-backup of the spool holds the images, the results and the corrections together. Nothing is
-updated in place: a reviewer who changes their mind adds a row, the latest row of a tag wins,
-and the history of who said what when stays for audit and for the agreement table.
+They live in the listener's own database (:func:`listener.paths.database_path`) beside the
+studies they label, so a backup of the spool holds the images, the results and the corrections
+together. Nothing is updated in place: a reviewer who changes their mind adds a row, the latest
+row of a tag wins, and the history of who said what when stays for audit and for the agreement
+table.
 
 A label names a study, or one image of it (``sop_instance_uid``); MURA labels studies, so the
 study's own label is what the worklist, the export and the SR use.
