@@ -18,7 +18,7 @@ from listener.exporter import Exporter
 from listener.paths import database_path
 from listener.scp import StorageSCP
 from listener.spool import Spool
-from listener.store import Store
+from listener.store import ExportState, Store
 
 __all__ = ["ListenerService", "open_store", "status_rows"]
 
@@ -133,8 +133,8 @@ def status_rows(config: ListenerConfig) -> list[dict]:
             "probability": result.get("probability"),
             "abnormal": result.get("abnormal"),
             "uncertain": result.get("uncertain"),
-            "exports_pending": sum(o["state"] == "pending" for o in outbox),
-            "exports_sent": sum(o["state"] == "sent" for o in outbox),
+            "exports_pending": sum(o["state"] == ExportState.PENDING for o in outbox),
+            "exports_sent": sum(o["state"] == ExportState.SENT for o in outbox),
             "reason": study.reason,
         })
     return rows
