@@ -15,6 +15,7 @@ from collections import defaultdict
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
+from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from listener.config import Destination, ListenerConfig
 from listener.paths import log_ref
@@ -23,6 +24,9 @@ from listener.store import Export, Store
 __all__ = ["Exporter", "destination_key", "next_attempt"]
 
 logger = logging.getLogger("listener.exporter")
+
+# a warning (e.g. 0xB000 coercion of data elements) still means the PACS stored the file
+_DELIVERED = (STATUS_SUCCESS, STATUS_WARNING)
 
 
 def destination_key(destination: Destination) -> str:
@@ -91,7 +95,7 @@ class Exporter:
             for export, ds in datasets:
                 status = assoc.send_c_store(ds)
                 code = int(status.Status) if status and "Status" in status else None
-                if code is not None and (code == 0 or 0xB000 <= code <= 0xBFFF):
+                if code is not None and code_to_category(code) in _DELIVERED:
                     self.store.export_done(export.id, now)
                     sent += 1
                     logger.info("result sent", extra={"destination": destination_key(destination),
