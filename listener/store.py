@@ -334,6 +334,21 @@ class Store:
     def studies(self) -> list[Study]:
         return [_study(r) for r in self._db().execute("SELECT * FROM studies ORDER BY last_received DESC")]
 
+    def study_keys(self) -> list[str]:
+        return [r[0] for r in self._db().execute("SELECT study_key FROM studies")]
+
+    def instance_index(self) -> list[tuple[str, str]]:
+        """``(study key, SOP Instance UID)`` of every instance, without the rest of their rows."""
+        return [(r[0], r[1]) for r in self._db().execute("SELECT study_key, sop_instance_uid FROM instances")]
+
+    def analysis_versions(self) -> dict[str, int | None]:
+        """Study key -> the ``analysis_version`` its current result names (None in a result from
+        before results named it), for every study with a result; read without decoding the
+        results, since the review asks on every page."""
+        rows = self._db().execute(
+            "SELECT study_key, json_extract(result, '$.analysis_version') FROM studies WHERE result IS NOT NULL")
+        return {r[0]: r[1] for r in rows}
+
     def outbox(self, key: str | None = None) -> list[dict]:
         query = "SELECT * FROM outbox" + (" WHERE study_key=?" if key else "") + " ORDER BY id"
         return [dict(r) for r in self._db().execute(query, (key,) if key else ())]

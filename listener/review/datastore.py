@@ -142,11 +142,11 @@ class ReviewDatastore:
 
     # -- ids --------------------------------------------------------------------------------
     def _reindex(self) -> None:
-        db = self.store.connection()
+        keys, instances = self.store.study_keys(), self.store.instance_index()
         with self._lock:
-            for (key,) in db.execute("SELECT study_key FROM studies"):
+            for key in keys:
                 self._study_keys[study_id(key)] = key
-            for key, uid in db.execute("SELECT study_key, sop_instance_uid FROM instances"):
+            for key, uid in instances:
                 self._images[image_id(uid)] = (key, uid)
 
     def study_key(self, sid: str) -> str | None:
