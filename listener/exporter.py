@@ -7,7 +7,6 @@ after it was queued is given up with a log line and its study marked failed.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -16,13 +15,18 @@ from collections import defaultdict
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
+from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from listener.config import Destination, ListenerConfig
+from listener.paths import log_ref
 from listener.store import Export, Store
 
 __all__ = ["Exporter", "destination_key", "next_attempt"]
 
 logger = logging.getLogger("listener.exporter")
+
+# a warning (e.g. 0xB000 coercion of data elements) still means the PACS stored the file
+_DELIVERED = (STATUS_SUCCESS, STATUS_WARNING)
 
 
 def destination_key(destination: Destination) -> str:
@@ -35,10 +39,6 @@ def next_attempt(destination: Destination, attempts: int, created_at: float, now
     if now - created_at >= destination.give_up_after_s:
         return None
     return now + min(destination.retry_max_s, destination.retry_initial_s * 2 ** attempts)
-
-
-def _ref(study_key: str) -> str:
-    return hashlib.sha256(study_key.encode()).hexdigest()[:12]
 
 
 class Exporter:
@@ -95,11 +95,11 @@ class Exporter:
             for export, ds in datasets:
                 status = assoc.send_c_store(ds)
                 code = int(status.Status) if status and "Status" in status else None
-                if code is not None and (code == 0 or 0xB000 <= code <= 0xBFFF):
+                if code is not None and code_to_category(code) in _DELIVERED:
                     self.store.export_done(export.id, now)
                     sent += 1
                     logger.info("result sent", extra={"destination": destination_key(destination),
-                                                      "study_ref": _ref(export.study_key), "outbox_id": export.id})
+                                                      "study_ref": log_ref(export.study_key), "outbox_id": export.id})
                 else:
                     reason = f"C-STORE status 0x{code:04X}" if code is not None else "no C-STORE response"
                     self._failed(export, destination, reason, now)
@@ -110,7 +110,7 @@ class Exporter:
     def _failed(self, export: Export, destination: Destination | None, reason: str, now: float) -> None:
         retry_at = next_attempt(destination, export.attempts, export.created_at, now) if destination else None
         self.store.export_failed(export.id, reason, retry_at, now)
-        extra = {"destination": export.destination, "study_ref": _ref(export.study_key), "outbox_id": export.id,
+        extra = {"destination": export.destination, "study_ref": log_ref(export.study_key), "outbox_id": export.id,
                  "reason": reason, "attempts": export.attempts + 1}
         if retry_at is None:
             logger.error("result given up", extra=extra)

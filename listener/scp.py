@@ -18,8 +18,6 @@ import ssl
 from collections.abc import Callable
 
 from pydicom.encaps import parse_basic_offsets
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
@@ -208,9 +206,7 @@ class StorageSCP:
         if sop_uid != str(event.request.AffectedSOPInstanceUID):
             raise _Reject("does_not_match", "SOPInstanceUID differs from the C-STORE request's")
         _check_pixels(ds, UID(event.context.transfer_syntax))
-        meta = DicomBytesIO()
-        write_file_meta_info(meta, event.file_meta)
         final = self.spool.instance_path(study_uid, sop_uid)
-        self.spool.write_durably([b"\x00" * 128, b"DICM", meta.getvalue(), event.request.DataSet.getvalue()], final)
+        self.spool.write_durably([event.encoded_dataset()], final)  # preamble, file meta, the data set as sent
         self.store.record_instance(sop_uid, study_uid, calling_ae, str(event.request.AffectedSOPClassUID), final)
         return final

@@ -15,10 +15,11 @@ import threading
 
 from listener.config import ListenerConfig, load_config
 from listener.exporter import Exporter
+from listener.paths import database_path
 from listener.processes import stop_when_parent_dies
 from listener.scp import StorageSCP
 from listener.spool import Spool
-from listener.store import Store
+from listener.store import ExportState, Store
 
 __all__ = ["ListenerService", "open_store", "status_rows"]
 
@@ -26,7 +27,7 @@ logger = logging.getLogger("listener.service")
 
 
 def open_store(config: ListenerConfig) -> Store:
-    return Store(config.spool_dir / "queue.sqlite3")
+    return Store(database_path(config.spool_dir))
 
 
 def _worker_main(config_path: str, stop, log_format: str) -> None:
@@ -132,8 +133,8 @@ def status_rows(config: ListenerConfig) -> list[dict]:
             **({"body_part": study.result.body_part, "probability": study.result.probability,
                 "abnormal": study.result.abnormal, "uncertain": study.result.uncertain} if study.result else
                dict.fromkeys(("body_part", "probability", "abnormal", "uncertain"))),
-            "exports_pending": sum(o["state"] == "pending" for o in outbox),
-            "exports_sent": sum(o["state"] == "sent" for o in outbox),
+            "exports_pending": sum(o["state"] == ExportState.PENDING for o in outbox),
+            "exports_sent": sum(o["state"] == ExportState.SENT for o in outbox),
             "reason": study.reason,
         })
     return rows

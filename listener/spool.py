@@ -7,17 +7,14 @@ support tickets).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from listener.paths import spool_name
+
 __all__ = ["Spool"]
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 class Spool:
@@ -34,7 +31,7 @@ class Spool:
             leftover.unlink(missing_ok=True)
 
     def instance_path(self, study_uid: str, sop_instance_uid: str) -> Path:
-        return self.instances / _digest(study_uid) / f"{_digest(sop_instance_uid)}.dcm"
+        return self.instances / spool_name(study_uid) / f"{spool_name(sop_instance_uid)}.dcm"
 
     def write_durably(self, chunks, final_path: Path) -> Path:
         """Write ``chunks`` (bytes objects) to ``final_path`` all or nothing, durably."""

@@ -12,6 +12,7 @@ Study states, as the status command shows them:
 """
 from __future__ import annotations
 
+import enum
 import json
 import sqlite3
 import threading
@@ -23,11 +24,31 @@ from pathlib import Path
 
 from mura_monai.results import StudyResult
 
-__all__ = ["STATES", "Export", "Store", "Study"]
+__all__ = ["STATES", "Export", "ExportState", "Store", "Study", "StudyState"]
 
-STATES = ("received", "waiting", "analysing", "analysed", "sent", "failed")
 
-_SCHEMA = """
+class StudyState(enum.StrEnum):
+    """Where a study stands (see the module's docstring); stored as the value."""
+
+    RECEIVED = "received"
+    WAITING = "waiting"
+    ANALYSING = "analysing"
+    ANALYSED = "analysed"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class ExportState(enum.StrEnum):
+    """Where one outbox file stands: waiting for its next attempt, stored by the PACS, or given up."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    GAVE_UP = "gave_up"
+
+
+STATES = tuple(state.value for state in StudyState)
+
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS instances (
     sop_instance_uid TEXT PRIMARY KEY,
     study_key TEXT NOT NULL,
@@ -60,7 +81,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     destination TEXT NOT NULL,
     path TEXT NOT NULL,
     priority INTEGER NOT NULL DEFAULT 0,
-    state TEXT NOT NULL DEFAULT 'pending',
+    state TEXT NOT NULL DEFAULT '{ExportState.PENDING.value}',
     attempts INTEGER NOT NULL DEFAULT 0,
     created_at REAL NOT NULL,
     next_attempt_at REAL NOT NULL,
@@ -80,7 +101,7 @@ class Study:
     key: str
     study_uid: str
     calling_ae: str
-    state: str
+    state: StudyState
     attempts: int
     version: int
     priority: int
@@ -102,7 +123,7 @@ class Export:
 
 def _study(row: sqlite3.Row) -> Study:
     return Study(
-        key=row["study_key"], study_uid=row["study_uid"], calling_ae=row["calling_ae"], state=row["state"],
+        key=row["study_key"], study_uid=row["study_uid"], calling_ae=row["calling_ae"], state=StudyState(row["state"]),
         attempts=row["attempts"], version=row["version"], priority=row["priority"], last_received=row["last_received"],
         reason=row["reason"], result=StudyResult.from_json(json.loads(row["result"])) if row["result"] else None, sr_path=row["sr_path"],
     )
@@ -172,11 +193,13 @@ class Store:
             )
             db.execute(
                 "INSERT INTO studies (study_key, study_uid, calling_ae, state, first_received, last_received, updated_at) "
-                "VALUES (?, ?, ?, 'received', ?, ?, ?) ON CONFLICT(study_key) DO UPDATE SET "
-                "state=CASE WHEN studies.state='analysing' THEN 'analysing' ELSE 'received' END, "
+                "VALUES (:key, :study_uid, :calling_ae, :received, :now, :now, :now) ON CONFLICT(study_key) DO UPDATE SET "
+                "state=CASE WHEN studies.state=:analysing THEN :analysing ELSE :received END, "
                 "last_received=excluded.last_received, updated_at=excluded.updated_at, attempts=CASE WHEN "
-                "studies.state IN ('failed', 'analysed', 'sent') THEN 0 ELSE studies.attempts END",
-                (key, study_uid, calling_ae.strip(), now, now, now),
+                "studies.state IN (:failed, :analysed, :sent) THEN 0 ELSE studies.attempts END",
+                {"key": key, "study_uid": study_uid, "calling_ae": calling_ae.strip(), "now": now,
+                 "received": StudyState.RECEIVED, "analysing": StudyState.ANALYSING, "failed": StudyState.FAILED,
+                 "analysed": StudyState.ANALYSED, "sent": StudyState.SENT},
             )
         return key
 
@@ -190,26 +213,30 @@ class Store:
         now = time.time() if now is None else now
         with self._write() as db:
             keys = [r[0] for r in db.execute(
-                "SELECT study_key FROM studies WHERE state='received' AND last_received <= ?", (now - stable_age_s,))]
-            db.executemany("UPDATE studies SET state='waiting', updated_at=? WHERE study_key=?", [(now, k) for k in keys])
+                "SELECT study_key FROM studies WHERE state=? AND last_received <= ?",
+                (StudyState.RECEIVED, now - stable_age_s))]
+            db.executemany("UPDATE studies SET state=?, updated_at=? WHERE study_key=?",
+                           [(StudyState.WAITING, now, k) for k in keys])
         return keys
 
     def recover(self) -> int:
         """At start: studies a dead worker had claimed are queued again; returns how many."""
         with self._write() as db:
-            return db.execute("UPDATE studies SET state='waiting' WHERE state='analysing'").rowcount
+            return db.execute("UPDATE studies SET state=? WHERE state=?",
+                              (StudyState.WAITING, StudyState.ANALYSING)).rowcount
 
     def claim(self, now: float | None = None) -> Study | None:
         """The next waiting study for the worker (oldest first), marked ``analysing``."""
         now = time.time() if now is None else now
         with self._write() as db:
-            row = db.execute("SELECT * FROM studies WHERE state='waiting' ORDER BY last_received LIMIT 1").fetchone()
+            row = db.execute("SELECT * FROM studies WHERE state=? ORDER BY last_received LIMIT 1",
+                             (StudyState.WAITING,)).fetchone()
             if row is None:
                 return None
-            db.execute("UPDATE studies SET state='analysing', claimed_at=?, attempts=attempts+1, updated_at=? "
-                       "WHERE study_key=?", (now, now, row["study_key"]))
+            db.execute("UPDATE studies SET state=?, claimed_at=?, attempts=attempts+1, updated_at=? "
+                       "WHERE study_key=?", (StudyState.ANALYSING, now, now, row["study_key"]))
         study = _study(row)
-        study.state, study.attempts = "analysing", study.attempts + 1
+        study.state, study.attempts = StudyState.ANALYSING, study.attempts + 1
         return study
 
     def finish(self, key: str, result: StudyResult, outputs: list[str | Path], destinations: list[str], priority: int,
@@ -222,7 +249,7 @@ class Store:
             row = db.execute("SELECT version, last_received, claimed_at FROM studies WHERE study_key=?", (key,)).fetchone()
             version = row["version"] + 1
             newer = row["claimed_at"] is not None and row["last_received"] > row["claimed_at"]
-            state = "received" if newer else ("analysed" if outputs and destinations else "sent")
+            state = StudyState.RECEIVED if newer else (StudyState.ANALYSED if outputs and destinations else StudyState.SENT)
             db.execute("UPDATE studies SET state=?, version=?, priority=?, result=?, sr_path=?, reason=NULL, updated_at=? "
                        "WHERE study_key=?", (state, version, priority, json.dumps(result.to_json()), str(sr_path) if sr_path else None,
                                              now, key))
@@ -242,8 +269,9 @@ class Store:
         with self._write() as db:
             version = db.execute("SELECT version FROM studies WHERE study_key=?", (key,)).fetchone()["version"] + 1
             db.execute("UPDATE studies SET version=?, sr_path=?, updated_at=?, state=CASE WHEN state IN "
-                       "('analysed', 'sent', 'failed') THEN 'analysed' ELSE state END WHERE study_key=?",
-                       (version, str(sr_path), now, key))
+                       "(?, ?, ?) THEN ? ELSE state END WHERE study_key=?",
+                       (version, str(sr_path), now, StudyState.ANALYSED, StudyState.SENT, StudyState.FAILED,
+                        StudyState.ANALYSED, key))
             db.executemany(
                 "INSERT INTO outbox (study_key, version, destination, path, priority, created_at, next_attempt_at) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -251,13 +279,13 @@ class Store:
             )
         return version
 
-    def fail(self, key: str, reason: str, retry: bool, max_attempts: int, now: float | None = None) -> str:
+    def fail(self, key: str, reason: str, retry: bool, max_attempts: int, now: float | None = None) -> StudyState:
         """A study that could not be analysed: queued again while ``retry`` and attempts remain,
         else ``failed`` with its reason (never retried forever). Returns the new state."""
         now = time.time() if now is None else now
         with self._write() as db:
             attempts = db.execute("SELECT attempts FROM studies WHERE study_key=?", (key,)).fetchone()[0]
-            state = "waiting" if retry and attempts < max_attempts else "failed"
+            state = StudyState.WAITING if retry and attempts < max_attempts else StudyState.FAILED
             db.execute("UPDATE studies SET state=?, reason=?, updated_at=? WHERE study_key=?", (state, reason, now, key))
         return state
 
@@ -266,14 +294,15 @@ class Store:
         """Pending files whose next attempt is due; abnormal and uncertain studies first."""
         now = time.time() if now is None else now
         rows = self._db().execute(
-            "SELECT * FROM outbox WHERE state='pending' AND next_attempt_at <= ? "
-            "ORDER BY priority DESC, id LIMIT ?", (now, limit))
+            "SELECT * FROM outbox WHERE state=? AND next_attempt_at <= ? "
+            "ORDER BY priority DESC, id LIMIT ?", (ExportState.PENDING, now, limit))
         return [Export(r["id"], r["study_key"], r["destination"], r["path"], r["attempts"], r["created_at"]) for r in rows]
 
     def export_done(self, export_id: int, now: float | None = None) -> None:
         now = time.time() if now is None else now
         with self._write() as db:
-            db.execute("UPDATE outbox SET state='sent', attempts=attempts+1, last_error=NULL WHERE id=?", (export_id,))
+            db.execute("UPDATE outbox SET state=?, attempts=attempts+1, last_error=NULL WHERE id=?",
+                       (ExportState.SENT, export_id))
             self._settle(db, export_id, now)
 
     def export_failed(self, export_id: int, error: str, next_attempt_at: float | None, now: float | None = None) -> None:
@@ -281,8 +310,8 @@ class Store:
         now = time.time() if now is None else now
         with self._write() as db:
             if next_attempt_at is None:
-                db.execute("UPDATE outbox SET state='gave_up', attempts=attempts+1, last_error=? WHERE id=?",
-                           (error, export_id))
+                db.execute("UPDATE outbox SET state=?, attempts=attempts+1, last_error=? WHERE id=?",
+                           (ExportState.GAVE_UP, error, export_id))
             else:
                 db.execute("UPDATE outbox SET attempts=attempts+1, last_error=?, next_attempt_at=? WHERE id=?",
                            (error, next_attempt_at, export_id))
@@ -293,11 +322,11 @@ class Store:
         """An analysed study whose outbox emptied is ``sent`` (or ``failed`` if a file was given up)."""
         key = db.execute("SELECT study_key FROM outbox WHERE id=?", (export_id,)).fetchone()[0]
         counts = dict(db.execute("SELECT state, COUNT(*) FROM outbox WHERE study_key=? GROUP BY state", (key,)).fetchall())
-        if counts.get("pending"):
+        if counts.get(ExportState.PENDING):
             return
-        state, reason = ("failed", "export given up") if counts.get("gave_up") else ("sent", None)
+        state, reason = (StudyState.FAILED, "export given up") if counts.get(ExportState.GAVE_UP) else (StudyState.SENT, None)
         db.execute("UPDATE studies SET state=?, reason=COALESCE(?, reason), updated_at=? "
-                   "WHERE study_key=? AND state='analysed'", (state, reason, now, key))
+                   "WHERE study_key=? AND state=?", (state, reason, now, key, StudyState.ANALYSED))
 
     # -- status ----------------------------------------------------------------------------
     def study(self, key: str) -> Study | None:
@@ -306,6 +335,21 @@ class Store:
 
     def studies(self) -> list[Study]:
         return [_study(r) for r in self._db().execute("SELECT * FROM studies ORDER BY last_received DESC")]
+
+    def study_keys(self) -> list[str]:
+        return [r[0] for r in self._db().execute("SELECT study_key FROM studies")]
+
+    def instance_index(self) -> list[tuple[str, str]]:
+        """``(study key, SOP Instance UID)`` of every instance, without the rest of their rows."""
+        return [(r[0], r[1]) for r in self._db().execute("SELECT study_key, sop_instance_uid FROM instances")]
+
+    def analysis_versions(self) -> dict[str, int | None]:
+        """Study key -> the ``analysis_version`` its current result names (None in a result from
+        before results named it), for every study with a result; read without decoding the
+        results, since the review asks on every page."""
+        rows = self._db().execute(
+            "SELECT study_key, json_extract(result, '$.analysis_version') FROM studies WHERE result IS NOT NULL")
+        return {r[0]: r[1] for r in rows}
 
     def outbox(self, key: str | None = None) -> list[dict]:
         query = "SELECT * FROM outbox" + (" WHERE study_key=?" if key else "") + " ORDER BY id"

@@ -8,7 +8,6 @@ a worker that dies mid-study leaves the study ``analysing`` and the next worker 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import threading
 from pathlib import Path
@@ -17,6 +16,7 @@ import pydicom
 
 from listener.config import ListenerConfig
 from listener.exporter import destination_key
+from listener.paths import analysis_dir, log_ref
 from listener.store import Store, Study
 from mura_monai.results import StudyResult
 
@@ -26,15 +26,9 @@ logger = logging.getLogger("listener.worker")
 
 
 def results_dir(spool_dir: Path, study: Study, version: int) -> Path:
-    """Where one analysis of a study writes its heatmaps and DICOM objects (no UIDs in the name:
-    folder names end up in logs)."""
-    digest = hashlib.sha256(study.key.encode()).hexdigest()[:16]
-    return spool_dir / "results" / digest / f"v{version}"
-
-
-def study_ref(study: Study) -> str:
-    """A short stable reference for log lines: logs must not carry the StudyInstanceUID."""
-    return hashlib.sha256(study.key.encode()).hexdigest()[:12]
+    """Where one analysis of a study writes its heatmaps and DICOM objects (kept for importers;
+    the layout is :func:`listener.paths.analysis_dir`'s)."""
+    return analysis_dir(spool_dir, study.key, version)
 
 
 def load_predictor(config: ListenerConfig):
@@ -79,7 +73,7 @@ class Worker:
         study = self.store.claim()
         if study is None:
             return False
-        ref = study_ref(study)
+        ref = log_ref(study.key)
         try:
             version, result = self.analyse(study)
         except AnalysisError as exc:

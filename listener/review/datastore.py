@@ -8,7 +8,6 @@ since a hash never changes its meaning.
 """
 from __future__ import annotations
 
-import hashlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pydicom
 
 from listener.config import ListenerConfig
+from listener.paths import database_path, review_ref
 from listener.review.labels import Label, LabelStore, review_state
 from listener.store import Store, Study
 from mura_monai.body_parts import body_part_of
@@ -27,16 +27,12 @@ __all__ = ["ReviewDatastore", "ReviewImage", "ReviewStudy", "image_id", "study_i
 _HEADER_KEYWORDS = ("AccessionNumber", "StudyDate", "StudyDescription", "BodyPartExamined", "PatientName")
 
 
-def _short_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def study_id(study_key: str) -> str:
-    return "s" + _short_hash(study_key)
+    return "s" + review_ref(study_key)
 
 
 def image_id(sop_instance_uid: str) -> str:
-    return "i" + _short_hash(sop_instance_uid)
+    return "i" + review_ref(sop_instance_uid)
 
 
 @dataclass
@@ -128,7 +124,7 @@ class ReviewDatastore:
 
     def __init__(self, config: ListenerConfig) -> None:
         self.config = config
-        self.store = Store(config.spool_dir / "queue.sqlite3")
+        self.store = Store(database_path(config.spool_dir))
         self.labels = LabelStore(self.store)
         self._lock = threading.Lock()
         self._study_keys: dict[str, str] = {}      # study id -> study key
@@ -137,11 +133,11 @@ class ReviewDatastore:
 
     # -- ids --------------------------------------------------------------------------------
     def _reindex(self) -> None:
-        db = self.store.connection()
+        keys, instances = self.store.study_keys(), self.store.instance_index()
         with self._lock:
-            for (key,) in db.execute("SELECT study_key FROM studies"):
+            for key in keys:
                 self._study_keys[study_id(key)] = key
-            for key, uid in db.execute("SELECT study_key, sop_instance_uid FROM instances"):
+            for key, uid in instances:
                 self._images[image_id(uid)] = (key, uid)
 
     def study_key(self, sid: str) -> str | None:

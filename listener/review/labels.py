@@ -1,16 +1,16 @@
 """Labels of the review: the model's finding (tag ``original``) and the reviewer's (tag ``final``).
 
-They live in the listener's own database (``queue.sqlite3``) beside the studies they label, so a
-backup of the spool holds the images, the results and the corrections together. Nothing is
-updated in place: a reviewer who changes their mind adds a row, the latest row of a tag wins,
-and the history of who said what when stays for audit and for the agreement table.
+They live in the listener's own database (:func:`listener.paths.database_path`) beside the
+studies they label, so a backup of the spool holds the images, the results and the corrections
+together. Nothing is updated in place: a reviewer who changes their mind adds a row, the latest
+row of a tag wins, and the history of who said what when stays for audit and for the agreement
+table.
 
 A label names a study, or one image of it (``sop_instance_uid``); MURA labels studies, so the
 study's own label is what the worklist, the export and the SR use.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 
@@ -138,20 +138,23 @@ class LabelStore:
         """Give every analysed study whose current analysis has no ``original`` label one, from
         the model's result; returns how many were added. Idempotent, so any reader may call it
         (the worker stays unaware of the review)."""
-        missing = ("SELECT s.study_key, s.result FROM studies s WHERE s.result IS NOT NULL AND NOT EXISTS ("
-                   "SELECT 1 FROM labels l WHERE l.study_key=s.study_key AND l.tag='original' "
-                   "AND l.sop_instance_uid IS NULL AND l.analysis_version IS json_extract(s.result, '$.analysis_version'))")
-        if not self.store.connection().execute(missing + " LIMIT 1").fetchone():
+        if not self._unlabelled_analyses():
             return 0  # the common case, without taking the write lock
         added = 0
         with self.store.transaction() as db:
-            for row in db.execute(missing).fetchall():
-                result = json.loads(row["result"])
-                if "abnormal" not in result or "probability" not in result:
+            for key in self._unlabelled_analyses():  # again, under the lock: another reader may have added them
+                study = self.store.study(key)
+                result = study.result if study else None
+                if result is None:
                     continue
                 db.execute("INSERT INTO labels (study_key, tag, finding, probability, analysis_version, created_at) "
                            "VALUES (?, 'original', ?, ?, ?, ?)",
-                           (row["study_key"], "abnormal" if result["abnormal"] else "normal",
-                            float(result["probability"]), result.get("analysis_version"), time.time()))
+                           (key, result.finding, result.probability, result.analysis_version, time.time()))
                 added += 1
         return added
+
+    def _unlabelled_analyses(self) -> list[str]:
+        """Keys of the studies whose current analysis has no study-level ``original`` label."""
+        labelled = {(r[0], r[1]) for r in self.store.connection().execute(
+            "SELECT study_key, analysis_version FROM labels WHERE tag='original' AND sop_instance_uid IS NULL")}
+        return [key for key, version in self.store.analysis_versions().items() if (key, version) not in labelled]

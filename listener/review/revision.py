@@ -8,7 +8,6 @@ destination, where the exporter sends it like any result (retries included).
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pydicom
 
 from listener.config import ListenerConfig
 from listener.exporter import destination_key
+from listener.paths import log_ref, review_dir
 from listener.store import Store, Study
 from mura_monai.results import Algorithm, MemberVersion
 
@@ -65,13 +65,12 @@ def write_revision(config: ListenerConfig, store: Store, study: Study, finding: 
     sr = build_sr(result, sources, _algorithm(predecessor), predecessor=predecessor,
                   instance_number=int(predecessor.get("InstanceNumber") or 0) + 1, reviewer=reviewer,
                   finding_source=None if reviewer else "unattributed_api_client")
-    digest = hashlib.sha256(study.key.encode()).hexdigest()[:16]
-    folder = config.spool_dir / "results" / digest / f"review{sr.InstanceNumber}"
+    folder = review_dir(config.spool_dir, study.key, int(sr.InstanceNumber))
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "sr.dcm"
     sr.save_as(path, enforce_file_format=True)
     destinations = [destination_key(d) for d in config.destinations]
     version = store.add_revision(study.key, [path], destinations, priority=1, sr_path=path)
-    logger.info("corrected SR queued", extra={"study_ref": digest[:12], "version": version,
+    logger.info("corrected SR queued", extra={"study_ref": log_ref(study.key), "version": version,
                                               "destinations": len(destinations)})
     return path

@@ -705,10 +705,18 @@ class LoadRadiograph(LoadImage):
     ``ensure_channel_first=True``, ``image_only=True``, ``dtype=float32``.
 
     Only this reader is used: MONAI's default readers are neither tried as fallbacks nor
-    even constructed (constructing them has global side effects, e.g. MONAI's nvImageCodec
-    reader registers itself as a pydicom decoder plugin).  So every file goes through the same
-    normalisation, and a bad file raises :class:`RadiographReadError` itself rather than
-    MONAI's "cannot find a suitable reader".
+    even constructed.  So every file goes through the same normalisation, and a bad file raises
+    :class:`RadiographReadError` itself rather than MONAI's "cannot find a suitable reader".
+
+    Not tried: the reader is passed at call time, which ``LoadImage`` uses alone.  Not
+    constructed: ``LoadImage.__init__`` (MONAI 1.5/1.6) constructs every reader of
+    ``SUPPORTED_READERS`` whatever ``reader`` says, and constructing them is not inert: MONAI's
+    ``NvImgCodecPydicomReader`` registers nvImageCodec as pydicom's decoder for the whole process
+    where nvImageCodec, CuPy and CUDA are installed (then ``ds.pixel_array`` in this reader would
+    decode JPEG and JPEG 2000 with another library, on some machines only), and elsewhere logs a
+    warning and raises a ``UserWarning`` at every construction.  No argument of the constructor
+    avoids that, so ``__init__`` sets the constructor's attributes itself;
+    ``tests/data/test_radiograph_reader.py`` checks that they are still all of them.
     """
 
     def __init__(
@@ -759,7 +767,8 @@ class LoadRadiographd(LoadImaged):
         allow_missing_keys: bool = False,
         expanduser: bool = True,
     ) -> None:
-        # LoadImaged.__init__ would build a plain LoadImage (and MONAI's default readers)
+        # LoadImaged.__init__ would build a plain LoadImage, and so MONAI's default readers
+        # (see LoadRadiograph); the attributes it sets are checked by the reader's tests
         MapTransform.__init__(self, keys, allow_missing_keys)
         self._loader = LoadRadiograph(
             reader, image_only, dtype, ensure_channel_first, simple_keys, prune_meta_pattern, prune_meta_sep, expanduser

@@ -650,3 +650,21 @@ def test_loaders_use_only_the_radiograph_reader(tmp_path):
     assert out["image_meta_dict"]["format"] == "dicom"
     with pytest.raises(RadiographReadError):
         LoadRadiographd(keys="image")({"image": tmp_path / "absent.dcm"})
+
+
+def test_loaders_set_every_attribute_monais_constructors_set():
+    """LoadRadiograph(d) set LoadImage(d)'s attributes themselves (not to construct MONAI's default
+    readers): a MONAI release that adds one must fail here, not in the middle of a training run."""
+    import warnings
+
+    from monai.data.nvimgcodec_pydicom_plugin import is_nvimgcodec_available
+    from monai.transforms import LoadImage, LoadImaged
+
+    if is_nvimgcodec_available():
+        pytest.skip("constructing MONAI's default readers would register nvImageCodec with pydicom for the session")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # NvImgCodecPydicomReader's, at construction
+        monai_loader = LoadImage(reader=RadiographReader(), ensure_channel_first=True)
+        monai_dict_loader = LoadImaged(keys="image", reader=RadiographReader(), ensure_channel_first=True)
+    assert set(vars(monai_loader)) <= set(vars(LoadRadiograph()))
+    assert set(vars(monai_dict_loader)) <= set(vars(LoadRadiographd(keys="image")))
