@@ -63,7 +63,7 @@ def _status(config, as_json: bool) -> int:
 
 
 def main(args: list[str] | None = None) -> int:
-    parsed = _setup_argparser().parse_args(args)
+    parsed = _setup_argparser().parse_intermixed_args(args)  # OUT may come after --config
     from listener.config import ConfigError, load_config
 
     try:

@@ -8,6 +8,9 @@ import pytest
 from listener.config import ConfigError, load_config
 from listener.store import Store
 from tests.listener.support import write_config
+from mura_monai.results import StudyResult
+
+_RESULT = StudyResult(study="1.2.3", body_part="XR_WRIST", probability=0.2, abnormal=False, threshold=0.5)
 
 REPO_EXAMPLE = Path(__file__).resolve().parents[2] / "listener.example.toml"
 
@@ -42,12 +45,12 @@ def test_instances_after_an_analysis_reopen_the_study_for_a_new_version(tmp_path
     store.promote_stable(5, now=10)
     store.claim(now=10)
     store.record_instance("1.2", "9", "MOD", "cr", "b", now=11)  # arrives during the analysis
-    assert store.finish(key, {}, ["sr"], ["PACS@h:1"], 0, "sr", now=12) == 1
+    assert store.finish(key, _RESULT, ["sr"], ["PACS@h:1"], 0, "sr", now=12) == 1
     assert store.study(key).state == "received"  # analysed again with the new image
     store.promote_stable(5, now=20)
     study = store.claim(now=20)
     assert study.version == 1 and study.sr_path == "sr"  # the predecessor the next SR references
-    assert store.finish(key, {}, ["sr2"], ["PACS@h:1"], 0, "sr2", now=21) == 2
+    assert store.finish(key, _RESULT, ["sr2"], ["PACS@h:1"], 0, "sr2", now=21) == 2
     assert store.study(key).state == "analysed" and len(store.instances(key)) == 2
 
 

@@ -13,6 +13,7 @@ from listener.exporter import Exporter, destination_key
 from listener.store import Store
 from tests.listener.orthanc import OrthancServer, have_orthanc
 from tests.listener.support import load
+from mura_monai.results import StudyResult
 
 pytestmark = pytest.mark.skipif(not have_orthanc(), reason="Debian's orthanc not installed")
 
@@ -36,7 +37,7 @@ def _queue(store: Store, files, destination: str, priority: int, study_uid: str,
     key = store.record_instance(f"{study_uid}.1", study_uid, "MODALITY", "1.2", files[0], now=now)
     store.promote_stable(0, now=now)
     store.claim(now=now)
-    store.finish(key, {"abnormal": bool(priority)}, files, [destination], priority, None, now=now)
+    store.finish(key, StudyResult("1.2.3", "XR_WRIST", 0.9, bool(priority), 0.5), files, [destination], priority, None, now=now)
     return key
 
 
