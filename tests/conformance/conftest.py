@@ -1,15 +1,10 @@
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 
-from mura_monai.cli import main
-from mura_monai.model_settings import save_model_settings
 from tests.conformance.corpus import build_corpus
-from tests.ensemble_support import ENSEMBLE, REPO, random_member
+from tests.ensemble_support import one_member_ensemble
 
 
 @pytest.fixture(scope="session")
@@ -28,19 +23,7 @@ def conformance_ensemble(synth_root, tmp_path_factory):
     whole (decoding, grouping, calibration, SR, SC). (The listener's pass over the corpus is in
     tests/listener/test_clients.py, beside the other clients.)
     """
-    base = tmp_path_factory.mktemp("conformance_ensemble")
-    bundle = base / "bundle"
-    (bundle / "configs").mkdir(parents=True)
-    config = json.loads((ENSEMBLE / "configs" / "inference.json").read_text())
-    config["members"] = [{"name": "resnet50", "weight": 1.0, "bundle": str(REPO / "bundles" / "resnet50")}]
-    (bundle / "configs" / "inference.json").write_text(json.dumps(config, indent=2))
-    (bundle / "configs" / "metadata.json").write_text((ENSEMBLE / "configs" / "metadata.json").read_text())
-    members, models = base / "members", base / "models"
-    random_member("resnet50", members / "resnet50", seed=0)
-    save_model_settings(members / "resnet50", image_size=32)  # the weights do not depend on the size
-    assert main(["fit-ensemble", "--bundle", str(bundle), "--dataset-dir", str(synth_root),
-                 "--members-models-dir", str(members), "--models-dir", str(models), "--device", "cpu"]) == 0
-    return {"bundle": bundle, "members": members, "models": models, "root": Path(synth_root)}
+    return one_member_ensemble(synth_root, tmp_path_factory.mktemp("conformance_ensemble"))
 
 
 @pytest.fixture
