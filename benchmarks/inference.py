@@ -23,6 +23,7 @@ import platform
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import cv2
@@ -135,7 +136,7 @@ def main() -> None:
         for member, name in zip(predictor.members, predictor.member_names):
             x = torch.stack(prepared[predictor.members.index(member)][: args.cam_images]).to(device)
             cams[name] = {
-                method: _timed(lambda: compute_cam(member.loaded.network, x, method=method), device, 1) / len(x)
+                method: _timed(partial(compute_cam, member.loaded.network, x, method=method), device, 1) / len(x)
                 for method in ("gradcam", "gradcampp", "smoothgrad")
             }
 
@@ -144,7 +145,8 @@ def main() -> None:
         "compared": "bare = no_grad forward of each member on prepared batches; ensemble_tensors = the same batches "
         "through BundlePredictor.forward + the fitted combination; ensemble_files = EnsemblePredictor.predict "
         "from 512x400 PNG files (decode + preprocessing + scoring)",
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": (torch.cuda.get_device_name(device) if device.type == "cuda"
+                   else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"),
         "members": list(MEMBERS),
         "image_size": args.image_size,
         "images": args.images,

@@ -149,7 +149,8 @@ def main() -> None:
     runs = {p: train_probe(data, p, args.epochs, args.batch_size, args.learning_rate, args.seed, args.network)
             for p in args.pooling}
     result = {
-        "what": f"validation study AUC per epoch of {'a 5-block CNN (0.1 M parameters)' if args.network == 'small' else args.network} "
+        "what": "validation study AUC per epoch of "
+                f"{'a 5-block CNN (0.1 M parameters)' if args.network == 'small' else args.network} "
                 "trained from scratch on the root in a bare torch loop",
         "dataset_dir": str(args.dataset_dir),
         "train_images": len(data["train"][0]), "valid_images": len(data["valid"][0]), "valid_studies": n_studies,

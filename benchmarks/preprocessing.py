@@ -33,7 +33,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "preprocessing.json"
 
 
 def _pipeline(size: int, enhancement: str) -> tuple[list, list]:
-    deterministic = [LoadRadiographd(keys="image"), *enhancement_transforms(enhancement), ResizeWithAspectPadd(keys="image", spatial_size=size)]
+    deterministic = [LoadRadiographd(keys="image"), *enhancement_transforms(enhancement),
+                     ResizeWithAspectPadd(keys="image", spatial_size=size)]
     random = [
         RandFlipd(keys="image", prob=0.5, spatial_axis=1),
         RandRotated(keys="image", range_x=0.5236, prob=0.5, padding_mode="zeros"),
@@ -58,7 +59,9 @@ def _model_rate(size: int, batch_size: int, steps: int) -> float:
     y = torch.randint(0, 2, (batch_size, 1)).float()
     loss_fn = torch.nn.BCEWithLogitsLoss()
     for _ in range(1):  # warm-up
-        opt.zero_grad(); loss_fn(net(x), y).backward(); opt.step()
+        opt.zero_grad()
+        loss_fn(net(x), y).backward()
+        opt.step()
     start = time.perf_counter()
     for _ in range(steps):
         opt.zero_grad()
@@ -103,7 +106,8 @@ def main() -> None:
         "images": len(data),
         "model_images_per_s": round(model, 1),
         "data_path": rows,
-        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(), "torch": torch.__version__},
+        "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+                    "torch": torch.__version__},
         "worst_ratio": min(min(r["uncached_ratio_to_model"], r["cached_ratio_to_model"]) for r in rows.values()),
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

@@ -160,7 +160,7 @@ def bench_bundle(bundle: str, dataset_dir: Path, work: Path, args, overrides: di
     cache_s = time.perf_counter() - start
     trainer = parser.get_parsed_content("train#trainer")
     loader = parser.get_parsed_content("train#dataloader")
-    network, loss_fn, optimizer = parser.get_parsed_content("network"), parser.get_parsed_content("loss"), parser.get_parsed_content("optimizer")
+    network, loss_fn, optimizer = (parser.get_parsed_content(key) for key in ("network", "loss", "optimizer"))
     prepare_batch = parser.get_parsed_content("train#prepare_batch")
     assert trainer.data_loader is loader and trainer.network is network and trainer.optimizer is optimizer
     device, amp = trainer.state.device, bool(trainer.amp)
@@ -212,7 +212,8 @@ def bench_bundle(bundle: str, dataset_dir: Path, work: Path, args, overrides: di
         "amp": amp,
         "parameters": sum(p.numel() for p in network.parameters()),
         "trainable_parameters": sum(p.numel() for p in network.parameters() if p.requires_grad),
-        "same_last_loss": all(abs(r["trainer_last_loss"] - r["bare_last_loss"]) <= 1e-4 * max(1.0, abs(r["bare_last_loss"])) for r in runs),
+        "same_last_loss": all(abs(r["trainer_last_loss"] - r["bare_last_loss"]) <= 1e-4 * max(1.0, abs(r["bare_last_loss"]))
+                              for r in runs),
         **({"target": "router"} if bundle == "efficientnet_b0_router" else {}),
         "runs": runs,
     }

@@ -19,10 +19,11 @@ from collections.abc import Callable
 
 from pydicom.encaps import parse_basic_offsets
 from pydicom.uid import (
+    JPEG2000,
+    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGExtended12Bit,
@@ -31,13 +32,12 @@ from pydicom.uid import (
     JPEGLSLossless,
     JPEGLSNearLossless,
     RLELossless,
-    UID,
 )
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import (
     ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForProcessing,
     DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing,
     Verification,
 )
 

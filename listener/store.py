@@ -125,7 +125,8 @@ def _study(row: sqlite3.Row) -> Study:
     return Study(
         key=row["study_key"], study_uid=row["study_uid"], calling_ae=row["calling_ae"], state=StudyState(row["state"]),
         attempts=row["attempts"], version=row["version"], priority=row["priority"], last_received=row["last_received"],
-        reason=row["reason"], result=StudyResult.from_json(json.loads(row["result"])) if row["result"] else None, sr_path=row["sr_path"],
+        reason=row["reason"], result=StudyResult.from_json(json.loads(row["result"])) if row["result"] else None,
+        sr_path=row["sr_path"],
     )
 
 
@@ -251,7 +252,8 @@ class Store:
             newer = row["claimed_at"] is not None and row["last_received"] > row["claimed_at"]
             state = StudyState.RECEIVED if newer else (StudyState.ANALYSED if outputs and destinations else StudyState.SENT)
             db.execute("UPDATE studies SET state=?, version=?, priority=?, result=?, sr_path=?, reason=NULL, updated_at=? "
-                       "WHERE study_key=?", (state, version, priority, json.dumps(result.to_json()), str(sr_path) if sr_path else None,
+                       "WHERE study_key=?", (state, version, priority, json.dumps(result.to_json()),
+                                             str(sr_path) if sr_path else None,
                                              now, key))
             db.executemany(
                 "INSERT INTO outbox (study_key, version, destination, path, priority, created_at, next_attempt_at) "

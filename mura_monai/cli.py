@@ -68,7 +68,8 @@ def _setup_argparser() -> argparse.ArgumentParser:
                           help="evaluate with Huschauer's zoom to attention, beside the same model without it")
 
     fit = sub.add_parser("fit-ensemble", help="fit an ensemble's combination, calibration and thresholds on a valid split")
-    fit.add_argument("--bundle", type=Path, required=True, help="ensemble bundle folder (configs/inference.json names the members)")
+    fit.add_argument("--bundle", type=Path, required=True,
+                     help="ensemble bundle folder (configs/inference.json names the members)")
     fit.add_argument("--dataset-dir", type=Path, required=True, help="MURA root whose valid split the ensemble is fitted on")
     fit.add_argument("--models-dir", type=Path, help="where ensemble.json goes (default: the bundle's models/)")
     fit.add_argument("--members-models-dir", type=Path, metavar="DIR",
@@ -150,7 +151,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     metrics = evaluated.metrics
     predictions = json.loads((args.output_dir / "predictions.json").read_text())
     samples = write_sample_heatmaps(evaluated.explainers, predictions, args.output_dir / "heatmaps", n=args.sample_heatmaps)
-    report = write_html_report(metrics, args.output_dir / "report.html", title=f"{args.bundle.resolve().name} on {args.dataset_dir}",
+    report = write_html_report(metrics, args.output_dir / "report.html",
+                               title=f"{args.bundle.resolve().name} on {args.dataset_dir}",
                                heatmaps=samples)
     print(format_metrics_table(metrics))
     print(f"metrics: {args.output_dir / 'metrics.json'}\nreport:  {report}")

@@ -72,7 +72,7 @@ class Calibrator:
     method: str = "none"
     params: dict = field(default_factory=dict)
 
-    def fit(self, scores: Sequence[float], labels: Sequence[int]) -> "Calibrator":
+    def fit(self, scores: Sequence[float], labels: Sequence[int]) -> Calibrator:
         _check_choice("calibration", self.method, CALIBRATIONS)
         s, y = np.asarray(scores, dtype=float), np.asarray(labels, dtype=int)
         if self.method == "none" or len(np.unique(y)) < 2:
@@ -158,7 +158,7 @@ class FittedEnsemble:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, doc: dict) -> "FittedEnsemble":
+    def from_dict(cls, doc: dict) -> FittedEnsemble:
         doc = dict(doc)
         doc["member_calibrators"] = [Calibrator(**c) for c in doc.get("member_calibrators", [])]
         doc["calibrator"] = Calibrator(**doc.get("calibrator", {}))
@@ -171,7 +171,7 @@ class FittedEnsemble:
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> "FittedEnsemble":
+    def load(cls, path: str | Path) -> FittedEnsemble:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"ensemble is not fitted: {path} (run `mura-monai fit-ensemble` first)")

@@ -87,7 +87,8 @@ def heatmap_settings(settings: Mapping) -> tuple[str, float]:
     return str(settings.get("heatmap_method", HEATMAP_METHOD)), float(settings.get("heatmap_alpha", HEATMAP_ALPHA))
 
 
-def write_sample_heatmaps(members, predictions: dict, out_dir: str | Path, n: int = 4, method: str = "gradcam") -> list[tuple[str, str]]:
+def write_sample_heatmaps(members, predictions: dict, out_dir: str | Path, n: int = 4,
+                          method: str = "gradcam") -> list[tuple[str, str]]:
     """Heatmaps of a few evaluated studies for the report: the most and the least suspicious
     abnormal studies and the most suspicious normal ones, so a reader sees hits and misses.
 

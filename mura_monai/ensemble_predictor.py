@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mura_monai.body_parts import UNKNOWN, study_body_part
 from mura_monai.constants import BODY_PARTS
 from mura_monai.data.mura import find_mura_root, mura_datalist
 from mura_monai.data.radiograph_reader import RadiographReadError
 from mura_monai.ensemble import FittedEnsemble, cross_fitted_probabilities, fit_ensemble_parameters, study_uncertainty
-from mura_monai.body_parts import UNKNOWN, study_body_part
 from mura_monai.inference import BundlePredictor, collect_inputs, image_source, read_inference_config, refused_records
 from mura_monai.metrics import AGGREGATIONS, group_by_study
 from mura_monai.results import SCHEMA_VERSION, Algorithm, ImageResult, ImageSource, MemberVersion, StudyResult

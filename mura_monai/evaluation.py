@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from monai.bundle import ConfigWorkflow
 
 from mura_monai.data.mura import find_mura_root

@@ -22,7 +22,8 @@ from monai.visualize import GradCAM, GradCAMpp, SmoothGrad
 from torch import nn
 
 __all__ = [
-    "CAM_METHODS", "HEATMAP_ALPHA", "HEATMAP_METHOD", "cam_to_original", "compute_cam", "ensemble_cam", "explain_image", "explain_prepared", "overlay", "target_layer",
+    "CAM_METHODS", "HEATMAP_ALPHA", "HEATMAP_METHOD", "cam_to_original", "compute_cam", "ensemble_cam", "explain_image",
+    "explain_prepared", "overlay", "target_layer",
     "write_overlay_png",
 ]
 

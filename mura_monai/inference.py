@@ -22,15 +22,22 @@ from mura_monai.body_parts import body_part_of, body_part_source, study_body_par
 from mura_monai.data.patient_metadata import image_metadata
 from mura_monai.data.radiograph_reader import RadiographReadError, is_dicom, require_plain_radiograph
 from mura_monai.metrics import AGGREGATIONS, group_by_study, study_probabilities
-from mura_monai.results import SCHEMA_VERSION, ImageResult, ImageSource, StudyResult
 from mura_monai.model_settings import load_model_settings
+from mura_monai.multiview import (
+    EARLY_FUSIONS,
+    VIEW_FUSION_FILE,
+    VIEW_FUSIONS,
+    LearnedViewFusion,
+    capture_features,
+    fuse_study,
+    last_linear,
+)
+from mura_monai.results import SCHEMA_VERSION, ImageResult, ImageSource, StudyResult
 from mura_monai.zoom import ZOOM_COMBINES, zoom_boxes
 from mura_monai.zoom import combine as combine_zoom
-from mura_monai.multiview import (
-    EARLY_FUSIONS, VIEW_FUSION_FILE, VIEW_FUSIONS, LearnedViewFusion, capture_features, fuse_study, last_linear,
-)
 
-__all__ = ["BundlePredictor", "body_part_of", "body_part_source", "collect_inputs", "group_studies", "image_record", "image_source", "read_inference_config", "refused_records", "study_body_part"]
+__all__ = ["BundlePredictor", "body_part_of", "body_part_source", "collect_inputs", "group_studies", "image_record",
+           "image_source", "read_inference_config", "refused_records", "study_body_part"]
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +175,8 @@ class BundlePredictor:
         self.view_fusion = _setting(parser, "view_fusion", self.loaded.aggregation)
         if self.view_fusion not in VIEW_FUSIONS:
             raise ValueError(f"view_fusion must be one of {list(VIEW_FUSIONS)}, got {self.view_fusion!r}")
-        self._learned = LearnedViewFusion.load(self._view_fusion_file(parser, ckpt_dir)) if self.view_fusion == "learned" else None
+        learned = self.view_fusion == "learned"
+        self._learned = LearnedViewFusion.load(self._view_fusion_file(parser, ckpt_dir)) if learned else None
         self._features: list[torch.Tensor] = []
         self.zoom = bool(_setting(parser, "zoom", False))
         self.zoom_threshold = float(_setting(parser, "zoom_threshold", 0.7))

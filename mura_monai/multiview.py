@@ -33,7 +33,8 @@ from mura_monai.metrics import AGGREGATIONS, binary_metrics, bootstrap_intervals
 from mura_monai.metrics import logit as _logit
 
 __all__ = [
-    "EARLY_FUSIONS", "LATE_FUSIONS", "VIEW_FUSION_FILE", "VIEW_FUSIONS", "LearnedViewFusion", "capture_features", "compare_view_fusions",
+    "EARLY_FUSIONS", "LATE_FUSIONS", "VIEW_FUSION_FILE", "VIEW_FUSIONS", "LearnedViewFusion", "capture_features",
+    "compare_view_fusions",
     "fuse_study", "last_linear",
 ]
 

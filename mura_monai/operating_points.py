@@ -12,7 +12,7 @@ image data".
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 from sklearn.metrics import precision_recall_curve, roc_curve
@@ -20,7 +20,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 __all__ = ["DEFAULT_OPERATING_POINT", "OPERATING_POINTS", "OperatingPoint", "operating_points", "sensitivity_specificity"]
 
 
-class OperatingPoint(str, Enum):
+class OperatingPoint(StrEnum):
     """A named way of choosing the threshold, with the words each audience reads it by: a short
     label (figures, tables), the meaning of its code in a DICOM SR, and one line of help (report)."""
 

@@ -61,7 +61,8 @@ def metrics_table_rows(metrics: dict) -> list[list[str]]:
     blocks = [(part, block) for part, block in metrics["per_body_part"].items()]
     blocks += [("ALL studies", metrics["study"]), ("ALL images", metrics["image"])]
     for name, block in blocks:
-        rows.append([name] + [format_with_ci(block, c) if c in ("auc", "kappa") else format_value(block.get(c, "")) for c in _COLUMNS])
+        rows.append([name] + [format_with_ci(block, c) if c in ("auc", "kappa") else format_value(block.get(c, ""))
+                              for c in _COLUMNS])
     return rows
 
 
@@ -265,7 +266,8 @@ def write_html_report(
 <style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>
 <table class="meta">{meta_html}</table>
 <h2>Metrics per body part</h2>
-<p>Study level (MURA's unit), at threshold {threshold:.3f}; AUC and &kappa; with bootstrap 95% intervals. The last row is image level.</p>
+<p>Study level (MURA's unit),
+at threshold {threshold:.3f}; AUC and &kappa; with bootstrap 95% intervals. The last row is image level.</p>
 {_table(report_table_rows(metrics), "metrics")}
 {_ensemble_section(metrics)}{_zoom_section(metrics)}{_view_fusion_section(path.parent)}<h2>Operating points</h2>
 {op_html}

@@ -24,8 +24,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from mura_monai.constants import BODY_PARTS
-from mura_monai.operating_points import OperatingPoint
-from mura_monai.operating_points import sensitivity_specificity
+from mura_monai.operating_points import OperatingPoint, sensitivity_specificity
 
 __all__ = [
     "POINT_LABELS",

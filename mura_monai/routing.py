@@ -40,7 +40,8 @@ from mura_monai.networks.routed import RoutedClassifier
 from mura_monai.report import format_patel_et_al_table
 
 __all__ = [
-    "ROUTER", "SHARED", "WHOLE_SET_TARGETS", "MANIFEST_FILE", "PART_INIT_CHOICES", "RoutingReportWriter", "transfer_network", "uses_shared_init",
+    "ROUTER", "SHARED", "WHOLE_SET_TARGETS", "MANIFEST_FILE", "PART_INIT_CHOICES", "RoutingReportWriter", "transfer_network",
+    "uses_shared_init",
     "initial_weights", "target_records", "trainable_targets", "validation_records", "train_pipeline",
     "combine_checkpoints", "build_routed_classifier",
 ]
@@ -182,7 +183,8 @@ def combine_checkpoints(ckpt_dir: str | Path, parts: list[str], helpers: list[st
     }
     if helper_summaries:
         summary["initialising_models"] = helper_summaries
-    summary |= {k: v for k, v in summaries[ROUTER].items() if k in ("bundle", "image_size", "batch_size", "learning_rate", "enhancement")}
+    shared = ("bundle", "image_size", "batch_size", "learning_rate", "enhancement")
+    summary |= {k: v for k, v in summaries[ROUTER].items() if k in shared}
     if is_main_process():
         torch.save(state, folder / BEST_MODEL_FILE)
         (folder / MANIFEST_FILE).write_text(json.dumps({"router": ROUTER, "parts": parts}, indent=2))

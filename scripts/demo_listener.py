@@ -12,10 +12,10 @@ from __future__ import annotations
 import io
 import json
 import signal
-import urllib.request
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pydicom

@@ -36,7 +36,8 @@ def test_synth_writes_a_mura_root_readable_by_the_index(tmp_path, capsys):
     "argv, fragment",
     [
         (["synth", "{tmp}/x", "--patients", "0"], "--patients must be at least 1, got 0"),
-        (["evaluate", "--bundle", "bundles/densenet169_wbce", "--dataset-dir", "{tmp}/nowhere", "--output-dir", "{tmp}/o"], "{tmp}/nowhere"),
+        (["evaluate", "--bundle", "bundles/densenet169_wbce", "--dataset-dir", "{tmp}/nowhere", "--output-dir", "{tmp}/o"],
+         "{tmp}/nowhere"),
         (["evaluate", "--bundle", "{tmp}/nobundle", "--dataset-dir", "{tmp}", "--output-dir", "{tmp}/o"], "{tmp}/nobundle"),
         (["infer", "--bundle", "{tmp}/nobundle", "{tmp}"], "{tmp}/nobundle/configs/inference.json"),
     ],

@@ -81,7 +81,8 @@ def test_evaluate_predictions_document_shape():
     assert doc["n_studies"] == 12 and doc["n_images"] == 24
     assert set(doc["per_body_part"]) == {"XR_HAND", "XR_WRIST"}
     for block in (doc["study"], doc["image"], *doc["per_body_part"].values()):
-        for key in ("auc", "kappa", "accuracy", "sensitivity", "specificity", "precision", "f1", "tp", "fp", "tn", "fn", "threshold", "ci95"):
+        for key in ("auc", "kappa", "accuracy", "sensitivity", "specificity", "precision", "f1", "tp", "fp", "tn", "fn",
+                    "threshold", "ci95"):
             assert key in block
     assert doc["study"]["auc"] == 1.0 and doc["study"]["tp"] == 4
     assert sum(b["n"] for b in doc["per_body_part"].values()) == 12

@@ -8,7 +8,12 @@ from torch import nn
 
 from mura_monai.cli import VIEW_FUSION_CHOICES
 from mura_monai.multiview import (
-    VIEW_FUSIONS, LearnedViewFusion, capture_features, compare_view_fusions, fuse_study, last_linear,
+    VIEW_FUSIONS,
+    LearnedViewFusion,
+    capture_features,
+    compare_view_fusions,
+    fuse_study,
+    last_linear,
 )
 
 

@@ -272,7 +272,8 @@ def _metrics() -> dict:
         "study": block(13, 7, 1, 19),
         "routing": {"router_accuracy": 0.95, "n_images": 40},
         "training": {"n_models": 3, "model_size_mb": 46.5, "train_time_s": 1234.4,
-                     "models": {ROUTER: {"model_size_mb": 15.5}, "XR_HAND": {"model_size_mb": 15.5}, "XR_WRIST": {"model_size_mb": 15.5}}},
+                     "models": {ROUTER: {"model_size_mb": 15.5}, "XR_HAND": {"model_size_mb": 15.5},
+                                "XR_WRIST": {"model_size_mb": 15.5}}},
     }
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from mura_monai.zoom import combine, zoom_boxes
 from tests.test_explain import BrightnessNet
 

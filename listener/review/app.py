@@ -78,7 +78,7 @@ def _finding(label_file: bytes | None, params: dict) -> str:
             value = parsed
     if value is None:
         value = params.get("finding", params.get("abnormal"))
-    value = {True: "abnormal", False: "normal", 1: "abnormal", 0: "normal", "1": "abnormal", "0": "normal"}.get(
+    value = {True: "abnormal", False: "normal", "1": "abnormal", "0": "normal"}.get(  # 1 and 0 are True and False
         value, value) if isinstance(value, (bool, int, str)) else value
     if value not in FINDINGS:
         raise _error(400, f"a label's finding must be one of {', '.join(FINDINGS)} (or 1/0)")

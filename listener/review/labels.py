@@ -65,7 +65,8 @@ class Label:
         return {"tag": self.tag, "finding": self.finding, "abnormal": self.finding == "abnormal",
                 "probability": self.probability, "reviewer": self.reviewer, "comment": self.comment,
                 "analysis_version": self.analysis_version, "time": self.created_at,
-                "attribution": ATTRIBUTION_UNATTRIBUTED if self.unattributed else ("model" if self.tag == "original" else "reviewer"),
+                "attribution": (ATTRIBUTION_UNATTRIBUTED if self.unattributed
+                                else "model" if self.tag == "original" else "reviewer"),
                 "client_id": self.client_id}
 
 

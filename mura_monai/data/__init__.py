@@ -10,17 +10,17 @@ from mura_monai.data.mura import (
     mura_study_datalist,
 )
 from mura_monai.data.patient_metadata import PatientMetadatad, load_patient_metadata
-from mura_monai.data.splits import holdout_split, select_body_part
 from mura_monai.data.radiograph_reader import (
     LoadRadiograph,
-    LoadRadiographd,
     LoadRadiographD,
+    LoadRadiographd,
     LoadRadiographDict,
     RadiographReader,
     RadiographReadError,
     is_dicom,
     read_radiograph,
 )
+from mura_monai.data.splits import holdout_split, select_body_part
 
 __all__ = [
     "LoadRadiograph",

@@ -255,7 +255,8 @@ def generate_mura_root(out_dir, patients: int, seed: int = 0, dicom_dir=None, va
             _write_csv_lines(p, lines)
             csv_paths[f"{s}_{kind}"] = str(p)
     metadata_csv = mura / "patient_metadata.csv"
-    _write_csv_lines(metadata_csv, ["patient,age,sex"] + [f"patient{p:05d},{age},{sex}" for p, (sex, age) in demographics.items()])
+    _write_csv_lines(metadata_csv,
+                     ["patient,age,sex"] + [f"patient{p:05d},{age},{sex}" for p, (sex, age) in demographics.items()])
     csv_paths["patient_metadata"] = str(metadata_csv)
     if writer is not None:
         writer.close()

@@ -824,8 +824,8 @@ def _confound(img, conf, h, w):
     img = img.astype(np.float32)
     col = conf.get("collimation")
     if col:
-        l, t, r, b = col["inset"]
-        box = ((w * (0.5 + (l - r) / 2), h * (0.5 + (t - b) / 2)), (w * (1 - l - r), h * (1 - t - b)), col["rot"])
+        left, t, r, b = col["inset"]
+        box = ((w * (0.5 + (left - r) / 2), h * (0.5 + (t - b) / 2)), (w * (1 - left - r), h * (1 - t - b)), col["rot"])
         mask = np.zeros((h, w), np.uint8)
         cv2.fillConvexPoly(mask, np.round(cv2.boxPoints(box)).astype(np.int32), 1)
         img = np.where(mask > 0, img, np.float32(col["level"]))

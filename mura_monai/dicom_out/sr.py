@@ -60,7 +60,8 @@ _TYPE2 = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "Accessi
           "StudyDate", "StudyTime")
 
 
-def build_sr(study: StudyResult | Mapping, sources: Sequence[Dataset], algorithm: Algorithm | Mapping, *, series_number: int = 900,
+def build_sr(study: StudyResult | Mapping, sources: Sequence[Dataset], algorithm: Algorithm | Mapping, *,
+             series_number: int = 900,
              instance_number: int = 1, predecessor: Dataset | None = None,
              series_instance_uid: str | None = None, reviewer: str | None = None,
              reviewer_organization: str = "mura-monai review",
@@ -257,7 +258,8 @@ def _modality_code(modality: str) -> hd.sr.CodedConcept:
 
 def _image_descriptors(ds: Dataset) -> list[hd.sr.ContentItem]:
     """TID 1602/1603 descriptors; spacing only when stated and non-zero (some CR write 0\\0)."""
-    items: list[hd.sr.ContentItem] = [hd.sr.NumContentItem(name=codes.DCM.PixelDataRows, value=ds.Rows, unit=_PIXELS, relationship_type=_ACQ),
+    items: list[hd.sr.ContentItem] = [hd.sr.NumContentItem(name=codes.DCM.PixelDataRows, value=ds.Rows, unit=_PIXELS,
+                                                           relationship_type=_ACQ),
              hd.sr.NumContentItem(name=codes.DCM.PixelDataColumns, value=ds.Columns, unit=_PIXELS,
                                   relationship_type=_ACQ)]
     orientation = ds.get("PatientOrientation")

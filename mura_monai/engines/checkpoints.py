@@ -14,9 +14,9 @@ from pathlib import Path
 
 from monai.handlers import CheckpointLoader
 
-from mura_monai.model_settings import as_flag
 from mura_monai.engines.distributed import is_main_process
 from mura_monai.engines.training_summary import read_training_summary
+from mura_monai.model_settings import as_flag
 
 __all__ = ["BEST_MODEL_FILE", "attach_resume", "last_checkpoint"]
 

@@ -21,7 +21,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.utils import CommonKeys

@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 from mura_monai.losses.triplet import (
-    TRIPLET_LOSSES, BatchHardTripletLoss, SelectivelyContrastiveLoss, TripletFocalLoss, TripletLoss, triplet_loss,
+    TRIPLET_LOSSES,
+    BatchHardTripletLoss,
+    SelectivelyContrastiveLoss,
+    TripletFocalLoss,
+    TripletLoss,
+    triplet_loss,
 )
 from mura_monai.losses.weighted_bce import BodyPartWeightedBCELoss, mura_class_weights
 

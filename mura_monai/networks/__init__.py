@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from mura_monai.networks.agcnn import AttentionGuidedCNN
 from mura_monai.networks.factory import densenet169, efficientnet_b0, resnet50
-from mura_monai.networks.metadata_fusion import MetadataFusionNet, with_metadata
 from mura_monai.networks.freeze import count_parameters, freeze_all_but_last
+from mura_monai.networks.metadata_fusion import MetadataFusionNet, with_metadata
 from mura_monai.networks.pretrained import load_pretrained
 from mura_monai.networks.siamese import Embedder, SiameseNet, siamese_net
 from mura_monai.networks.svm_head import BaggedSVMHead, ResNetSVM, resnet_svm

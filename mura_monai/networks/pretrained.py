@@ -19,7 +19,8 @@ __all__ = ["load_pretrained"]
 logger = logging.getLogger(__name__)
 
 # torchvision's DenseNet "denselayer1.norm1.weight" is MONAI's "denselayer1.layers.norm1.weight"
-_TORCHVISION_DENSE = re.compile(r"^(.*denselayer\d+)(\.(?:norm|relu|conv))\.?((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+_TORCHVISION_DENSE = re.compile(
+    r"^(.*denselayer\d+)(\.(?:norm|relu|conv))\.?((?:[12])\.(?:weight|bias|running_mean|running_var))$")
 
 
 def _unwrap(checkpoint) -> dict[str, torch.Tensor]:

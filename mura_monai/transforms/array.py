@@ -27,7 +27,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
-
 from monai.config import DtypeLike, NdarrayOrTensor
 from monai.data import MetaTensor
 from monai.transforms import (

@@ -19,6 +19,7 @@ from mura_monai.model_settings import save_model_settings
 from tests.dicom_out.dciodvfy import dciodvfy_errors
 from tests.ensemble_support import ENSEMBLE, REPO, fitted_ensemble
 
+
 @pytest.fixture(scope="module")
 def fitted(synth_root, tmp_path_factory):
     """Members' checkpoints and an ensemble fitted on the synthetic valid split."""

@@ -10,8 +10,15 @@ import torch
 from mura_monai.cli import main as cli_main
 from mura_monai.networks import AttentionGuidedCNN
 from tests.bundles.bundle_runner import (
-    BUNDLES, EVALUATE, MULTI_GPU, TRAIN, assert_design_metrics, assert_evaluation_reproduces_training, bundle_run,
-    read_json, torchrun,
+    BUNDLES,
+    EVALUATE,
+    MULTI_GPU,
+    TRAIN,
+    assert_design_metrics,
+    assert_evaluation_reproduces_training,
+    bundle_run,
+    read_json,
+    torchrun,
 )
 
 BUNDLE = "fusionnet_agcnn"

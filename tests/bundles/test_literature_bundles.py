@@ -12,9 +12,17 @@ import torch
 
 from mura_monai.cli import main as cli_main
 from mura_monai.constants import BODY_PARTS
-from tests.bundles.bundle_runner import assert_evaluation_reproduces_training, assert_members_reproduce_training
 from tests.bundles.bundle_runner import (
-    BUNDLES, EVALUATE, MULTI_GPU, TRAIN, assert_design_metrics, bundle_run, read_json, torchrun,
+    BUNDLES,
+    EVALUATE,
+    MULTI_GPU,
+    TRAIN,
+    assert_design_metrics,
+    assert_evaluation_reproduces_training,
+    assert_members_reproduce_training,
+    bundle_run,
+    read_json,
+    torchrun,
 )
 
 TINY = ["--image_size", "64", "--max_epochs", "1", "--batch_size", "8", "--num_workers", "0"]

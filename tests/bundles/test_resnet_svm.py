@@ -10,11 +10,18 @@ import pytest
 import torch
 
 from mura_monai.networks import resnet_svm
-from tests.bundles.bundle_runner import assert_evaluation_reproduces_training
 from tests.bundles.bundle_runner import (
-    EVALUATE, MULTI_GPU, TRAIN, assert_design_metrics, assert_infer_matches_evaluation, bundle_run, read_json, torchrun,
+    EVALUATE,
+    MULTI_GPU,
+    TRAIN,
+    assert_design_metrics,
+    assert_evaluation_reproduces_training,
+    assert_infer_matches_evaluation,
+    bundle_run,
+    one_thread,  # noqa: F401 (autouse: one intra-op thread)
+    read_json,
+    torchrun,
 )
-from tests.bundles.bundle_runner import one_thread  # noqa: F401 (autouse: one intra-op thread)
 
 NAME = "resnet_svm"
 TINY = ["--image_size", "64", "--batch_size", "8", "--num_workers", "0"]

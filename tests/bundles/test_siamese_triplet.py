@@ -13,11 +13,18 @@ import torch
 
 from mura_monai.cli import main as cli_main
 from mura_monai.networks import siamese_net
-from tests.bundles.bundle_runner import assert_evaluation_reproduces_training
 from tests.bundles.bundle_runner import (
-    BUNDLES, MULTI_GPU, TRAIN, assert_design_metrics, assert_infer_matches_evaluation, bundle_run, read_json, torchrun,
+    BUNDLES,
+    MULTI_GPU,
+    TRAIN,
+    assert_design_metrics,
+    assert_evaluation_reproduces_training,
+    assert_infer_matches_evaluation,
+    bundle_run,
+    one_thread,  # noqa: F401 (autouse: one intra-op thread)
+    read_json,
+    torchrun,
 )
-from tests.bundles.bundle_runner import one_thread  # noqa: F401 (autouse: one intra-op thread)
 
 NAME = "siamese_triplet"
 # ResNet-50 is the lighter of the paper's two backbones on 2 CPU cores; 32-d keeps the k-NN small

@@ -25,11 +25,11 @@ from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
+    JPEG2000,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
-    JPEG2000,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     JPEGLSLossless,
@@ -249,7 +249,8 @@ def _variants():
         ("cr_latin1_name", {"charset": "ISO_IR 100"}, None,
          [attr(SpecificCharacterSet="ISO_IR 100", PatientName="Müller^Jürgen", StudyDescription="Hand rechts ä")]),
         ("dx_utf8_name", {"charset": "ISO_IR 192"}, None,
-         [dx(), attr(SpecificCharacterSet="ISO_IR 192", PatientName="山田^太郎=やまだ^たろう", InstitutionName="Hôpital Ørsted")]),
+         [dx(), attr(SpecificCharacterSet="ISO_IR 192", PatientName="山田^太郎=やまだ^たろう",
+                     InstitutionName="Hôpital Ørsted")]),
         ("dx_long_ids", {"ids": "long"}, None,
          [dx(), attr(PatientID="P" * 64, AccessionNumber="A" * 16, StudyID="S" * 16)]),
         ("dx_long_uids", {"ids": "64-char UIDs"}, None, [dx(), _long_uids]),

@@ -18,7 +18,7 @@ def test_images_carry_study_label_patient_and_body_part(tiny_mura_root):
 
 
 def test_studies_group_their_views(tiny_mura_root):
-    studies = {s["study"].rsplit("/", 2)[-2] + "/" + s["study"].rsplit("/", 1)[-1]: s for s in mura_study_datalist(tiny_mura_root, "train")}
+    studies = {"/".join(s["study"].rsplit("/", 2)[-2:]): s for s in mura_study_datalist(tiny_mura_root, "train")}
     assert len(studies) == 4
     assert len(studies["patient00002/study1_negative"]["images"]) == 3
     assert studies["patient00003/study2_positive"]["label"] == 1

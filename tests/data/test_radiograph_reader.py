@@ -411,7 +411,8 @@ def test_error_corrupt_compressed_data(tmp_path):
     ds.compress(JPEG2000Lossless)
     ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 40])
     path = write(ds, tmp_path / "j2k.dcm")
-    with pytest.raises(RadiographReadError, match=r"cannot decode pixel data \(transfer syntax 1.2.840.10008.1.2.4.90\)") as excinfo:
+    with pytest.raises(RadiographReadError,
+                       match=r"cannot decode pixel data \(transfer syntax 1.2.840.10008.1.2.4.90\)") as excinfo:
         read_radiograph(path)
     _assert_clean_error(excinfo, path)
 
@@ -591,7 +592,8 @@ def test_loadradiograph_png_and_errors(tmp_path):
 
 
 def test_monai_dataset_dataloader_and_transforms(tmp_path):
-    from monai.data import DataLoader, Dataset as MonaiDataset
+    from monai.data import DataLoader
+    from monai.data import Dataset as MonaiDataset
     from monai.transforms import Compose, Resized, ScaleIntensityd
 
     gray = ramp(30, 50, 0, 255, np.uint8)

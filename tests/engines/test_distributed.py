@@ -138,7 +138,8 @@ def test_single_process_reference_auc():
     studies: dict[str, tuple[int, list[float]]] = {}
     for r in records:
         studies.setdefault(r["study"], (r["label"], []))[1].append(r["probability"])
-    assert roc_auc_score([v[0] for v in studies.values()], [sum(v[1]) / len(v[1]) for v in studies.values()]) == pytest.approx(RIGHT_AUC)
+    assert roc_auc_score([v[0] for v in studies.values()],
+                         [sum(v[1]) / len(v[1]) for v in studies.values()]) == pytest.approx(RIGHT_AUC)
     # and what counting image 0 twice would give: the duplicate matters
     assert _study_auc(records + [records[0] | {"path": records[0]["path"] + "#copy"}]) == pytest.approx(1.0)
 

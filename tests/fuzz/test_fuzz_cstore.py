@@ -70,7 +70,7 @@ class Served:
         path = self.folder / "fuzzed.dcm"
         path.write_bytes(data)
         try:
-            pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[]).file_meta.MediaStorageSOPInstanceUID
+            _ = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=[]).file_meta.MediaStorageSOPInstanceUID
         except Exception:
             return None
         try:

@@ -49,7 +49,7 @@ class OrthancServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self, timeout_s: float = 60.0) -> "OrthancServer":
+    def start(self, timeout_s: float = 60.0) -> OrthancServer:
         log = open(self.folder / "orthanc.log", "ab")
         self.process = subprocess.Popen([ORTHANC, str(self.folder / "config.json")], stdout=log, stderr=log)
         deadline = time.monotonic() + timeout_s
@@ -97,7 +97,7 @@ class OrthancServer:
             time.sleep(0.2)
         return self.instances()
 
-    def __enter__(self) -> "OrthancServer":
+    def __enter__(self) -> OrthancServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -15,8 +15,12 @@ import pydicom
 import pytest
 from pydicom.uid import JPEG2000, JPEG2000Lossless, generate_uid
 from pynetdicom import AE, StoragePresentationContexts
-from pynetdicom.sop_class import (ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation,
-                                  StudyRootQueryRetrieveInformationModelFind, StudyRootQueryRetrieveInformationModelMove)
+from pynetdicom.sop_class import (
+    ComputedRadiographyImageStorage,
+    DigitalXRayImageStorageForPresentation,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+)
 
 from mura_monai.dicom_out import read_sr_result
 from tests.conformance.corpus import build_corpus

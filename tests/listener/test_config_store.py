@@ -7,8 +7,8 @@ import pytest
 
 from listener.config import ConfigError, load_config
 from listener.store import Store
-from tests.listener.support import write_config
 from mura_monai.results import StudyResult
+from tests.listener.support import write_config
 
 _RESULT = StudyResult(study="1.2.3", body_part="XR_WRIST", probability=0.2, abnormal=False, threshold=0.5)
 

@@ -11,9 +11,9 @@ import pytest
 
 from listener.exporter import Exporter, destination_key
 from listener.store import Store
+from mura_monai.results import StudyResult
 from tests.listener.orthanc import OrthancServer, have_orthanc
 from tests.listener.support import load
-from mura_monai.results import StudyResult
 
 pytestmark = pytest.mark.skipif(not have_orthanc(), reason="Debian's orthanc not installed")
 

@@ -6,7 +6,11 @@ import pytest
 import torch
 
 from mura_monai.losses import (
-    BatchHardTripletLoss, SelectivelyContrastiveLoss, TripletFocalLoss, TripletLoss, triplet_loss,
+    BatchHardTripletLoss,
+    SelectivelyContrastiveLoss,
+    TripletFocalLoss,
+    TripletLoss,
+    triplet_loss,
 )
 
 # unit vectors at 0, 90, 180 and 270 degrees: normal at 0/90, abnormal at 180/270

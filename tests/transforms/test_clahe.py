@@ -8,7 +8,6 @@ from mura_monai.transforms import Clahe
 from tests.transforms.output_checks import TYPES, assert_transform_output
 
 
-
 def low_contrast(channels: int = 1, size: int = 64, seed: int = 0) -> np.ndarray:
     """Grey levels squeezed into [0.45, 0.55]: a smooth ramp plus a little texture."""
     rng = np.random.default_rng(seed)

@@ -6,7 +6,6 @@ import pytest
 from mura_monai.transforms import GBPNormalize
 from tests.transforms.output_checks import TYPES, assert_transform_output
 
-
 TEST_CASE_SHAPES = [[{}, (1, 32, 32)], [{}, (3, 16, 24)], [{"clip": True}, (3, 16, 16)]]
 
 

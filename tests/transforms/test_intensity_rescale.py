@@ -7,7 +7,6 @@ from mura_monai.transforms import IntensityRescale
 from tests.transforms.output_checks import TYPES, assert_transform_output
 
 
-
 def ramp() -> np.ndarray:
     """101 grey levels 0.00, 0.01, ..., 1.00: percentile p is exactly p / 100."""
     return (np.arange(101, dtype=np.float32) / 100).reshape(1, 1, 101)

@@ -7,7 +7,6 @@ from mura_monai.transforms import LaplacianSharpen
 from tests.transforms.output_checks import TYPES, assert_transform_output
 
 
-
 def soft_edge(channels: int = 1, size: int = 32) -> np.ndarray:
     """A blurred vertical edge: a linear ramp from 0.3 to 0.7 over 8 columns."""
     row = np.interp(np.arange(size), [12, 20], [0.3, 0.7]).astype(np.float32)

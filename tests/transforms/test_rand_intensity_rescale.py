@@ -2,12 +2,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from monai.data import DataLoader, Dataset
 from monai.utils import set_determinism
+
 from mura_monai.transforms import IntensityRescale, RandIntensityRescale
 from tests.transforms.output_checks import TYPES, assert_transform_output
-
 
 
 def image() -> np.ndarray:

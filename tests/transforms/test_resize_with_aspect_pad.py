@@ -3,12 +3,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from monai.data import MetaTensor
 from monai.transforms import Compose
+
 from mura_monai.transforms import ResizeWithAspectPad
 from tests.transforms.output_checks import TYPES, assert_transform_output
-
 
 TEST_CASE_SHAPES = [
     [{"spatial_size": 64}, (1, 100, 50), (1, 64, 64)],

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from monai.data import MetaTensor
+
 from mura_monai.transforms import ResizeWithAspectPadD, ResizeWithAspectPadd, ResizeWithAspectPadDict
 
 

@@ -18,12 +18,11 @@ from starlette.authentication import AuthCredentials, AuthenticationBackend, Sim
 from starlette.middleware.authentication import AuthenticationMiddleware
 
 from listener.review.datastore import study_id
-from mura_monai.dicom_out import read_sr_result
-from tests.dicom_out.dciodvfy import dciodvfy_errors
 from listener.review.labels import LabelStore
 from listener.store import Store
+from mura_monai.dicom_out import read_sr_result
+from tests.dicom_out.dciodvfy import dciodvfy_errors
 from tests.listener.review.conftest import TOKEN, valid_dicom_studies, wait_for
-
 
 
 def _client(url: str, token: str | None = None, tmp_path=None) -> MONAILabelClient:
@@ -123,8 +122,8 @@ def test_save_label_stores_a_final_label_with_reviewer_comment_and_history(app, 
     assert client.save_label(row["id"], str(text), params={"reviewer": "dr-api"})["review"] == "accepted"
     labels = LabelStore(store)
     key = _key(served, row["id"])
-    finals = [l for l in labels.history(key) if l.tag == "final"]
-    assert [(l.finding, l.reviewer, l.comment) for l in finals] == [(other, "dr-api", "cortical break"),
+    finals = [lab for lab in labels.history(key) if lab.tag == "final"]
+    assert [(lab.finding, lab.reviewer, lab.comment) for lab in finals] == [(other, "dr-api", "cortical break"),
                                                                     (row["finding"], "dr-api", None)]
     downloaded = json.loads(open(client.download_label(row["id"], "final")).read())
     assert downloaded["finding"] == row["finding"] and downloaded["reviewer"] == "dr-api"
@@ -133,7 +132,7 @@ def test_save_label_stores_a_final_label_with_reviewer_comment_and_history(app, 
     with pytest.raises(MONAILabelClientException) as error:
         client.save_label(row["id"], str(label), tag="original", params={"reviewer": "dr-api"})
     assert "403" in error.value.msg
-    assert len([l for l in labels.history(key) if l.tag == "final"]) == 2
+    assert len([lab for lab in labels.history(key) if lab.tag == "final"]) == 2
 
 
 def test_monai_label_client_saves_a_label_with_its_own_arguments_only(app, tmp_path):

@@ -84,7 +84,7 @@ def test_worklist_to_override_stored_sent_to_the_pacs_and_exported(live, pacs, p
     _screenshot(page, tmp_path, "review_study.png")
 
     labels = live.api(f"/datastore/label/info?label={top['id']}&tag=final")["labels"]
-    assert [(l["finding"], l["reviewer"], l["comment"]) for l in labels] == [
+    assert [(lab["finding"], lab["reviewer"], lab["comment"]) for lab in labels] == [
         (corrected, REVIEWER, "second look: the reviewer disagrees")]
 
     machine = {ds.SOPInstanceUID: ds for ds in _srs(pacs)}

@@ -11,10 +11,10 @@ import pydicom
 import pytest
 from sklearn.metrics import cohen_kappa_score
 
+from listener.__main__ import main
 from listener.review.export import _anonymise
 from listener.review.labels import LabelStore
 from listener.store import Store
-from listener.__main__ import main
 from mura_monai.data.mura import load_mura_split
 from tests.bundles.bundle_runner import TRAIN, bundle_run
 

@@ -38,7 +38,7 @@ def test_a_new_final_label_is_a_new_row_and_the_latest_wins(make_listener):
     latest = labels.latest(key, "final")
     assert (latest.finding, latest.reviewer, latest.comment) == (other, "dr-b", "fracture line on view 2")
     assert review_state(labels.latest(key, "original"), latest) == "overridden"
-    assert [(l.tag, l.reviewer) for l in labels.history(key)] == [("original", None), ("final", "dr-a"), ("final", "dr-b")]
+    assert [(lab.tag, lab.reviewer) for lab in labels.history(key)] == [("original", None), ("final", "dr-a"), ("final", "dr-b")]
     # the same database the listener uses, read by a fresh connection: the rows are committed
     rows = sqlite3.connect(config.spool_dir / "queue.sqlite3").execute(
         "SELECT finding FROM labels WHERE tag='final' ORDER BY id").fetchall()
