@@ -14,7 +14,7 @@ DEMO_PATIENTS ?= 200
 DEMO_EPOCHS ?= 4
 DEMO_IMAGE_SIZE ?= 128
 
-.PHONY: install system-deps demo test test-quick bench fuzz clean
+.PHONY: install system-deps demo lint test test-quick bench fuzz clean
 
 install: $(STAMP)
 
@@ -41,12 +41,18 @@ demo: install system-deps
 	DEMO_DIR=$(DEMO_DIR) DEMO_PATIENTS=$(DEMO_PATIENTS) DEMO_EPOCHS=$(DEMO_EPOCHS) \
 	DEMO_IMAGE_SIZE=$(DEMO_IMAGE_SIZE) PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/demo.sh
 
-test: install system-deps
+# ruff (style, import order, likely bugs) on everything; mypy on the service and the DICOM writers
+# (pyproject.toml says which files): the suite starts only when both are clean.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: install system-deps lint
 	$(BIN)/python -m pytest -q
 
 # The library's unit tests, the override matrix and the architecture checks, in a few minutes:
 # no bundle trainings, listener, Orthanc, browser or fuzzing (those are `make test`).
-test-quick: install system-deps
+test-quick: install system-deps lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # The fuzz targets of the suite with fresh randomness and FUZZ_EXAMPLES inputs each (the suite runs

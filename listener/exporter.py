@@ -15,6 +15,7 @@ from collections import defaultdict
 import pydicom
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE
+from pynetdicom.association import Association
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from listener.config import Destination, ListenerConfig
@@ -80,10 +81,11 @@ class Exporter:
         ae = AE(ae_title=destination.calling_ae_title or self.config.listener.ae_title)
         for sop_class, syntax in sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for _, ds in datasets}):
             ae.add_requested_context(sop_class, syntax)
+        assoc: Association | None = None
         try:
             assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
         except Exception as exc:  # network errors: the PACS is down or unreachable
-            assoc, error = None, type(exc).__name__
+            error = type(exc).__name__
         else:
             error = "association rejected or aborted" if not assoc.is_established else ""
         if assoc is None or not assoc.is_established:

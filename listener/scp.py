@@ -16,6 +16,7 @@ import logging
 import math
 import ssl
 from collections.abc import Callable
+from typing import Any
 
 from pydicom.encaps import parse_basic_offsets
 from pydicom.uid import (
@@ -34,31 +35,23 @@ from pydicom.uid import (
     RLELossless,
 )
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import (
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    Verification,
-)
+from pynetdicom.transport import ThreadedAssociationServer
 
 from listener.config import ListenerConfig
 from listener.spool import Spool
 from listener.store import Store
+from mura_monai.constants import RADIOGRAPH_SOP_CLASSES
 
 __all__ = ["RADIOGRAPH_SOP_CLASSES", "STATUS", "TRANSFER_SYNTAXES", "StorageSCP"]
 
 logger = logging.getLogger("listener.scp")
 
-RADIOGRAPH_SOP_CLASSES = (
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-)
 TRANSFER_SYNTAXES = (
     ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
     JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1,
     JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless,
 )
+VERIFICATION = "1.2.840.10008.1.1"
 STATUS = {
     "success": 0x0000,
     "out_of_resources": 0xA700,   # disk below the configured reserve, or the spool not writable
@@ -123,13 +116,13 @@ class StorageSCP:
         self.store = store
         self.spool = spool
         self.on_stored = on_stored
-        self.server = None
+        self.server: ThreadedAssociationServer | None = None
         settings = config.listener
         ae = AE(ae_title=settings.ae_title)
         ae.maximum_associations = settings.max_associations
         ae.maximum_pdu_size = settings.max_pdu_size
         ae.require_calling_aet = list(settings.allowed_calling_aets)
-        ae.add_supported_context(Verification)
+        ae.add_supported_context(VERIFICATION)
         for sop_class in RADIOGRAPH_SOP_CLASSES:
             ae.add_supported_context(sop_class, list(TRANSFER_SYNTAXES))
         self.ae = ae
@@ -147,7 +140,7 @@ class StorageSCP:
 
     def start(self) -> None:
         settings = self.config.listener
-        handlers = [
+        handlers: list[Any] = [
             (evt.EVT_C_STORE, self._handle_store),
             (evt.EVT_C_ECHO, lambda event: 0x0000),
             (evt.EVT_ACCEPTED, self._log_association, ["accepted"]),
@@ -163,7 +156,9 @@ class StorageSCP:
 
     @property
     def port(self) -> int:
-        return self.server.server_address[1]
+        if self.server is None:
+            raise RuntimeError("the SCP is not listening: call start() first")
+        return int(self.server.server_address[1])
 
     @staticmethod
     def _log_association(event, outcome: str) -> None:

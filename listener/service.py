@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import threading
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event as EventType
 
 from listener.config import ListenerConfig, load_config
 from listener.exporter import Exporter
@@ -54,8 +56,7 @@ class ListenerService:
         self.store = open_store(config)
         self.stop = threading.Event()
         self._mp = multiprocessing.get_context("spawn")
-        self._worker_stop = None
-        self._worker: multiprocessing.Process | None = None
+        self._worker: tuple[BaseProcess, EventType] | None = None  # the process and its own stop event
 
     def _start_worker(self) -> None:
         recovered = self.store.recover()
@@ -63,12 +64,24 @@ class ListenerService:
             logger.warning("studies claimed by a stopped worker queued again", extra={"studies": recovered})
         # a fresh stop event per worker: one killed while waiting on an event leaves it unusable
         # (its waiter count never drops), and setting it would then block the shutdown forever
-        self._worker_stop = self._mp.Event()
-        self._worker = self._mp.Process(
-            target=_worker_main, args=(str(self.config.path), self._worker_stop, self.config.listener.log_format),
+        stop = self._mp.Event()
+        process = self._mp.Process(
+            target=_worker_main, args=(str(self.config.path), stop, self.config.listener.log_format),
             name="mura-listener-worker", daemon=False,
         )
-        self._worker.start()
+        process.start()
+        self._worker = (process, stop)
+
+    def _stop_worker(self) -> None:
+        """Let the worker finish the study in hand, then end it."""
+        if self._worker is None:
+            return
+        process, stop = self._worker
+        stop.set()
+        process.join(timeout=120)
+        if process.is_alive():
+            process.terminate()
+            process.join()
 
     def _assemble(self) -> None:
         stable = self.config.listener.stable_age_s
@@ -96,8 +109,8 @@ class ListenerService:
                                         "spool": str(self.config.spool_dir)})
         try:
             while not self.stop.wait(1.0):
-                if not self._worker.is_alive():
-                    logger.error("worker process exited; restarting it", extra={"exitcode": self._worker.exitcode})
+                if self._worker is not None and not self._worker[0].is_alive():
+                    logger.error("worker process exited; restarting it", extra={"exitcode": self._worker[0].exitcode})
                     self._start_worker()
                 if review is not None:
                     review.supervise()
@@ -106,11 +119,7 @@ class ListenerService:
             if review is not None:
                 review.stop()
             scp.stop()
-            self._worker_stop.set()
-            self._worker.join(timeout=120)
-            if self._worker.is_alive():
-                self._worker.terminate()
-                self._worker.join()
+            self._stop_worker()
             for thread in threads:
                 thread.join(timeout=10)
             self.store.close()

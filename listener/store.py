@@ -17,7 +17,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -240,7 +240,7 @@ class Store:
         study.state, study.attempts = StudyState.ANALYSING, study.attempts + 1
         return study
 
-    def finish(self, key: str, result: StudyResult, outputs: list[str | Path], destinations: list[str], priority: int,
+    def finish(self, key: str, result: StudyResult, outputs: Sequence[str | Path], destinations: list[str], priority: int,
                sr_path: str | Path | None, now: float | None = None) -> int:
         """Store a finished analysis and put its files in the outbox for every destination;
         returns the new version. A study that received instances meanwhile goes back to
@@ -262,7 +262,7 @@ class Store:
             )
         return version
 
-    def add_revision(self, key: str, outputs: list[str | Path], destinations: list[str], priority: int,
+    def add_revision(self, key: str, outputs: Sequence[str | Path], destinations: list[str], priority: int,
                      sr_path: str | Path, now: float | None = None) -> int:
         """A result corrected by a reviewer (a new SR version) queued for every destination;
         returns the new version. The model's result stays in ``result``: the correction is the

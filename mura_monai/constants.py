@@ -28,3 +28,12 @@ DICOM_BODY_PART: dict[str, str] = {
 }
 
 SPLITS: tuple[str, ...] = ("train", "valid")
+
+# The storage classes a plain radiograph arrives in (CR, DX for presentation and for processing):
+# the listener accepts exactly these, and the reader takes them as radiographs when Modality is
+# missing. Held as strings so that this module stays free of imports.
+RADIOGRAPH_SOP_CLASSES: tuple[str, ...] = (
+    "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography Image Storage
+    "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
+    "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
+)

@@ -24,7 +24,7 @@ from starlette.staticfiles import StaticFiles
 
 from listener.config import ListenerConfig, ReviewSettings
 from listener.review.auth import TokenAuth
-from listener.review.datastore import ReviewDatastore, ReviewStudy, radiograph_png
+from listener.review.datastore import ReviewDatastore, ReviewImage, ReviewStudy, radiograph_png
 from listener.review.labels import FINDINGS
 from listener.review.models import ModelRunner, describe_models
 from listener.review.uploads import store_upload
@@ -47,7 +47,8 @@ async def _params(request: Request) -> tuple[dict, dict]:
     if content_type.startswith("multipart/form-data"):
         form = await request.form()
         try:
-            params = json.loads(form.get("params") or "{}") or {}
+            raw = form.get("params") or "{}"
+            params = json.loads(raw if isinstance(raw, str) else await raw.read()) or {}
         except json.JSONDecodeError:
             raise _error(400, "params must be JSON") from None
         files = {name: await value.read() for name, value in form.multi_items() if hasattr(value, "read")}
@@ -104,7 +105,7 @@ def create_app(config: ListenerConfig, settings: ReviewSettings | None = None) -
     runner = ModelRunner(config)
     show_name = settings.show_patient_name
 
-    def study_or_404(any_id: str | None) -> tuple[ReviewStudy, object]:
+    def study_or_404(any_id: str | None) -> tuple[ReviewStudy, ReviewImage | None]:
         found = data.find(any_id or "")
         if found is None:
             raise _error(404, f"no study or image with id {any_id!r}")
@@ -247,7 +248,7 @@ def create_app(config: ListenerConfig, settings: ReviewSettings | None = None) -
             revised = await run_in_threadpool(_revise, config, data, study, finding, reviewer)
         logger.info("label saved", extra={"study": study.id, "tag": tag, "finding": finding, "sr_revised": revised,
                                           "attributed": reviewer is not None})
-        refreshed = data.study(study.id)
+        refreshed = data.study(study.id) or study  # the study stays: labels never remove one
         return JSONResponse({"image": found.id if found else study.id, "label": study.id, "tag": tag,
                              "label_info": label.as_dict(), "review": refreshed.review, "sr_revised": revised})
 
@@ -293,7 +294,8 @@ def create_app(config: ListenerConfig, settings: ReviewSettings | None = None) -
         yield
         data.close()
 
-    async def http_error(request: Request, exc: HTTPException) -> Response:
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)  # registered for HTTPException only
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(TokenAuth, token=settings.token)],

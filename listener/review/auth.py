@@ -42,14 +42,14 @@ class TokenAuth:
         self.sessions: dict[str, float] = {}  # session id -> expiry (time.time())
 
     def _valid_token(self, candidate: str | None) -> bool:
-        return bool(candidate) and hmac.compare_digest(candidate.encode(), self.token.encode())
+        return candidate is not None and candidate != "" and hmac.compare_digest(candidate.encode(), self.token.encode())
 
     def _valid_session(self, session: str | None) -> bool:
         expiry = self.sessions.get(session or "")
         if expiry is None:
             return False
         if expiry < time.time():
-            self.sessions.pop(session, None)
+            self.sessions.pop(session or "", None)
             return False
         return True
 

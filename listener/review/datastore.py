@@ -104,8 +104,9 @@ class ReviewStudy:
     def detail(self, history: list[Label], show_patient_name: bool = False) -> dict:
         """The study view: every image, the members' votes, the labels' history."""
         r = self.result
-        members = [{"name": name, "probability": p, "vote": "abnormal" if p > r.threshold else "normal"}
-                   for name, p in (r.members if r is not None else {}).items()]
+        members = [] if r is None else [
+            {"name": name, "probability": p, "vote": "abnormal" if p > r.threshold else "normal"}
+            for name, p in r.members.items()]
         return self.summary(show_patient_name) | {
             "images": [image.summary() for image in self.images],
             "members": members,
@@ -208,7 +209,7 @@ class ReviewDatastore:
                 return None
             study = self.study(study_id(ref[0]))
             image = next((i for i in study.images if i.id == any_id), None) if study else None
-            return (study, image) if image else None
+            return (study, image) if study and image else None
         study = self.study(any_id)
         return (study, None) if study else None
 

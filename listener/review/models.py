@@ -125,5 +125,5 @@ class ModelRunner:
                 method, alpha = heatmap_settings(predictor.settings)
                 explained = explain_prepared([(member.loaded.network, member.prepare(loaded), 1.0)], radiograph,
                                              method=method, alpha=alpha)
-                path = write_overlay_png(Path(tmp) / "heatmap.png", explained["overlay"])
+                path = str(write_overlay_png(Path(tmp) / "heatmap.png", explained["overlay"]))
             return Path(path).read_bytes() if path else None

@@ -55,9 +55,9 @@ def write_revision(config: ListenerConfig, store: Store, study: Study, finding: 
     stays UNVERIFIED, names no person and says where its finding came from."""
     from mura_monai.dicom_out import build_sr
 
+    if study.result is None or study.sr_path is None:
+        raise ValueError("the study has no analysed SR to revise")
     predecessor = pydicom.dcmread(study.sr_path)
-    if study.result is None:
-        raise ValueError("the study has no analysis to revise")
     result = study.result.with_finding(finding == "abnormal")
     analysed = {image.sop_instance_uid for image in result.images}
     sources = [pydicom.dcmread(row["path"], stop_before_pixels=True) for row in store.instances(study.key)

@@ -14,6 +14,8 @@ import signal
 import sys
 import threading
 import time
+from multiprocessing.process import BaseProcess
+from multiprocessing.synchronize import Event as EventType
 
 from listener.config import ListenerConfig, ReviewSettings, load_config
 from listener.processes import stop_when_parent_dies
@@ -80,16 +82,17 @@ class ReviewProcess:
     def __init__(self, config: ListenerConfig) -> None:
         self.config = config
         self._mp = multiprocessing.get_context("spawn")
-        self._stop = None
-        self.process: multiprocessing.Process | None = None
+        self._stop: EventType | None = None
+        self.process: BaseProcess | None = None
         self._started_at = 0.0
         self._restarts = 0
 
     def start(self) -> None:
-        self._stop = self._mp.Event()  # a fresh event per process (see the worker's in service.py)
-        self.process = self._mp.Process(target=_process_main, name="mura-review",
-                                        args=(str(self.config.path), self._stop, self.config.listener.log_format))
-        self.process.start()
+        stop = self._mp.Event()  # a fresh event per process (see the worker's in service.py)
+        process = self._mp.Process(target=_process_main, name="mura-review",
+                                   args=(str(self.config.path), stop, self.config.listener.log_format))
+        process.start()
+        self._stop, self.process = stop, process
         self._started_at = time.monotonic()
 
     def is_alive(self) -> bool:
@@ -97,7 +100,7 @@ class ReviewProcess:
 
     def supervise(self) -> None:
         """Restart an app that exited, backing off while it keeps exiting (a port in use)."""
-        if self.is_alive():
+        if self.process is None or self.process.is_alive():
             return
         if time.monotonic() - self._started_at < min(60.0, 2.0 ** self._restarts):
             return
@@ -107,7 +110,7 @@ class ReviewProcess:
         self.start()
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        if self.process is None:
+        if self.process is None or self._stop is None:
             return
         self._stop.set()
         self.process.join(timeout=timeout_s)

@@ -73,6 +73,8 @@ from monai.data import ImageReader
 from monai.transforms import LoadImage, LoadImaged, MapTransform
 from monai.utils import MetaKeys, ensure_tuple, ensure_tuple_rep
 
+from mura_monai.constants import RADIOGRAPH_SOP_CLASSES
+
 __all__ = [
     "DICOM_META_KEYS",
     "PERCENTILES",
@@ -166,8 +168,6 @@ MAX_PIXELS = 64_000_000
 #: radiography ("DR" and "RG" are what some older X-ray units and film digitisers write).
 SCORED_MODALITIES: tuple[str, ...] = ("CR", "DX", "DR", "RG")
 # CR, DX for presentation, DX for processing: radiographs whatever their Modality says
-_RADIOGRAPH_SOP_CLASSES = ("1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1",
-                           "1.2.840.10008.5.1.4.1.1.1.1.1")
 
 
 class RadiographReadError(ValueError):
@@ -306,7 +306,7 @@ def require_plain_radiograph(meta: dict, path: Any = None) -> None:
     if meta.get("format", "dicom") != "dicom" and not meta.get("SOPClassUID"):
         return
     modality = str(meta.get("Modality") or "").strip().upper()
-    if modality in SCORED_MODALITIES or (not modality and str(meta.get("SOPClassUID")) in _RADIOGRAPH_SOP_CLASSES):
+    if modality in SCORED_MODALITIES or (not modality and str(meta.get("SOPClassUID")) in RADIOGRAPH_SOP_CLASSES):
         return
     said = f"modality {modality}" if modality else "no modality"
     raise RadiographReadError(path if path is not None else meta.get("path"),
