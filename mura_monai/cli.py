@@ -75,7 +75,8 @@ def _setup_argparser() -> argparse.ArgumentParser:
     fit.add_argument("--members-models-dir", type=Path, metavar="DIR",
                      help="folder holding one checkpoint folder per member (default: each member's models/)")
     fit.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
-    fit.add_argument("--combine", choices=["mean", "weighted_mean", "vote", "stacking"], help="override the bundle's combine")
+    fit.add_argument("--combine", choices=["auto", "mean", "weighted_mean", "vote", "stacking"],
+                     help="override the bundle's combine (auto: the members and method with the best out-of-fold study AUC)")
     fit.add_argument("--calibration", choices=["none", "platt", "isotonic"], help="override the bundle's calibration")
 
     compare = sub.add_parser("compare", help="one table of several evaluated bundles (comparison.md, comparison.csv)")
@@ -168,8 +169,10 @@ def _fit_ensemble(args: argparse.Namespace) -> int:
     fitted = predictor.fit(args.dataset_dir, progress=sys.stderr.isatty())
     summary = fitted.fit_summary
     aucs = ", ".join(f"{name} {auc:.3f}" for name, auc in summary["member_study_auc"].items())
-    print(f"fitted {fitted.combine} + {fitted.calibration} calibration on {summary['n_studies']} studies "
-          f"(members' study AUC: {aucs}); thresholds for {', '.join(fitted.thresholds)}")
+    print(f"fitted {fitted.combine} of {'+'.join(fitted.used_members)} + {fitted.calibration} calibration on "
+          f"{summary['n_studies']} studies (members' study AUC: {aucs}); thresholds for {', '.join(fitted.thresholds)}")
+    if fitted.selection:
+        print(f"chosen by out-of-fold study AUC: {fitted.selection['reason']}")
     print(f"ensemble: {predictor.fitted_path}")
     return 0
 

@@ -23,15 +23,18 @@ logger = logging.getLogger(__name__)
 
 def cam_weights(fitted) -> list[float]:
     """How much each member's CAM counts: its weight in the combination (the absolute stacking
-    coefficient for ``stacking``, its weight for ``weighted_mean``, equal otherwise)."""
+    coefficient for ``stacking``, its weight for ``weighted_mean``, equal otherwise), and nothing
+    for a member the fit left out, so that the heatmap shows what the probability came from."""
     n = len(fitted.members)
+    active = set(fitted.active_index)
     if fitted.combine == "stacking" and fitted.stacking:
         weights = [abs(float(c)) for c in fitted.stacking["coef"]]
     elif fitted.combine == "weighted_mean":
         weights = list(fitted.weights)
     else:
         weights = [1.0] * n
-    return weights if sum(weights) > 0 else [1.0] * n
+    weights = [float(w) if j in active else 0.0 for j, w in enumerate(weights)]
+    return weights if sum(weights) > 0 else [1.0 if j in active else 0.0 for j in range(n)]
 
 
 def _folder_name(study: str) -> str:
@@ -52,7 +55,8 @@ def write_study_outputs(predictor, study: StudyResult, heatmaps_dir: str | Path 
     images = []
     for n, image in enumerate(study.images, start=1):
         loaded = predictor.members[0].load(image.path)  # decoded once, prepared per member
-        prepared = [(m.loaded.network, m.prepare(loaded), w) for m, w in zip(predictor.members, weights)]
+        # a member the fit left out gets no backward pass: its weight would be zero anyway
+        prepared = [(m.loaded.network, m.prepare(loaded), w) for m, w in zip(predictor.members, weights) if w > 0]
         radiograph = np.asarray(loaded["image"], dtype=np.float32).reshape(np.asarray(loaded["image"]).shape[-2:])
         explained = explain_prepared(prepared, radiograph, method=method, alpha=alpha)
         if heatmaps_dir is not None:

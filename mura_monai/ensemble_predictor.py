@@ -22,7 +22,14 @@ from mura_monai.body_parts import UNKNOWN, study_body_part
 from mura_monai.constants import BODY_PARTS
 from mura_monai.data.mura import find_mura_root, mura_datalist
 from mura_monai.data.radiograph_reader import RadiographReadError
-from mura_monai.ensemble import FittedEnsemble, cross_fitted_probabilities, fit_ensemble_parameters, study_uncertainty
+from mura_monai.ensemble import (
+    SELECTION_TOLERANCE,
+    FittedEnsemble,
+    cross_fitted_probabilities,
+    fit_ensemble_parameters,
+    study_groups,
+    study_uncertainty,
+)
 from mura_monai.inference import BundlePredictor, collect_inputs, image_source, read_inference_config, refused_records
 from mura_monai.metrics import AGGREGATIONS, group_by_study
 from mura_monai.results import SCHEMA_VERSION, Algorithm, ImageResult, ImageSource, MemberVersion, StudyResult
@@ -34,7 +41,7 @@ logger = logging.getLogger(__name__)
 _SETTINGS = (
     "combine", "calibration", "operating_point", "aggregation", "weights", "min_studies_per_class",
     "target_sensitivity", "target_specificity", "uncertainty_margin", "uncertain_level", "batch_size",
-    "heatmap_method", "heatmap_alpha", "cv_folds",
+    "heatmap_method", "heatmap_alpha", "cv_folds", "selection_tolerance",
 )
 
 
@@ -221,6 +228,8 @@ class EnsemblePredictor:
             "calibration": fitted.calibration,
             "operating_point": self.settings["operating_point"],
             "aggregation": fitted.aggregation,
+            "members_used": fitted.used_members,
+            **({"chosen": fitted.selection["chosen"]} if fitted.selection else {}),
         }
 
     def studies(self, records: Sequence[ImageSource], P: np.ndarray) -> list[StudyResult]:
@@ -230,13 +239,14 @@ class EnsemblePredictor:
         member_prob = fitted.member_probabilities(P)
         reduce = AGGREGATIONS[fitted.aggregation]
         operating_point = self.settings["operating_point"]
+        used = fitted.used_members  # members left out by the fit are reported, but do not make the study doubtful
         studies = []
         for study, index in group_by_study(records).items():
             part = study_body_part(records[i].body_part for i in index)
             p = float(reduce(prob[index]))
             members = {name: float(reduce(member_prob[index, j])) for j, name in enumerate(self.member_names)}
             threshold, fitted_on = fitted.threshold(part, operating_point)
-            doubt = study_uncertainty(list(members.values()), p, threshold, self.settings["uncertainty_margin"])
+            doubt = study_uncertainty([members[name] for name in used], p, threshold, self.settings["uncertainty_margin"])
             studies.append(StudyResult(
                 study=study, body_part=part, probability=p, abnormal=p > threshold, threshold=threshold,
                 body_part_source="+".join(sorted({records[i].body_part_source for i in index})),
@@ -271,6 +281,8 @@ class EnsemblePredictor:
             "min_studies_per_class": int(self.settings["min_studies_per_class"]),
             "target_sensitivity": float(self.settings["target_sensitivity"]),
             "target_specificity": float(self.settings["target_specificity"]),
+            "cv_folds": int(self.settings.get("cv_folds", 5)),
+            "selection_tolerance": float(self.settings.get("selection_tolerance", SELECTION_TOLERANCE)),
         }
 
     def fit(self, dataset_dir: str | Path, progress: bool = False) -> FittedEnsemble:
@@ -281,7 +293,6 @@ class EnsemblePredictor:
         settings = self._fit_kwargs()
         self.fitted = fit_ensemble_parameters(P, *args, **settings)
         self.fitted.fit_summary["dataset_dir"] = str(find_mura_root(dataset_dir))
-        self.fitted.fit_summary["settings"] = settings  # cross-fitting repeats this exact recipe
         self.fitted.save(self.fitted_path)
         logger.info("ensemble fitted on %d studies; written to %s", self.fitted.fit_summary["n_studies"], self.fitted_path)
         return self.fitted
@@ -291,7 +302,8 @@ class EnsemblePredictor:
 
         The ensemble's probabilities are cross-fitted (out of fold) when the ensemble was fitted
         on this same split with a fit that changes the ranking, so its AUC compares fairly with
-        its members'.
+        its members'. A combination chosen by ``combine="auto"`` is cross-fitted on the folds the
+        selection scored it on, so the AUC reported is the one recorded for it in ``ensemble.json``.
         """
         images, P = self.valid_split(dataset_dir, progress=progress)
         fitted = self._require_fitted()
@@ -299,9 +311,15 @@ class EnsemblePredictor:
         same_split = fitted.fit_summary.get("dataset_dir") == str(find_mura_root(dataset_dir))
         cross_fit = same_split and fitted.ranking_is_fitted
         if cross_fit:
-            prob = cross_fitted_probabilities(P, labels, studies, parts, self.member_names,
-                                              n_folds=int(self.settings.get("cv_folds", 5)),
-                                              **fitted.fit_summary.get("settings", self._fit_kwargs()))
+            recipe = fitted.fit_summary.get("settings") or {
+                **self._fit_kwargs(), "combine": fitted.combine, "calibration": fitted.calibration,
+                "aggregation": fitted.aggregation}
+            folds = fitted.selection.get("folds", {})
+            if folds:
+                split = {"n_folds": int(folds["n_folds"]), "seed": int(folds["seed"]), "groups": study_groups(studies)}
+            else:
+                split = {"n_folds": int(self.settings.get("cv_folds", 5))}
+            prob = cross_fitted_probabilities(P, labels, studies, parts, self.member_names, **split, **recipe)
         else:
             prob = fitted(P)
         return [

@@ -89,7 +89,7 @@ def evaluate_ensemble(predictor, dataset_dir: str | Path, output_dir: str | Path
         members[name] = {"study": member["study"], "n_studies": member["n_studies"]}
     extra = {
         "bundle": predictor.bundle_dir.name,
-        "ensemble": predictor.describe(),
+        "ensemble": {**predictor.describe(), **({"selection": predictor.fitted.selection} if predictor.fitted.selection else {})},
         "operating_point": operating_point,
         "cross_fitted": bool(records and records[0]["cross_fitted"]),
         "members": members,
@@ -152,7 +152,7 @@ def evaluate(bundle_dir: str | Path, dataset_dir: str | Path, output_dir: str | 
                                      members_models_dir=members_models_dir)
         metrics = evaluate_ensemble(ensemble, dataset_dir, output_dir, n_bootstrap=n_bootstrap, progress=progress)
         return Evaluated(metrics, [(m.loaded.network, m.loaded.preprocessing, w)
-                                   for m, w in zip(ensemble.members, cam_weights(ensemble.fitted))])
+                                   for m, w in zip(ensemble.members, cam_weights(ensemble.fitted)) if w > 0])
     if zoom:
         single = BundlePredictor(bundle_dir, device=device, models_dir=models_dir, overrides={"zoom": True})
         metrics = evaluate_zoom(single, dataset_dir, output_dir, n_bootstrap=n_bootstrap, progress=progress)
