@@ -52,6 +52,7 @@ __all__ = [
     "SELECTION_RULE",
     "SELECTION_TOLERANCE",
     "cross_fitted_probabilities",
+    "evaluation_probabilities",
     "fit_ensemble_parameters",
     "select_combination",
     "study_groups",
@@ -188,7 +189,7 @@ class FittedEnsemble:
         """Whether fitting changed how studies rank (weights, votes, stacking, isotonic ties, a
         selection among candidates), so that figures on the fit split itself need cross-fitting
         to be honest. A plain mean under a monotone calibration ranks as the members do."""
-        return self.combine != "mean" or self.calibration == "isotonic" or bool(self.selection)
+        return self.combine != "mean" or self.calibration == "isotonic" or bool(self.selection.get("candidates"))
 
     def threshold(self, body_part: str, operating_point: str) -> tuple[float, str]:
         """``(threshold, where it was fitted)``: the body part's own when it had enough
@@ -292,7 +293,7 @@ def fit_ensemble_parameters(
     if combine == AUTO:
         selection = select_combination(P, y, studies, body_parts, members, n_folds=cv_folds,
                                        tolerance=selection_tolerance, seed=seed, **recipe)
-        chosen = next(c for c in selection["candidates"] if c["name"] == selection["chosen"])
+        chosen = next((c for c in selection["candidates"] if c["name"] == selection["chosen"]), selection.get("fallback"))
         fitted = fit_ensemble_parameters(P, y, studies, body_parts, members, combine=chosen["combine"],
                                          active_members=chosen["members"], **{**recipe, "calibration": chosen["calibration"]})
         fitted.selection = selection
@@ -379,7 +380,10 @@ def _folds(labels: np.ndarray, studies: Sequence[str], groups: Sequence[str], n_
     if folds < 2:
         raise ValueError("cross-fitting needs at least 2 normal and 2 abnormal studies")
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    return list(splitter.split(np.zeros(len(labels)), labels, np.asarray(groups)))
+    split = list(splitter.split(np.zeros(len(labels)), labels, np.asarray(groups)))
+    if any(len(np.unique(labels[train])) < 2 for train, _ in split):
+        raise ValueError("cross-fitting needs both normal and abnormal studies outside each fold")
+    return split
 
 
 def _out_of_fold(P, y, studies, parts, members, folds, combine="mean", calibration="platt", aggregation="mean",
@@ -424,6 +428,32 @@ def cross_fitted_probabilities(
     y = np.asarray(labels, dtype=int)
     folds = _folds(y, studies, list(studies) if groups is None else list(groups), n_folds, seed)
     return _out_of_fold(P, y, list(studies), list(body_parts), members, folds, **fit_kwargs)
+
+
+def evaluation_probabilities(
+    fitted: FittedEnsemble,
+    P: np.ndarray,
+    labels: Sequence[int],
+    studies: Sequence[str],
+    body_parts: Sequence[str],
+    fitted_on_these: bool,
+    n_folds: int = 5,
+) -> tuple[np.ndarray, bool]:
+    """The ensemble's image probabilities to measure it by on a labelled split, and whether they
+    are cross-fitted: they are when it was fitted on these very studies and fitting changed how
+    they rank. A selection (``combine="auto"``) is cross-fitted on its own folds with the chosen
+    recipe, which reproduces the out-of-fold AUC recorded for the chosen candidate."""
+    if not (fitted_on_these and fitted.ranking_is_fitted):
+        return fitted(P), False
+    recipe = dict(fitted.fit_summary.get("settings") or {
+        "combine": fitted.combine, "calibration": fitted.calibration, "aggregation": fitted.aggregation,
+        "weights": None})
+    folds = fitted.selection.get("folds")
+    if folds:
+        split = {"n_folds": int(folds["n_folds"]), "seed": int(folds["seed"]), "groups": study_groups(studies)}
+    else:
+        split = {"n_folds": n_folds}
+    return cross_fitted_probabilities(P, labels, studies, body_parts, fitted.members, **split, **recipe), True
 
 
 def _candidates(members: Sequence[str], calibration: str) -> list[dict]:
@@ -476,7 +506,15 @@ def select_combination(
     P = np.asarray(P, dtype=float)
     y = np.asarray(labels, dtype=int)
     studies, parts = list(studies), list(body_parts)
-    folds = _folds(y, studies, study_groups(studies), n_folds, seed)
+    record = {"requested": AUTO, "rule": SELECTION_RULE, "tolerance": tolerance,
+              "metric": "study AUC, out of fold, on the fitting split"}
+    try:
+        folds = _folds(y, studies, study_groups(studies), n_folds, seed)
+    except ValueError as err:  # a handful of studies: nothing to compare on, so MURA's plain mean of all members
+        everyone = {"name": f"mean({'+'.join(members)})", "members": list(members), "combine": "mean",
+                    "calibration": calibration}
+        return {**record, "candidates": [], "fallback": everyone, "chosen": everyone["name"],
+                "reason": f"no comparison ({err}): the mean of all members"}
     study_index = _study_index(studies)
     aggregation = fit_kwargs.get("aggregation", "mean")
     candidates = []
@@ -500,10 +538,7 @@ def select_combination(
         reason = (f"{chosen['name']} ({chosen['oof_study_auc']:.3f}) is the simplest of the {len(eligible)} candidates "
                   f"within {tolerance} of the highest, {best['name']} ({best['oof_study_auc']:.3f})")
     return {
-        "requested": AUTO,
-        "rule": SELECTION_RULE,
-        "tolerance": tolerance,
-        "metric": "study AUC, out of fold, on the fitting split",
+        **record,
         "folds": {"n_folds": len(folds), "seed": seed, "groups": "patient"},
         "candidates": candidates,
         "chosen": chosen["name"],

@@ -25,9 +25,8 @@ from mura_monai.data.radiograph_reader import RadiographReadError
 from mura_monai.ensemble import (
     SELECTION_TOLERANCE,
     FittedEnsemble,
-    cross_fitted_probabilities,
+    evaluation_probabilities,
     fit_ensemble_parameters,
-    study_groups,
     study_uncertainty,
 )
 from mura_monai.inference import BundlePredictor, collect_inputs, image_source, read_inference_config, refused_records
@@ -309,19 +308,8 @@ class EnsemblePredictor:
         fitted = self._require_fitted()
         labels, studies, parts = [r["label"] for r in images], [r["study"] for r in images], [r["body_part"] for r in images]
         same_split = fitted.fit_summary.get("dataset_dir") == str(find_mura_root(dataset_dir))
-        cross_fit = same_split and fitted.ranking_is_fitted
-        if cross_fit:
-            recipe = fitted.fit_summary.get("settings") or {
-                **self._fit_kwargs(), "combine": fitted.combine, "calibration": fitted.calibration,
-                "aggregation": fitted.aggregation}
-            folds = fitted.selection.get("folds", {})
-            if folds:
-                split = {"n_folds": int(folds["n_folds"]), "seed": int(folds["seed"]), "groups": study_groups(studies)}
-            else:
-                split = {"n_folds": int(self.settings.get("cv_folds", 5))}
-            prob = cross_fitted_probabilities(P, labels, studies, parts, self.member_names, **split, **recipe)
-        else:
-            prob = fitted(P)
+        prob, cross_fit = evaluation_probabilities(fitted, P, labels, studies, parts, same_split,
+                                                   n_folds=int(self.settings.get("cv_folds", 5)))
         return [
             {"path": r["image"], "study": r["study"], "body_part": r["body_part"], "label": int(r["label"]),
              "probability": float(p), "members": dict(zip(self.member_names, map(float, row))),

@@ -292,7 +292,9 @@ def _ensemble_section(metrics: dict) -> str:
         rows.append([name, format_with_ci(block["study"], "auc"), format_with_ci(block["study"], "kappa"),
                      format_value(block["study"].get("threshold", float("nan")))])
     ensemble = metrics.get("ensemble", {})
-    how = (f"{ensemble.get('combine', '?')} of the members, {ensemble.get('calibration', '?')} calibration, "
+    used = ensemble.get("members_used")
+    of = f"of {', '.join(used)}" if used and len(used) < len(members) else "of the members"
+    how = (f"{ensemble.get('combine', '?')} {of}, {ensemble.get('calibration', '?')} calibration, "
            f"operating point {metrics.get('operating_point', '?')}")
     fold = ("The ensemble's probabilities are out of fold: each study scored by a combination fitted on the other "
             "studies, since it was fitted on this split." if metrics.get("cross_fitted") else
@@ -300,7 +302,25 @@ def _ensemble_section(metrics: dict) -> str:
             "its thresholds were fitted here.")
     parts = ", ".join(sorted(p for p in metrics.get("thresholds", {}) if p != "ALL")) or "none (all studies' threshold used)"
     return (f"<h2>Ensemble and members</h2><p>{html.escape(how)}. {html.escape(fold)} "
-            f"Body parts with their own thresholds: {html.escape(parts)}.</p>{_table(rows, 'ensemble')}\n")
+            f"Body parts with their own thresholds: {html.escape(parts)}.</p>{_table(rows, 'ensemble')}\n"
+            f"{_selection_section(ensemble.get('selection'))}")
+
+
+def _selection_section(selection: dict | None) -> str:
+    """Why the ensemble is what it is (``combine: auto``): every candidate's out-of-fold study
+    AUC on the fitting split, the rule and the choice, so a reader can check the choice."""
+    if not selection:
+        return ""
+    rows = [["candidate", "members", "combination", "calibration", "out-of-fold study AUC", "chosen"]]
+    for c in selection.get("candidates", []):
+        rows.append([c["name"], ", ".join(c["members"]), c["combine"] if len(c["members"]) > 1 else "member alone",
+                     c["calibration"], format_value(float(c["oof_study_auc"])), "✔" if c["name"] == selection["chosen"] else ""])
+    folds = selection.get("folds", {})
+    text = (f"Chosen: <b id=\"chosen\">{html.escape(selection['chosen'])}</b>. {html.escape(selection.get('reason', ''))}. "
+            f"Rule: {html.escape(selection.get('rule', ''))} Tolerance {selection.get('tolerance')}; "
+            f"{folds.get('n_folds', '?')} folds grouped by {html.escape(str(folds.get('groups', '?')))}.")
+    table = _table(rows, "selection") if len(rows) > 1 else ""
+    return f"<h3>How the combination was chosen</h3><p>{text}</p>{table}\n"
 
 
 def _zoom_section(metrics: dict) -> str:

@@ -32,7 +32,7 @@ for member in "${MEMBERS[@]}"; do
     echo "   trained in $(( $(date +%s) - start )) s"
 done
 
-echo "== 3/6 fit the ensemble (mean of members, Platt calibration, thresholds per body part) on the valid split"
+echo "== 3/6 fit the ensemble on the valid split (members and combination chosen by out-of-fold study AUC, thresholds per body part)"
 mura-monai fit-ensemble --bundle "$ENSEMBLE" --dataset-dir "$ROOT" --members-models-dir "$MODELS" --models-dir "$MODELS/ensemble"
 
 echo "== 4/6 evaluate the ensemble and its members on the valid split"
@@ -41,8 +41,13 @@ mura-monai evaluate --bundle "$ENSEMBLE" --members-models-dir "$MODELS" --models
 python - "$EVAL/ensemble/metrics.json" <<'PY'
 import json, sys
 m = json.load(open(sys.argv[1]))
-print(f"   ensemble study AUC {m['study']['auc']:.3f}; " + ", ".join(
+ens = m["ensemble"]
+chosen = ens.get("chosen") or f"{ens['combine']} of {'+'.join(ens.get('members_used', m['members']))}"
+print(f"   ensemble ({chosen}, {ens['calibration']} calibration) study AUC {m['study']['auc']:.3f}"
+      f"{' out of fold' if m.get('cross_fitted') else ''}; members alone: " + ", ".join(
     f"{name} {block['study']['auc']:.3f}" for name, block in m["members"].items()))
+if ens.get("selection"):
+    print(f"   why: {ens['selection']['reason']}")
 PY
 
 echo "== 5/6 score one synthetic DICOM study: JSON, heatmaps, DICOM SR + secondary captures"

@@ -219,3 +219,32 @@ def test_view_fusion_and_zoom_sections_sit_beside_the_metrics(evaluation, tmp_pa
     assert f"{fusion['methods']['mean']['auc']:.3f}" in mean_row
     assert "0.310 of the radiograph" in page
     assert "(out of fold)" in page
+
+
+def test_ensemble_section_shows_the_selection_beside_the_members(evaluation, tmp_path):
+    """metrics.json of an ensemble fitted with ``combine: auto``: every candidate's out-of-fold
+    AUC, the rule and the choice under the members' table."""
+    metrics, studies = evaluation
+    candidates = [
+        {"name": "densenet169_wbce", "members": ["densenet169_wbce"], "combine": "mean", "calibration": "none",
+         "oof_study_auc": 0.726},
+        {"name": "resnet50", "members": ["resnet50"], "combine": "mean", "calibration": "none", "oof_study_auc": 0.52},
+        {"name": "mean(densenet169_wbce+resnet50)", "members": ["densenet169_wbce", "resnet50"], "combine": "mean",
+         "calibration": "platt", "oof_study_auc": 0.692},
+    ]
+    selection = {"rule": "highest out-of-fold study AUC", "tolerance": 0.005, "candidates": candidates,
+                 "chosen": "densenet169_wbce", "reason": "densenet169_wbce has the highest out-of-fold study AUC (0.726)",
+                 "folds": {"n_folds": 5, "seed": 0, "groups": "patient"}}
+    doc = dict(metrics, members={"densenet169_wbce": {"study": metrics["study"]}, "resnet50": {"study": metrics["study"]}},
+               ensemble={"combine": "mean", "calibration": "none", "members_used": ["densenet169_wbce"],
+                         "selection": selection},
+               cross_fitted=True)
+    page = write_html_report(doc, tmp_path / "report.html", studies=studies).read_text()
+    assert "How the combination was chosen" in page and '<b id="chosen">densenet169_wbce</b>' in page
+    assert "mean of densenet169_wbce, none calibration" in page
+    row = _row(page, "selection-densenet169_wbce")
+    assert "0.726" in row and "member alone" in row and "✔" in row
+    assert "0.692" in _row(page, "selection-mean(densenet169_wbce+resnet50)")
+    assert "✔" not in _row(page, "selection-resnet50")
+    plain = dict(doc, ensemble={"combine": "mean", "calibration": "platt"})
+    assert "How the combination was chosen" not in write_html_report(plain, tmp_path / "plain.html", studies=studies).read_text()

@@ -34,7 +34,13 @@ def _common(fitted) -> list[str]:
 def test_fit_writes_ensemble_json_with_operating_points(fitted):
     doc = json.loads((fitted["models"] / "ensemble.json").read_text())
     assert doc["members"] == ["densenet169_wbce", "resnet50"]
-    assert doc["combine"] == "mean" and doc["calibration"] == "platt"
+    selection = doc["selection"]  # the bundle's default combine is auto: the choice and why are recorded
+    assert selection["requested"] == "auto" and selection["chosen"] in {c["name"] for c in selection["candidates"]}
+    assert {"densenet169_wbce", "resnet50"} <= {c["name"] for c in selection["candidates"]}
+    chosen = next(c for c in selection["candidates"] if c["name"] == selection["chosen"])
+    assert doc["active_members"] == chosen["members"] and doc["combine"] == chosen["combine"]
+    assert doc["calibration"] == chosen["calibration"]
+    assert doc["fit_summary"]["settings"]["combine"] == chosen["combine"]  # what cross-fitting repeats
     assert set(doc["thresholds"]["ALL"]) == {"pr_equal", "youden", "high_sensitivity", "high_specificity"}
     assert all(0.0 <= t <= 1.0 for t in doc["thresholds"]["ALL"].values())
     assert doc["fit_summary"]["n_studies"] > 0
@@ -99,12 +105,19 @@ def test_evaluate_reports_members_and_the_ensemble(fitted, tmp_path):
                  "--n-bootstrap", "20"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["bundle"] == "ensemble"
-    assert metrics["cross_fitted"] is False  # a mean under Platt ranks as fitted: nothing to cross-fit
+    selection = metrics["ensemble"]["selection"]
+    # the choice is cross-fitted on the selection's folds: evaluate reports the AUC recorded for it,
+    # never below a member's own
+    assert metrics["cross_fitted"] is True
+    assert metrics["study"]["auc"] == pytest.approx(selection["chosen_oof_study_auc"], abs=1e-9)
+    assert metrics["study"]["auc"] >= max(block["study"]["auc"] for block in metrics["members"].values()) - 1e-9
+    assert metrics["ensemble"]["chosen"] == selection["chosen"]
     assert set(metrics["members"]) == {"densenet169_wbce", "resnet50"}
     assert metrics["members"]["resnet50"]["n_studies"] == metrics["n_studies"]
     assert metrics["study"]["threshold"] == pytest.approx(metrics["thresholds"]["ALL"]["youden"])
     page = (out / "report.html").read_text()
     assert "Ensemble and members" in page and 'id="ensemble-resnet50"' in page
+    assert "How the combination was chosen" in page and 'id="selection-resnet50"' in page
     samples = sorted((out / "heatmaps").glob("sample_*.png"))
     assert 1 <= len(samples) <= 4
     assert page.count("data:image/png;base64,") == 3 + len(samples)  # ROC, PR, calibration + heatmaps
