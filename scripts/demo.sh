@@ -43,7 +43,8 @@ import json, sys
 m = json.load(open(sys.argv[1]))
 ens = m["ensemble"]
 chosen = ens.get("chosen") or f"{ens['combine']} of {'+'.join(ens.get('members_used', m['members']))}"
-print(f"   ensemble ({chosen}, {ens['calibration']} calibration) study AUC {m['study']['auc']:.3f}"
+calibration = "uncalibrated" if ens["calibration"] == "none" else f"{ens['calibration']} calibration"
+print(f"   ensemble ({chosen}, {calibration}) study AUC {m['study']['auc']:.3f}"
       f"{' out of fold' if m.get('cross_fitted') else ''}; members alone: " + ", ".join(
     f"{name} {block['study']['auc']:.3f}" for name, block in m["members"].items()))
 if ens.get("selection"):
