@@ -55,7 +55,7 @@ __all__ = [
     "evaluation_probabilities",
     "fit_ensemble_parameters",
     "select_combination",
-    "study_groups",
+    "patients_of_studies",
     "study_uncertainty",
 ]
 
@@ -365,7 +365,7 @@ def _study_auc(prob, labels, study_index: list[np.ndarray], aggregation: str) ->
     return float(roc_auc_score(y, p)) if len(set(y)) == 2 else float("nan")
 
 
-def study_groups(studies: Sequence[str]) -> list[str]:
+def patients_of_studies(studies: Sequence[str]) -> list[str]:
     """The patient of each study, for folds that keep a patient's studies together: a MURA study
     path's parent folder (``.../XR_WRIST/patient11185/study1_positive`` -> ``patient11185``, the
     same patient across body parts), or the study itself when its name has no folder."""
@@ -422,7 +422,7 @@ def cross_fitted_probabilities(
     other folds' studies, so that metrics of a fitted ensemble on its own fit split are honest.
 
     Folds keep a group's images together and balance the labels (StratifiedGroupKFold); groups
-    are the studies unless given (:func:`study_groups` gives patients, as the selection uses).
+    are the studies unless given (:func:`patients_of_studies` gives patients, as the selection uses).
     """
     P = np.asarray(P, dtype=float)
     y = np.asarray(labels, dtype=int)
@@ -450,7 +450,7 @@ def evaluation_probabilities(
         "weights": None})
     folds = fitted.selection.get("folds")
     if folds:
-        split = {"n_folds": int(folds["n_folds"]), "seed": int(folds["seed"]), "groups": study_groups(studies)}
+        split = {"n_folds": int(folds["n_folds"]), "seed": int(folds["seed"]), "groups": patients_of_studies(studies)}
     else:
         split = {"n_folds": n_folds}
     return cross_fitted_probabilities(P, labels, studies, body_parts, fitted.members, **split, **recipe), True
@@ -497,7 +497,7 @@ def select_combination(
     """Every candidate combination scored by out-of-fold study AUC on these studies, and the one
     :data:`SELECTION_RULE` chooses: what ``ensemble.json`` keeps under ``selection``.
 
-    All candidates share the same folds, grouped by patient (:func:`study_groups`), so that no
+    All candidates share the same folds, grouped by patient (:func:`patients_of_studies`), so that no
     patient's studies help fit the combination that scores them; ``mura-monai evaluate`` on
     the same split repeats these folds, so it reports the chosen candidate's AUC recorded here.
     The choice itself is made on all folds' scores (not nested), which flatters the chosen
@@ -509,7 +509,7 @@ def select_combination(
     record = {"requested": AUTO, "rule": SELECTION_RULE, "tolerance": tolerance,
               "metric": "study AUC, out of fold, on the fitting split"}
     try:
-        folds = _folds(y, studies, study_groups(studies), n_folds, seed)
+        folds = _folds(y, studies, patients_of_studies(studies), n_folds, seed)
     except ValueError as err:  # a handful of studies: nothing to compare on, so MURA's plain mean of all members
         everyone = {"name": f"mean({'+'.join(members)})", "members": list(members), "combine": "mean",
                     "calibration": calibration}

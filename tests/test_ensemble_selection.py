@@ -17,8 +17,8 @@ from mura_monai.ensemble import (
     FittedEnsemble,
     evaluation_probabilities,
     fit_ensemble_parameters,
+    patients_of_studies,
     select_combination,
-    study_groups,
 )
 from mura_monai.ensemble_outputs import cam_weights
 from mura_monai.ensemble_predictor import EnsemblePredictor
@@ -71,7 +71,8 @@ def _candidate(fitted, name):
 
 
 def test_patients_are_the_study_folders_parent():
-    assert study_groups(["MURA-v1.1/valid/XR_HAND/patient00007/study1_positive", "1.2.840.1"]) == ["patient00007", "1.2.840.1"]
+    studies = ["MURA-v1.1/valid/XR_HAND/patient00007/study1_positive", "1.2.840.1"]
+    assert patients_of_studies(studies) == ["patient00007", "1.2.840.1"]
 
 
 def test_a_strong_and_a_near_chance_member_ship_the_strong_member_alone():
