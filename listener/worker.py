@@ -20,15 +20,9 @@ from listener.paths import analysis_dir, log_ref
 from listener.store import Store, Study
 from mura_monai.results import StudyResult
 
-__all__ = ["Worker", "load_predictor", "results_dir"]
+__all__ = ["Worker", "load_predictor"]
 
 logger = logging.getLogger("listener.worker")
-
-
-def results_dir(spool_dir: Path, study: Study, version: int) -> Path:
-    """Where one analysis of a study writes its heatmaps and DICOM objects (kept for importers;
-    the layout is :func:`listener.paths.analysis_dir`'s)."""
-    return analysis_dir(spool_dir, study.key, version)
 
 
 def load_predictor(config: ListenerConfig):
@@ -101,7 +95,7 @@ class Worker:
         version = study.version + 1
         # the review's "original" label names the analysis it copies
         result = dataclasses.replace(result, unreadable=len(unreadable), analysis_version=version)
-        out = results_dir(self.config.spool_dir, study, version)
+        out = analysis_dir(self.config.spool_dir, study.key, version)
         predecessor = pydicom.dcmread(study.sr_path) if study.sr_path and Path(study.sr_path).is_file() else None
         from mura_monai.ensemble_outputs import write_study_outputs
 

@@ -64,6 +64,13 @@ class Algorithm:
                    manufacturer=str(document.get("manufacturer") or "mura-monai"),
                    members=tuple(document.get("members") or ()))
 
+    @classmethod
+    def coerce(cls, algorithm: Algorithm | Mapping[str, Any]) -> Algorithm:
+        """An algorithm from either its type or its JSON, for callers that hold the stored form."""
+        if isinstance(algorithm, Algorithm):
+            return algorithm
+        return cls.from_json(algorithm)
+
 
 @dataclass(frozen=True)
 class ImageSource:

@@ -76,7 +76,7 @@ def build_sr(study: StudyResult | Mapping, sources: Sequence[Dataset], algorithm
     ``finding_source``: a key of :data:`FINDING_SOURCES` when the finding is neither the
     algorithm's nor a named person's (a correction from an API client that named nobody). The
     study group then says so, and the document stays UNVERIFIED: no person vouched for it."""
-    study, algorithm = StudyResult.coerce(study), _coerce_algorithm(algorithm)
+    study, algorithm = StudyResult.coerce(study), Algorithm.coerce(algorithm)
     if finding_source is not None and finding_source not in FINDING_SOURCES:
         raise ValueError(f"finding_source must be one of {sorted(FINDING_SOURCES)}, got {finding_source!r}")
     if not sources:
@@ -145,10 +145,6 @@ def _header(ds: Dataset) -> Dataset:
         if keyword not in header:
             setattr(header, keyword, "")
     return header
-
-
-def _coerce_algorithm(algorithm: Algorithm | Mapping) -> Algorithm:
-    return algorithm if isinstance(algorithm, Algorithm) else Algorithm.from_json(algorithm)
 
 
 def _device_uid(algorithm: Algorithm) -> str:

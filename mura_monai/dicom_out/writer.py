@@ -20,7 +20,7 @@ def write_dicom_outputs(study: StudyResult | Mapping, sources: Sequence[Dataset]
     """A re-analysis (the study gained images) overwrites ``sr.dcm`` with the next version of the
     SR, numbered after its predecessor, and writes a fresh heatmap series. The SR comes first in
     the list (:attr:`~mura_monai.results.StudyResult.sr_path` relies on it)."""
-    algorithm = algorithm if isinstance(algorithm, Algorithm) else Algorithm.from_json(algorithm)
+    algorithm = Algorithm.coerce(algorithm)
     if not sources:
         raise ValueError("no source images to write results for")
     folder = Path(out_dir) / str(sources[0].StudyInstanceUID)
