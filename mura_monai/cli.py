@@ -78,6 +78,9 @@ def _setup_argparser() -> argparse.ArgumentParser:
     fit.add_argument("--combine", choices=["auto", "mean", "weighted_mean", "vote", "stacking"],
                      help="override the bundle's combine (auto: the members and method with the best out-of-fold study AUC)")
     fit.add_argument("--calibration", choices=["none", "platt", "isotonic"], help="override the bundle's calibration")
+    fit.add_argument("--members", metavar="NAME,NAME",
+                     help="member bundles instead of the config's (each a folder beside the ensemble bundle); "
+                          "ensemble.json records them, so evaluate, infer and the listener then use these")
 
     compare = sub.add_parser("compare", help="one table of several evaluated bundles (comparison.md, comparison.csv)")
     compare.add_argument("outputs", nargs="+", type=Path, metavar="OUTPUT_DIR",
@@ -85,8 +88,38 @@ def _setup_argparser() -> argparse.ArgumentParser:
     compare.add_argument("--output-dir", type=Path, default=Path("."),
                          help="where comparison.md and comparison.csv go (default: the current folder)")
 
+    bench = sub.add_parser("benchmark", help="the papers' claims side by side: train and evaluate every bundle with the "
+                                             "same budget, paired differences to the baseline, a verdict per claim")
+    bench.add_argument("--dataset-dir", type=Path, required=True, help="MURA root (Stanford's, or from mura-monai synth)")
+    bench.add_argument("--output-dir", type=Path, required=True,
+                       help="run folder: models, evaluations, logs, papers.md; an interrupted run resumes here")
+    bench.add_argument("--bundles", default="all", type=_bundle_list, metavar="all|NAME,NAME",
+                       help="bundles to train (default all: " + ", ".join(BENCHMARK_BUNDLE_NAMES) + ")")
+    bench.add_argument("--epochs", type=int, default=4, help="epochs per bundle (default 4)")
+    bench.add_argument("--image-size", type=int, default=96, help="network input size in pixels (default 96)")
+    bench.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
+    bench.add_argument("--learning-rate", type=float, default=1e-3, help="learning rate (default 1e-3)")
+    bench.add_argument("--seed", type=int, default=0, help="seed of every training and of the bootstrap (default 0)")
+    bench.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
+    bench.add_argument("--n-bootstrap", type=int, default=1000, help="paired bootstrap resamples (default 1000)")
+    bench.add_argument("--restart", action="store_true", help="start again instead of resuming what OUTPUT_DIR holds")
+
     sub.add_parser("export-labels", help=f"moved: {_EXPORT_MOVED}")
     return parser
+
+
+# mura_monai.benchmark.BENCHMARK_BUNDLES, spelt out so that --help does not import torch
+BENCHMARK_BUNDLE_NAMES = ("densenet169_wbce", "resnet50", "vgg19", "fusionnet_agcnn", "siamese_triplet",
+                          "resnet_svm", "efficientnet_b0_router")
+
+
+def _bundle_list(text: str) -> list[str]:
+    names = list(BENCHMARK_BUNDLE_NAMES) if text == "all" else [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BENCHMARK_BUNDLE_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown bundle {', '.join(unknown) or text!r}: give all or some of "
+                                         + ",".join(BENCHMARK_BUNDLE_NAMES))
+    return names
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -164,6 +197,8 @@ def _fit_ensemble(args: argparse.Namespace) -> int:
     from mura_monai.ensemble_predictor import EnsemblePredictor
 
     overrides = {k: v for k, v in (("combine", args.combine), ("calibration", args.calibration)) if v}
+    if args.members:
+        overrides["members"] = [{"name": name.strip(), "weight": 1.0} for name in args.members.split(",") if name.strip()]
     predictor = EnsemblePredictor(args.bundle, device=args.device, models_dir=args.models_dir,
                                   members_models_dir=args.members_models_dir, overrides=overrides, fitted=False)
     fitted = predictor.fit(args.dataset_dir, progress=sys.stderr.isatty())
@@ -187,7 +222,26 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"synth": _synth, "infer": _infer, "evaluate": _evaluate, "fit-ensemble": _fit_ensemble, "compare": _compare}
+def _benchmark(args: argparse.Namespace) -> int:
+    from mura_monai.benchmark import Budget, StepFailed, run_benchmark
+
+    for name in ("epochs", "image_size", "batch_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    budget = Budget(epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
+                    learning_rate=args.learning_rate, seed=args.seed)
+    try:
+        run_benchmark(args.dataset_dir, args.output_dir, args.bundles, budget, device=args.device,
+                      n_bootstrap=args.n_bootstrap, restart=args.restart, echo=lambda line: print(line, flush=True))
+    except StepFailed as exc:
+        print(f"mura-monai benchmark: error: {exc}\n(the steps before it are kept: run the same command again to resume)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+_COMMANDS = {"benchmark": _benchmark, "synth": _synth, "infer": _infer, "evaluate": _evaluate, "fit-ensemble": _fit_ensemble,
+             "compare": _compare}
 # The library never imports the service: exporting the review's labels is the listener's command.
 _EXPORT_MOVED = "mura-listener export-labels --config listener.toml OUT"
 

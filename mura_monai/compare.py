@@ -23,6 +23,7 @@ __all__ = [
     "human_count",
     "human_duration",
     "load_evaluation",
+    "markdown_table",
     "overall_table_rows",
     "write_comparison",
 ]
@@ -247,7 +248,8 @@ def _aligned(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
 
-def _markdown(rows: list[list[str]]) -> str:
+def markdown_table(rows: list[list[str]]) -> str:
+    """Rows (header first) as a Markdown table; a ``|`` inside a cell is escaped so it cannot split the cell."""
     def line(cells):
         return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
     return "\n".join([line(rows[0]), "|" + "---|" * len(rows[0]), *(line(row) for row in rows[1:])])
@@ -272,9 +274,9 @@ def write_comparison(docs, output_dir: str | Path) -> tuple[Path, Path]:
         "# Bundle comparison",
         ("Study-level accuracy, sensitivity, specificity and F1; AUC and κ with bootstrap 95% intervals. "
          "Bundles by study AUC, best first."),
-        _markdown(overall_table_rows(docs)),
+        markdown_table(overall_table_rows(docs)),
         "## Per body part (study level)",
-        _markdown(body_part_table_rows(docs)),
+        markdown_table(body_part_table_rows(docs)),
         *(f"> **{note}**" if note.startswith("Warning") else note for note in notes),
         "Evaluations:\n" + sources,
     ]) + "\n"

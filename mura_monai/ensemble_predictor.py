@@ -115,15 +115,20 @@ class EnsemblePredictor:
             parser[key] = value
         self.settings = {key: parser.get_parsed_content(key) for key in _SETTINGS if key in parser.get()}
         self.fitted_path = Path(parser.get_parsed_content("fitted_path"))
+        self.fitted = FittedEnsemble.load(self.fitted_path) if fitted else None
+        members = parser.get_parsed_content("members")
+        if self.fitted is not None and "members" not in (overrides or {}):
+            # an ensemble fitted on other members (fit-ensemble --members) is used with the members it was fitted on
+            configured = {m["name"]: m for m in members}
+            if list(configured) != list(self.fitted.members):
+                members = [configured.get(name, {"name": name, "weight": 1.0}) for name in self.fitted.members]
         self.specs = _member_specs(
-            parser.get_parsed_content("members"), Path(parser.get_parsed_content("bundles_dir")),
-            parser.get_parsed_content("members_models_dir"),
+            members, Path(parser.get_parsed_content("bundles_dir")), parser.get_parsed_content("members_models_dir"),
         )
         self.members = [BundlePredictor(s.bundle_dir, device=device, models_dir=s.models_dir) for s in self.specs]
         router = parser.get_parsed_content("router")
         self.router = BundlePredictor(router["bundle"], device=device, models_dir=router.get("models_dir")) if router else None
         self.version = json.loads((self.bundle_dir / "configs" / "metadata.json").read_text()).get("version", "")
-        self.fitted = FittedEnsemble.load(self.fitted_path) if fitted else None
 
     @property
     def member_names(self) -> list[str]:
