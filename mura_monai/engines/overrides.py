@@ -48,6 +48,7 @@ def check_overrides(bundle: str, values: dict, unsupported: dict | None = None, 
     for name, instead in (unsupported or {}).items():
         if values.get(name) is not None:
             raise OverrideRefused(f"{bundle} does not take --{name}: {instead}")
+    from mura_monai.networks.weights import is_weights_source
     from mura_monai.transforms.enhancement import ENHANCEMENTS
 
     checks = {
@@ -58,7 +59,8 @@ def check_overrides(bundle: str, values: dict, unsupported: dict | None = None, 
         "batch_size": (lambda v: _positive_int(v, 1), "a whole number, at least 1"),
         "max_epochs": (lambda v: _positive_int(v, 1), "a whole number, at least 1"),
         "early_stop_patience": (lambda v: _positive_int(v, 0), "a whole number of validations (0: never stop early)"),
-        "pretrained_path": (lambda v: v == "" or Path(str(v)).is_file(), "a local weights file (nothing is downloaded)"),
+        "pretrained_path": (is_weights_source, "an existing weights file, imagenet, or an http(s):// or file:// URL "
+                                               "naming its sha256 (name-<hex>.pth or #sha256=<hex>)"),
         "backbone_ckpt": (lambda v: v == "" or Path(str(v)).is_file(), "a model.pt a resnet50 bundle training left"),
         **{flag: (_is_flag, "true or false") for flag in _FLAGS},
     }

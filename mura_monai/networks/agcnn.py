@@ -139,8 +139,8 @@ class AttentionGuidedCNN(nn.Module):
     Args:
         backbone: ``resnet50`` (the paper's and Han, Lee and Kim's) or ``densenet169``, for both branches.
         in_channels: 1 for radiographs; 3 for RGB-replicated input to ImageNet weights.
-        pretrained_path: local weights file of the backbone, loaded into both branches (as the
-            paper starts both from ImageNet); never downloaded.
+        pretrained_path: weights of the backbone (a file, its URL or ``imagenet``; see
+            :mod:`mura_monai.networks.weights`), loaded into both branches (as the paper starts both from ImageNet).
         threshold: heat-map level that selects the local region (τ = 0.7 in the paper).
         min_crop_fraction: smallest crop side as a fraction of the input side.
         pooling: global pooling of both branches (see :func:`~mura_monai.networks.factory.global_pooling`).

@@ -42,14 +42,15 @@ def densenet169(
         in_channels: 1 for radiographs; 3 when feeding RGB-replicated images to ImageNet weights.
         out_channels: 1 logit (sigmoid in the loss and at inference).
         dropout_prob: dropout after each dense layer.
-        pretrained_path: local weights file (torchvision or MONAI DenseNet-169 naming); never downloaded.
+        pretrained_path: weights file (torchvision or MONAI DenseNet-169 naming), its URL, or ``imagenet``
+            for torchvision's (see :mod:`mura_monai.networks.weights`).
         pooling: global pooling before the classifier, ``avg`` (the paper's) or ``max`` (see :func:`global_pooling`).
     """
     net = DenseNet169(
         spatial_dims=2, in_channels=in_channels, out_channels=out_channels, dropout_prob=dropout_prob, pretrained=False
     )
     net.class_layers.pool = global_pooling(pooling)
-    return load_pretrained(net, pretrained_path)
+    return load_pretrained(net, pretrained_path, backbone="densenet169")
 
 
 def resnet50(in_channels: int = 1, out_channels: int = 1, pretrained_path: str | Path | None = None,
@@ -65,7 +66,8 @@ def resnet50(in_channels: int = 1, out_channels: int = 1, pretrained_path: str |
     Args:
         in_channels: 1 for radiographs; 3 when feeding RGB-replicated images to ImageNet weights.
         out_channels: 1 logit for "abnormal" (sigmoid in the loss and at inference).
-        pretrained_path: local torchvision- or MONAI-named weights file; never downloaded.
+        pretrained_path: torchvision- or MONAI-named weights file, its URL, or ``imagenet`` for
+            torchvision's IMAGENET1K_V1 (see :mod:`mura_monai.networks.weights`).
         pooling: global pooling before the classifier, ``avg`` (the paper's) or ``max`` (see :func:`global_pooling`).
     """
     net = ResNet(
@@ -80,7 +82,7 @@ def resnet50(in_channels: int = 1, out_channels: int = 1, pretrained_path: str |
         num_classes=out_channels,
     )
     net.avgpool = global_pooling(pooling)
-    return load_pretrained(net, pretrained_path)
+    return load_pretrained(net, pretrained_path, backbone="resnet50")
 
 
 def efficientnet_b0(
@@ -89,16 +91,16 @@ def efficientnet_b0(
 ) -> nn.Module:
     """EfficientNet-B0 of Patel et al.: the 7-class body-part router and the 1-logit abnormality model.
 
-    MONAI's ``pretrained=True`` would download; weights come only from ``pretrained_path``, in
-    MONAI's (``efficientnet_pytorch``) naming, e.g. ``_conv_stem.weight``, ``_blocks.0.0._bn1.*``.
-    torchvision's ``efficientnet_b0`` naming (``features.0.0.weight``) is not mapped and is refused
-    by :func:`load_pretrained`. Patel et al. fine-tune it with
+    Weights come only from ``pretrained_path`` (MONAI's ``pretrained=True`` is not used), in MONAI's
+    naming (``_conv_stem.weight``, ``_blocks.0.0._bn1.*``) or efficientnet-pytorch's (``_blocks.0._bn1.*``,
+    the file MONAI downloads, which ``imagenet`` names). torchvision's ``efficientnet_b0`` naming
+    (``features.0.0.weight``) is not mapped and is refused by :func:`load_pretrained`. Patel et al. fine-tune it with
     :func:`~mura_monai.networks.freeze.freeze_all_but_last` (``n_trainable=20``).
 
     Args:
         in_channels: 1 for radiographs; 3 when feeding RGB-replicated images to ImageNet weights.
         out_channels: 7 for the body-part router, 1 logit for "abnormal".
-        pretrained_path: local weights file; never downloaded.
+        pretrained_path: weights file, its URL, or ``imagenet`` (see :mod:`mura_monai.networks.weights`).
         pooling: global pooling before the classifier, ``avg`` (the paper's) or ``max`` (see :func:`global_pooling`).
         bn_momentum: BatchNorm running-statistics momentum (PyTorch's convention). MONAI keeps
             TensorFlow's 0.99, i.e. 0.01 here, with which the statistics that evaluation uses
@@ -120,4 +122,4 @@ def efficientnet_b0(
     )
     net._avg_pooling = global_pooling(pooling)
     net._fc.reset_parameters()
-    return load_pretrained(net, pretrained_path)
+    return load_pretrained(net, pretrained_path, backbone="efficientnet_b0")

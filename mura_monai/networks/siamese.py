@@ -201,7 +201,8 @@ def siamese_net(backbone: str = "densenet169", dim: int = 256, head: str = "logi
         head: the classifier ``forward`` answers with (``logistic`` or ``knn``).
         k: neighbours of the k-NN head.
         in_channels: 1 for radiographs.
-        pretrained_path: local ImageNet weights of the backbone (torchvision or MONAI naming); never downloaded.
+        pretrained_path: ImageNet weights of the backbone (torchvision or MONAI naming): a file, its URL or
+            ``imagenet`` (see :mod:`mura_monai.networks.weights`).
         pooling: the backbone's global pooling, ``avg`` or ``max``.
     """
     if backbone == "densenet169":

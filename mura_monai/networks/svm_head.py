@@ -197,7 +197,8 @@ def resnet_svm(in_channels: int = 1, pretrained_path: str | Path | None = None, 
 
     Args:
         in_channels: 1 for radiographs.
-        pretrained_path: local torchvision-named ImageNet ``resnet50`` weights; never downloaded.
+        pretrained_path: torchvision-named ImageNet ``resnet50`` weights: a file, its URL or ``imagenet``
+            (see :mod:`mura_monai.networks.weights`).
         backbone_ckpt: a ``model.pt`` trained by ``bundles/resnet50`` (loaded after, so it wins
             over ``pretrained_path``): "pretrained for a few iterations on MURA" as the paper did.
         pooling: the backbone's global pooling, ``avg`` or ``max`` (as the checkpoint was trained).

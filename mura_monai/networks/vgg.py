@@ -16,6 +16,7 @@ from torch import nn
 
 from mura_monai.model_settings import as_flag
 from mura_monai.networks.pretrained import _unwrap, load_pretrained
+from mura_monai.networks.weights import resolve_weights
 
 __all__ = ["VGG19", "vgg19"]
 
@@ -137,15 +138,18 @@ def vgg19(
         dropout: dropout in the classifier.
         hidden_features: width of the classifier's hidden layers (see :class:`VGG19`).
         pool_size: 7 (torchvision) or 1 (global average pooling; see :class:`VGG19`).
-        pretrained_path: local torchvision-named weights file; never downloaded. The 1000-class
-            ``classifier.6`` does not fit and stays at its initialisation.
+        pretrained_path: torchvision-named weights file, its URL, or ``imagenet`` for torchvision's
+            ``vgg19_bn`` / ``vgg19`` (by ``batch_norm``; see :mod:`mura_monai.networks.weights`). The
+            1000-class ``classifier.6`` does not fit and stays at its initialisation.
 
     Raises:
         ValueError: when the file's BatchNorm layout differs from ``batch_norm``.
     """
     batch_norm = as_flag(batch_norm, "batch_norm")  # ``--batch_norm false`` arrives as the truthy string "false"
-    if pretrained_path and Path(pretrained_path).is_file():  # fail before building 143M parameters
-        _check_batch_norm_layout(pretrained_path, batch_norm)
+    # fail before building 143M parameters; "imagenet" is the file of the same BatchNorm layout
+    path = resolve_weights(pretrained_path, "vgg19_bn" if batch_norm else "vgg19")
+    if path is not None:
+        _check_batch_norm_layout(path, batch_norm)
     net = VGG19(in_channels=in_channels, out_channels=out_channels, batch_norm=batch_norm, dropout=dropout,
                 hidden_features=hidden_features, pool_size=pool_size)
-    return load_pretrained(net, pretrained_path)
+    return load_pretrained(net, path)

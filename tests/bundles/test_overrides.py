@@ -5,7 +5,7 @@ The effect is read off the components MONAI's ConfigParser builds from the bundl
 train.json with the override applied (the transforms, the trainer, the handlers, the network),
 without training; one refusal goes through `python -m monai.bundle run training` to check what a
 user sees. Resume and pretrained weights, which only a run can show, are trained and checked in
-each bundle's own tests (resume) and tests/networks/test_pretrained.py.
+each bundle's own tests (resume) and tests/networks/test_pretrained.py and test_weights.py (files, URLs).
 """
 from __future__ import annotations
 
