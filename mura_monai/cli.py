@@ -117,7 +117,8 @@ def _bundle_list(text: str) -> list[str]:
     names = list(BENCHMARK_BUNDLE_NAMES) if text == "all" else [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in BENCHMARK_BUNDLE_NAMES]
     if unknown or not names:
-        raise argparse.ArgumentTypeError(f"unknown bundle {', '.join(unknown) or text!r}: give all or some of "
+        named = ", ".join(unknown) or repr(text)
+        raise argparse.ArgumentTypeError(f"unknown bundle {named}: give all or some of "
                                          + ",".join(BENCHMARK_BUNDLE_NAMES))
     return names
 
