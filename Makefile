@@ -14,7 +14,7 @@ DEMO_PATIENTS ?= 200
 DEMO_EPOCHS ?= 4
 DEMO_IMAGE_SIZE ?= 128
 
-.PHONY: install system-deps demo lint test test-quick bench fuzz clean
+.PHONY: install system-deps demo lint test test-quick bench papers fuzz clean
 
 install: $(STAMP)
 
@@ -69,5 +69,17 @@ bench: install system-deps
 	$(BIN)/python benchmarks/inference.py
 	$(BIN)/python benchmarks/listener.py
 
+# The papers' claims side by side (README, "Comparing the papers"): a synthetic root, then every bundle
+# trained with the same budget, evaluated, paired differences and verdicts in $(PAPERS_DIR)/run/papers.md.
+# Interrupted, the same command resumes where it stopped.
+PAPERS_DIR ?= papers
+PAPERS_PATIENTS ?= 300
+PAPERS_EPOCHS ?= 4
+PAPERS_IMAGE_SIZE ?= 64
+papers: install
+	test -d $(PAPERS_DIR)/mura/MURA-v1.1 || $(BIN)/mura-monai synth $(PAPERS_DIR)/mura --patients $(PAPERS_PATIENTS) --seed 0 >/dev/null
+	$(BIN)/mura-monai benchmark --dataset-dir $(PAPERS_DIR)/mura --output-dir $(PAPERS_DIR)/run \
+	    --epochs $(PAPERS_EPOCHS) --image-size $(PAPERS_IMAGE_SIZE)
+
 clean:
-	rm -rf $(DEMO_DIR) bundles/*/models bundles/*/eval .pytest_cache
+	rm -rf $(PAPERS_DIR) $(DEMO_DIR) bundles/*/models bundles/*/eval .pytest_cache
