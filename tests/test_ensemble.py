@@ -1,6 +1,8 @@
 """The fitted combination of members: calibration, combining, thresholds, uncertainty, storage."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from sklearn.metrics import brier_score_loss, roc_auc_score
@@ -167,3 +169,24 @@ def test_uncertainty_from_disagreement_and_closeness():
     edge = study_uncertainty([0.41, 0.41], probability=0.41, threshold=0.4)
     assert edge["closeness"] == pytest.approx(1 - 0.01 / 0.15) and edge["uncertainty"] > 0.9
     assert study_uncertainty([0.7], 0.7, 0.3)["disagreement"] == 0.0
+
+
+def test_an_ensemble_fitted_on_other_members_is_used_with_them(synth_root, tmp_path, capsys):
+    """fit-ensemble --members records its members in ensemble.json; evaluate, infer and the
+    listener then load those members, not the config's (whose densenet has no checkpoint here)."""
+    from mura_monai.cli import main
+    from mura_monai.ensemble_predictor import EnsemblePredictor
+    from mura_monai.model_settings import save_model_settings
+    from tests.ensemble_support import ENSEMBLE, random_member
+
+    members, models = tmp_path / "members", tmp_path / "models"
+    random_member("resnet50", members / "resnet50", seed=0)
+    save_model_settings(members / "resnet50", image_size=32)
+    common = ["--bundle", str(ENSEMBLE), "--dataset-dir", str(synth_root), "--members-models-dir", str(members),
+              "--models-dir", str(models), "--device", "cpu"]
+    assert main(["fit-ensemble", *common, "--members", "resnet50"]) == 0
+    assert json.loads((models / "ensemble.json").read_text())["members"] == ["resnet50"]
+    predictor = EnsemblePredictor(ENSEMBLE, device="cpu", models_dir=models, members_models_dir=members)
+    assert predictor.member_names == ["resnet50"]
+    assert main(["fit-ensemble", *common, "--members", "resnet50,alexnet"]) == 2
+    assert "'alexnet' is not a bundle" in capsys.readouterr().err
