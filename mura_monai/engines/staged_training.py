@@ -77,7 +77,8 @@ class StagedTraining:
         unknown = set(stage_epochs) - set(order or stage_epochs)
         if unknown:
             raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages are {list(order)}")
-        self.plan = [(str(s), int(stage_epochs[s])) for s in (order or stage_epochs) if int(stage_epochs.get(s, 0)) > 0]
+        self.order = [str(s) for s in (order or stage_epochs)]
+        self.plan = [(s, int(stage_epochs[s])) for s in self.order if int(stage_epochs.get(s, 0)) > 0]
         if not self.plan:
             raise ValueError(f"no stage has epochs to train: {stage_epochs}")
         if max_epochs is not None and int(max_epochs) != self.total_epochs:
@@ -141,10 +142,15 @@ class StagedTraining:
             return
         if self._best_state is not None:  # the next stage builds on this stage's best epoch
             _module(self.network).load_state_dict(self._best_state)
+        previous = self.stage
         self.index, self.start_epoch = self.index + 1, int(engine.state.epoch) + 1
         start = getattr(_module(self.network), "start_stage", None)
         if start is not None:  # e.g. the fusion layer starts from the branches' classifiers
-            start(self.stage)
+            # a stage given 0 epochs still initialises what it would have trained: skipping the
+            # local stage must leave the fusion layer a copy of the global branch to read, not a
+            # branch at its random initialisation
+            for stage in self.order[self.order.index(previous) + 1 : self.order.index(self.stage) + 1]:
+                start(stage)
         self._restart_trackers()
         self._write()
 

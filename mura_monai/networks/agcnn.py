@@ -33,11 +33,28 @@ from torch import nn
 
 from mura_monai.networks.factory import densenet169, resnet50
 
-__all__ = ["AttentionGuidedCNN", "STAGES", "SplitBackbone", "attention_boxes", "attention_heatmap", "crop_boxes"]
+__all__ = ["AttentionGuidedCNN", "STAGES", "SplitBackbone", "attention_boxes", "attention_heatmap", "crop_boxes",
+           "output_stage"]
 
 STAGES: tuple[str, ...] = ("global", "local", "fusion")
 BACKBONES = ("resnet50", "densenet169")
 LOCAL_INITS = ("global", "pretrained")
+
+
+def output_stage(stage_epochs: dict) -> str:
+    """The logit a model trained with ``stage_epochs`` answers with: its last stage with epochs.
+
+    ``--stage_epochs "{'global': 4, 'local': 0, 'fusion': 0}"`` trains the global branch alone;
+    its ``model.pt`` must be evaluated and served on the global logit, not on a fusion layer
+    (and a local branch) still at their random initialisation.
+
+    Raises:
+        ValueError: when no stage has epochs.
+    """
+    trained = [s for s in STAGES if int(dict(stage_epochs).get(s, 0)) > 0]
+    if not trained:
+        raise ValueError(f"no stage has epochs to train: {dict(stage_epochs)}")
+    return trained[-1]
 
 
 def attention_heatmap(feature_map: torch.Tensor) -> torch.Tensor:

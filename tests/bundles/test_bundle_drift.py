@@ -105,7 +105,7 @@ MODEL_SETTINGS_COMMON = {"image_size", "in_channels", "enhancement", "aggregatio
 MODEL_SETTINGS_EXTRA = {
     "densenet169_wbce": {"metadata"},
     "vgg19": {"batch_norm", "classifier_width", "pool_size"},
-    "fusionnet_agcnn": {"backbone", "attention_threshold", "min_crop_fraction"},
+    "fusionnet_agcnn": {"backbone", "attention_threshold", "min_crop_fraction", "output_stage"},
     "siamese_triplet": {"backbone", "embedding_dim", "head", "knn_k"},
 }
 MODEL_SETTINGS_MISSING = {"vgg19": {"pooling"}}

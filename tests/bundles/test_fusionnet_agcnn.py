@@ -142,3 +142,32 @@ def test_ddp_training_on_two_cpu_processes(trained, tmp_path):
     ddp = read_json(ckpt / "training_summary.json")
     assert ddp["epochs_completed"] == 3 and ddp["iterations"] < single["iterations"]
     assert [s["stage"] for s in read_json(ckpt / "stages.json")["stages"]] == ["global", "local", "fusion"]
+
+
+@pytest.mark.parametrize("stage_epochs, stage", [({"global": 10, "local": 5, "fusion": 5}, "fusion"),
+                                                 ({"global": 4, "local": 0, "fusion": 0}, "global"),
+                                                 ({"global": 2, "local": 2, "fusion": 0}, "local")])
+def test_evaluation_and_inference_read_the_last_trained_stage(stage_epochs, stage, tmp_path):
+    # --stage_epochs "{'global': 4, 'local': 0, 'fusion': 0}" used to train the global branch and then
+    # evaluate and serve the fusion logit of a fusion layer and a local branch still at random
+    # initialisation (study AUC 0.49 where the trained global branch had 0.66)
+    from monai.bundle import ConfigParser
+
+    from mura_monai.inference import BundlePredictor
+    from mura_monai.model_settings import load_model_settings, save_model_settings
+
+    configs = BUNDLES / BUNDLE / "configs"
+    train = ConfigParser()
+    train.read_config(str(configs / "train.json"))
+    train.update({"stage_epochs": stage_epochs, "ckpt_dir": str(tmp_path)})
+    save_model_settings(tmp_path, **train.get_parsed_content("model_settings"))
+    assert load_model_settings(tmp_path)["output_stage"] == stage
+
+    evaluation = ConfigParser()
+    evaluation.read_config([str(configs / "train.json"), str(configs / "evaluate.json")])
+    evaluation.update(load_model_settings(tmp_path))  # what mura-monai evaluate replays
+    assert evaluation.get_parsed_content("network_def").stage == stage
+
+    torch.save(AttentionGuidedCNN(in_channels=1).state_dict(), tmp_path / "model.pt")
+    predictor = BundlePredictor(BUNDLES / BUNDLE, device="cpu", models_dir=tmp_path)
+    assert predictor.loaded.network.stage == stage

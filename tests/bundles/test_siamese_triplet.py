@@ -1,7 +1,7 @@
 """siamese_triplet (Regalla and Kudikala's metric learning) through MONAI's bundle CLI.
 
-Trains one epoch at 64 px on P x K batches with the paper's losses (the focal loss in the
-module fixture, the selectively contrastive loss in its own run; batch-hard and plain triplet
+Trains one epoch at 64 px on P x K batches with the paper's losses (the selectively contrastive
+loss, the default, in the module fixture, the focal loss in its own run; batch-hard and plain triplet
 are the unit tests'), evaluates to metrics.json with the embedding's
 recall@k and both classifiers, scores a study through `mura-monai infer` as the evaluation did,
 and trains under torchrun with 2 CPU processes (gloo).
@@ -52,7 +52,7 @@ def test_training_saves_the_embedding_and_its_fitted_classifier(trained):
     settings = read_json(trained["ckpt"] / "model_settings.json")
     assert settings["head"] == "knn" and settings["embedding_dim"] == 32 and settings["enhancement"] == "clahe"
     summary = read_json(trained["ckpt"] / "training_summary.json")
-    assert summary["bundle"] == NAME and summary["loss"] == "focal" and summary["train_time_s"] > 0
+    assert summary["bundle"] == NAME and summary["loss"] == "selectively_contrastive" and summary["train_time_s"] > 0
     net = siamese_net("resnet50", dim=32, head="knn", k=5)
     net.load_state_dict(torch.load(trained["ckpt"] / "model.pt", weights_only=True))
     n_train = len((trained["root"] / "MURA-v1.1" / "train_image_paths.csv").read_text().split())
@@ -83,7 +83,7 @@ def test_mura_monai_infer_scores_a_study_as_the_evaluation_did(trained, evaluate
     assert_infer_matches_evaluation(NAME, trained["ckpt"], trained["root"], evaluated, tmp_path)
 
 
-@pytest.mark.parametrize("loss", ["selectively_contrastive"])  # batch-hard shares the focal loss's miner and path
+@pytest.mark.parametrize("loss", ["focal"])  # batch-hard shares the focal loss's miner and path
 def test_each_of_the_seeds_losses_trains(synth_root, tmp_path, loss):
     bundle_run(NAME, "training", TRAIN, "--dataset_dir", str(synth_root), "--ckpt_dir", str(tmp_path / "models"),
                "--output_dir", str(tmp_path / "out"), "--loss_name", loss, *TINY)

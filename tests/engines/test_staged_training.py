@@ -99,3 +99,18 @@ def test_resume_continues_in_the_saved_stage():
     assert staged.stage == "local" and staged.history == [{"stage": "global"}]
     with pytest.raises(ValueError, match="unknown stage"):
         StagedTraining(net, {"globl": 1}, Engine(lambda e, b: None), order=STAGES)
+
+
+def test_a_skipped_stage_still_initialises_what_the_next_stage_reads():
+    # --stage_epochs "{'global': 1, 'local': 0, 'fusion': 1}" used to train the fusion layer on a
+    # local branch at its random initialisation: the local stage's start (a copy of the trained
+    # global branch, local_init="global") was skipped with its epochs
+    net = AttentionGuidedCNN(in_channels=1, stage="global")
+    trainer, _ = _trainer(net, epochs=2)
+    validator = _validator([0.5, 0.6])
+    staged = StagedTraining(net, {"global": 1, "local": 0, "fusion": 1}, validator, order=STAGES)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: validator.run([0]))  # as ValidationHandler, first
+    staged.attach(trainer)
+    trainer.run()
+    assert [s["stage"] for s in staged.history] == ["global", "fusion"]
+    assert not _changed(_snapshot(net.global_branch), _snapshot(net.local_branch))
