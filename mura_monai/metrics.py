@@ -119,17 +119,23 @@ def bootstrap_intervals(
     p = np.asarray(prob, dtype=float)
     if len(y) == 0 or n_bootstrap <= 0:
         return {name: [float("nan"), float("nan")] for name in METRIC_NAMES}
-    idx = np.random.default_rng(seed).integers(0, len(y), (n_bootstrap, len(y)))
+    idx = _resamples(len(y), n_bootstrap, seed)
     per_row = _metrics_per_row(y[idx], p[idx], threshold)
-    out = {}
-    for name in METRIC_NAMES:
-        vals = per_row[name][~np.isnan(per_row[name])]
-        if vals.size:
-            lo, hi = np.quantile(vals, [alpha / 2, 1 - alpha / 2])
-            out[name] = [float(lo), float(hi)]
-        else:
-            out[name] = [float("nan"), float("nan")]
-    return out
+    return {name: _percentile_interval(per_row[name], alpha) for name in METRIC_NAMES}
+
+
+def _resamples(n: int, n_bootstrap: int, seed: int) -> np.ndarray:
+    """``(n_bootstrap, n)`` indices drawn with replacement: the same draws for every metric and method."""
+    return np.random.default_rng(seed).integers(0, n, (n_bootstrap, n))
+
+
+def _percentile_interval(values: np.ndarray, alpha: float) -> list[float]:
+    """The ``1 - alpha`` percentile interval of the defined (non-NaN) values; NaNs when none is."""
+    values = values[~np.isnan(values)]
+    if not values.size:
+        return [float("nan"), float("nan")]
+    lo, hi = np.quantile(values, [alpha / 2, 1 - alpha / 2])
+    return [float(lo), float(hi)]
 
 
 PAIRED_METRICS = ("auc", "kappa")
@@ -158,7 +164,7 @@ def paired_bootstrap(
     if not (len(y) == len(a) == len(b)) or len(y) == 0:
         raise ValueError(f"paired predictions need the same units: {len(y)} labels, {len(a)} and {len(b)} probabilities")
     method, baseline = binary_metrics(y, a, threshold_method), binary_metrics(y, b, threshold_baseline)
-    idx = np.random.default_rng(seed).integers(0, len(y), (max(n_bootstrap, 0), len(y)))
+    idx = _resamples(len(y), max(n_bootstrap, 0), seed)
     rows_a = _metrics_per_row(y[idx], a[idx], threshold_method) if n_bootstrap > 0 else {}
     rows_b = _metrics_per_row(y[idx], b[idx], threshold_baseline) if n_bootstrap > 0 else {}
     out = {}
@@ -167,11 +173,10 @@ def paired_bootstrap(
                  "ci95": [float("nan"), float("nan")], "share_not_better": float("nan")}
         if n_bootstrap > 0:
             diff = rows_a[name] - rows_b[name]
-            diff = diff[~np.isnan(diff)]
-            if diff.size:
-                lo, hi = np.quantile(diff, [alpha / 2, 1 - alpha / 2])
-                block["ci95"] = [float(lo), float(hi)]
-                block["share_not_better"] = float(np.mean(diff <= 0))
+            block["ci95"] = _percentile_interval(diff, alpha)
+            defined = diff[~np.isnan(diff)]
+            if defined.size:
+                block["share_not_better"] = float(np.mean(defined <= 0))
         out[name] = block
     out["n"] = int(len(y))
     out["n_bootstrap"] = int(n_bootstrap)
