@@ -52,10 +52,12 @@ class Budget:
     batch_size: int = 16
     learning_rate: float = 1e-3
     seed: int = 0
+    pretrained_path: str = ""  # "" (from scratch), "imagenet" (each backbone's published weights), a file or URL
 
     def values(self) -> dict:
-        return {"max_epochs": self.epochs, "image_size": self.image_size, "batch_size": self.batch_size,
-                "learning_rate": self.learning_rate, "seed": self.seed, "rotate_range": 0, "early_stop_patience": 0}
+        values = {"max_epochs": self.epochs, "image_size": self.image_size, "batch_size": self.batch_size,
+                  "learning_rate": self.learning_rate, "seed": self.seed, "rotate_range": 0, "early_stop_patience": 0}
+        return values | ({"pretrained_path": self.pretrained_path} if self.pretrained_path else {})
 
 
 @dataclass

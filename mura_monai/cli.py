@@ -100,6 +100,9 @@ def _setup_argparser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
     bench.add_argument("--learning-rate", type=float, default=1e-3, help="learning rate (default 1e-3)")
     bench.add_argument("--seed", type=int, default=0, help="seed of every training and of the bootstrap (default 0)")
+    bench.add_argument("--pretrained-path", default="", metavar="imagenet|FILE|URL",
+                       help="start every bundle from these weights (imagenet: each backbone's published ImageNet "
+                            "weights, downloaded once and hash-checked); default: from scratch")
     bench.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     bench.add_argument("--n-bootstrap", type=int, default=1000, help="paired bootstrap resamples (default 1000)")
     bench.add_argument("--restart", action="store_true", help="start again instead of resuming what OUTPUT_DIR holds")
@@ -230,7 +233,7 @@ def _benchmark(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     budget = Budget(epochs=args.epochs, image_size=args.image_size, batch_size=args.batch_size,
-                    learning_rate=args.learning_rate, seed=args.seed)
+                    learning_rate=args.learning_rate, seed=args.seed, pretrained_path=args.pretrained_path)
     try:
         run_benchmark(args.dataset_dir, args.output_dir, args.bundles, budget, device=args.device,
                       n_bootstrap=args.n_bootstrap, restart=args.restart, echo=lambda line: print(line, flush=True))

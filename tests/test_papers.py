@@ -207,6 +207,13 @@ def test_every_training_override_is_one_the_bundle_reads_and_accepts(bundle, tmp
         assert values["max_epochs"] == 4 and values["rotate_range"] == 0
 
 
+def test_pretrained_weights_reach_every_bundle_that_reads_them(tmp_path):
+    for bundle in BENCHMARK_BUNDLES:
+        values = training_overrides(bundle, Budget(pretrained_path="imagenet"), tmp_path / "mura", tmp_path / "run")
+        assert values["pretrained_path"] == "imagenet", bundle
+    assert "pretrained_path" not in training_overrides("resnet50", Budget(), tmp_path / "mura", tmp_path / "run")
+
+
 def test_the_command_line_knows_the_same_bundles():
     assert BENCHMARK_BUNDLE_NAMES == BENCHMARK_BUNDLES
 
