@@ -360,7 +360,9 @@ def write_papers_report(run_dir: str | Path, settings: dict, n_bootstrap: int = 
         f"valid studies. Differences are paired: method minus baseline on the same {n_bootstrap} bootstrap resamples "
         f"of the studies. Verdict: reproduced when the 95 % interval of the study-AUC difference lies above 0, not "
         f"reproduced when it lies below +{MIN_GAIN}, otherwise (or with fewer than {MIN_STUDIES_PER_CLASS} normal or "
-        f"abnormal studies) inconclusive at this size.\n",
+        f"abnormal studies) inconclusive at this size. The bundles that keep their best epoch choose it on these "
+        f"same valid studies, as the papers do on MURA (which has no public test set); efficientnet_b0_router "
+        f"chooses on a 20 % patient hold-out of its training split instead, and resnet_svm has no epochs.\n",
         "## Leaderboard\n", _leaderboard_table(rows) + "\n",
         "## The claims\n", (_claims_table(claims) if claims else "No claim had both of its sides evaluated.") + "\n",
     ]
