@@ -74,7 +74,7 @@ bench: install system-deps
 # Interrupted, the same command resumes where it stopped.
 PAPERS_DIR ?= papers
 PAPERS_PATIENTS ?= 300
-PAPERS_EPOCHS ?= 4
+PAPERS_EPOCHS ?= 8
 PAPERS_IMAGE_SIZE ?= 64
 papers: install
 	test -d $(PAPERS_DIR)/mura/MURA-v1.1 || $(BIN)/mura-monai synth $(PAPERS_DIR)/mura --patients $(PAPERS_PATIENTS) --seed 0 >/dev/null
