@@ -352,7 +352,7 @@ def write_papers_report(run_dir: str | Path, settings: dict, n_bootstrap: int = 
         raise FileNotFoundError(f"no evaluations under {run_dir / 'eval'}: run the benchmark first")
     rows = leaderboard_rows(run_dir, n_bootstrap, seed)
     claims = evaluate_claims(run_dir, n_bootstrap, seed)
-    budget = ", ".join(f"{k} {v}" for k, v in settings.get("budget", {}).items())
+    budget = ", ".join(f"{k} {v}" for k, v in settings.get("budget", {}).items() if v != "")
     parts = [
         "# The papers' claims, measured side by side\n",
         f"Root: `{settings.get('dataset_dir', '?')}` ({rows[0]['n_studies']} valid studies). Every bundle trained from "
