@@ -352,11 +352,12 @@ def write_papers_report(run_dir: str | Path, settings: dict, n_bootstrap: int = 
         raise FileNotFoundError(f"no evaluations under {run_dir / 'eval'}: run the benchmark first")
     rows = leaderboard_rows(run_dir, n_bootstrap, seed)
     claims = evaluate_claims(run_dir, n_bootstrap, seed)
+    start = "from " + (settings.get("budget", {}).get("pretrained_path") or "scratch")
     budget = ", ".join(f"{k} {v}" for k, v in settings.get("budget", {}).items() if v != "")
     parts = [
         "# The papers' claims, measured side by side\n",
-        f"Root: `{settings.get('dataset_dir', '?')}` ({rows[0]['n_studies']} valid studies). Every bundle trained from "
-        f"scratch with the same budget ({budget}) through its own `monai.bundle` workflow and evaluated on the same "
+        f"Root: `{settings.get('dataset_dir', '?')}` ({rows[0]['n_studies']} valid studies). Every bundle trained "
+        f"{start} with the same budget ({budget}) through its own `monai.bundle` workflow and evaluated on the same "
         f"valid studies. Differences are paired: method minus baseline on the same {n_bootstrap} bootstrap resamples "
         f"of the studies. Verdict: reproduced when the 95 % interval of the study-AUC difference lies above 0, not "
         f"reproduced when it lies below +{MIN_GAIN}, otherwise (or with fewer than {MIN_STUDIES_PER_CLASS} normal or "
