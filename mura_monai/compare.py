@@ -24,6 +24,7 @@ __all__ = [
     "human_duration",
     "load_evaluation",
     "markdown_table",
+    "part_order",
     "overall_table_rows",
     "write_comparison",
 ]
@@ -117,7 +118,8 @@ def _levels(doc: dict) -> list[tuple[str, dict]]:
     return [("study", doc["study"]), ("image", doc["image"]), *doc.get("per_body_part", {}).items()]
 
 
-def _parts(docs) -> list[str]:
+def part_order(docs) -> list[str]:
+    """The body parts the metrics documents hold, MURA's seven in their usual order, any other after them."""
     parts = {part for doc in docs for part in doc.get("per_body_part", {})}
     return sorted(parts, key=lambda p: (p not in BODY_PARTS, BODY_PARTS.index(p) if p in BODY_PARTS else 0, p))
 
@@ -218,7 +220,7 @@ def body_part_table_rows(docs) -> list[list[str]]:
     ``AUC · κ`` in each cell."""
     ordered = _ordered(docs)
     rows = [["body part", *(name for name, _ in ordered)]]
-    for part in _parts([doc for _, doc in ordered]):
+    for part in part_order([doc for _, doc in ordered]):
         rows.append([part, *(_part_cell(doc.get("per_body_part", {}).get(part)) for _, doc in ordered)])
     rows.append(["all studies", *(_part_cell(doc["study"]) for _, doc in ordered)])
     return rows

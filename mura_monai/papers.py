@@ -19,13 +19,13 @@ reads what :mod:`mura_monai.benchmark` leaves in a run folder (``eval/<name>/met
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from mura_monai.compare import human_count, human_duration, markdown_table
-from mura_monai.constants import BODY_PARTS
+from mura_monai.compare import human_count, human_duration, markdown_table, part_order
 from mura_monai.engines.view_fusion import view_fusion_table
 from mura_monai.metrics import aggregate_studies, paired_bootstrap
 from mura_monai.report import format_patel_et_al_table, format_value, format_with_ci
@@ -263,15 +263,10 @@ def _claims_table(claims: list[dict]) -> str:
     return markdown_table(table)
 
 
-def _part_order(docs: list[dict]) -> list[str]:
-    parts = {p for d in docs for p in d.get("per_body_part", {})}
-    return [p for p in BODY_PARTS if p in parts] + sorted(parts - set(BODY_PARTS))
-
-
 def _per_part_table(docs: dict[str, dict], metric: str, first_column: str, extra_rows=()) -> str:
     names = list(docs)
     rows = [[first_column, *names]]
-    for part in _part_order(list(docs.values())):
+    for part in part_order(list(docs.values())):
         rows.append([part.removeprefix("XR_").capitalize(),
                      *(format_value(docs[n].get("per_body_part", {}).get(part, {}).get(metric, float("nan"))) for n in names)])
     for label, values in extra_rows:
@@ -331,7 +326,7 @@ def _rajpurkar_section(run_dir: Path, entries: dict[str, Entry]) -> str | None:
         return None
     m = _metrics(run_dir, entries[BASELINE])
     rows = [["Part", f"{BASELINE} here", "MURA baseline (Rajpurkar et al., test set)"]]
-    for part in _part_order([m]):
+    for part in part_order([m]):
         rows.append([part.removeprefix("XR_").capitalize(), format_value(m["per_body_part"][part]["kappa"]),
                      format_value(MURA_BASELINE_KAPPA.get(part, float("nan")))])
     rows.append(["Overall", format_value(m["study"]["kappa"]), format_value(MURA_BASELINE_KAPPA["overall"])])
@@ -378,8 +373,6 @@ def write_papers_report(run_dir: str | Path, settings: dict, n_bootstrap: int = 
 
 
 def _write_leaderboard_csv(path: Path, rows: list[dict]) -> None:
-    import csv
-
     columns = ["rank", "method", "n_studies", "auc", "auc_lo", "auc_hi", "kappa", "kappa_lo", "kappa_hi", "image_auc",
                "d_auc", "d_auc_lo", "d_auc_hi", "d_kappa", "d_kappa_lo", "d_kappa_hi", "train_time_s", "n_parameters"]
     with path.open("w", newline="") as handle:
