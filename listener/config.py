@@ -10,8 +10,10 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-__all__ = ["ConfigError", "Destination", "ListenerConfig", "ListenerSettings", "ModelSettings", "ReviewSettings",
-           "load_config"]
+__all__ = ["ROLES", "ConfigError", "Destination", "ListenerConfig", "ListenerSettings", "ModelSettings", "OidcSettings",
+           "ReviewSettings", "load_config"]
+
+ROLES = ("viewer", "reviewer", "admin")  # each may do what the one before it may, and more
 
 
 class ConfigError(ValueError):
@@ -57,11 +59,43 @@ class Destination:
 
 
 @dataclass
+class OidcSettings:
+    """``[review.oidc]``: sign-on through the hospital's OpenID Connect provider."""
+
+    issuer: str = ""                      # the provider's issuer URL (its /.well-known/openid-configuration)
+    client_id: str = ""
+    client_secret: str = ""
+    scope: str = "openid profile email"
+    username_claim: str = "preferred_username"
+    name_claim: str = "name"              # the full name the corrected SR names
+    role_claim: str = "roles"             # a string or a list of strings
+    admin_values: list[str] = field(default_factory=lambda: ["admin"])
+    reviewer_values: list[str] = field(default_factory=lambda: ["reviewer"])
+    viewer_values: list[str] = field(default_factory=lambda: ["viewer"])
+    button: str = "Sign in with single sign-on"
+
+
+@dataclass
 class ReviewSettings:
     host: str = "127.0.0.1"
     port: int = 8000
-    token: str = ""                       # empty: no sign-in, and the app listens on 127.0.0.1 only
+    token: str = ""                       # deprecated shared token; with no token, no account and no sign-on,
+                                          # the app listens on 127.0.0.1 only
+    token_user: str = "shared-token"      # the identity the shared token signs in as
+    token_full_name: str = ""
+    token_role: str = "reviewer"
     show_patient_name: bool = False       # patient names on the worklist and in the API
+    session_idle_minutes: float = 30.0    # a browser session ends after this long without a request
+    session_max_hours: float = 12.0       # and after this long in any case
+    sign_in_attempts: int = 5             # failed sign-ins per user name and per client address ...
+    sign_in_window_s: float = 300.0       # ... within this window; more are refused (429) until it passes
+    max_upload_mb: float = 256.0          # PUT /datastore/ (a DICOM upload); other requests: 1 MiB
+    tls: bool = True                      # HTTPS with tls_cert/tls_key, else [listener]'s; false: plain HTTP
+    tls_cert: str = ""
+    tls_key: str = ""
+    audit_log: str = ""                   # the audit trail as JSON lines (default: <spool_dir>/audit.jsonl)
+    public_url: str = ""                  # the address users open (sign-on redirects); default: the request's
+    oidc: OidcSettings | None = None
 
 
 @dataclass
@@ -102,6 +136,17 @@ def _section(cls, table: dict, name: str):
     return cls(**values)
 
 
+def _review(table: dict) -> ReviewSettings:
+    table = dict(table)
+    oidc = table.pop("oidc", None)
+    if oidc is not None and not isinstance(oidc, dict):
+        raise ConfigError("[review] oidc must be a table: [review.oidc]")
+    settings = _section(ReviewSettings, table, "review")
+    if oidc is not None:
+        settings.oidc = _section(OidcSettings, oidc, "review.oidc")
+    return settings
+
+
 def load_config(path: str | Path) -> ListenerConfig:
     """Read and check ``listener.toml``; raises :class:`ConfigError` naming the file and the key."""
     path = Path(path)
@@ -119,7 +164,7 @@ def load_config(path: str | Path) -> ListenerConfig:
             listener=_section(ListenerSettings, doc.get("listener", {}), "listener"),
             model=_section(ModelSettings, doc.get("model", {}), "model"),
             destinations=[_section(Destination, d, "destinations") for d in doc.get("destinations", [])],
-            review=_section(ReviewSettings, doc["review"], "review") if "review" in doc else None,
+            review=_review(doc["review"]) if "review" in doc else None,
             path=path.resolve(),
         )
     except ConfigError as exc:
@@ -146,5 +191,33 @@ def _check(config: ListenerConfig, path: Path) -> None:
             raise ConfigError(f"{path}: [listener] {key} not found: {config.resolve(value)}")
     if settings.log_format not in ("json", "text"):
         raise ConfigError(f"{path}: [listener] log_format must be json or text")
+    if config.review is not None:
+        _check_review(config, path)
     if config.model.device not in ("auto", "cpu") and not config.model.device.startswith("cuda"):
         raise ConfigError(f"{path}: [model] device must be auto, cpu or cuda[:N]")
+
+
+def _check_review(config: ListenerConfig, path: Path) -> None:
+    review = config.review
+    assert review is not None
+    if review.token_role not in ROLES:
+        raise ConfigError(f"{path}: [review] token_role must be one of {', '.join(ROLES)}")
+    if review.session_idle_minutes <= 0 or review.session_max_hours <= 0:
+        raise ConfigError(f"{path}: [review] session_idle_minutes and session_max_hours must be positive")
+    if review.sign_in_attempts < 1 or review.sign_in_window_s <= 0 or review.max_upload_mb <= 0:
+        raise ConfigError(f"{path}: [review] sign_in_attempts, sign_in_window_s and max_upload_mb must be positive")
+    if bool(review.tls_cert) != bool(review.tls_key):
+        raise ConfigError(f"{path}: [review] tls_cert and tls_key go together")
+    for key in ("tls_cert", "tls_key"):
+        value = getattr(review, key)
+        if value and not config.resolve(value).is_file():
+            raise ConfigError(f"{path}: [review] {key} not found: {config.resolve(value)}")
+    if review.public_url and not review.public_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{path}: [review] public_url must start with http:// or https://")
+    oidc = review.oidc
+    if oidc is not None:
+        missing = [key for key in ("issuer", "client_id") if not getattr(oidc, key)]
+        if missing:
+            raise ConfigError(f"{path}: [review.oidc] needs {' and '.join(missing)}")
+        if not oidc.issuer.startswith(("http://", "https://")):
+            raise ConfigError(f"{path}: [review.oidc] issuer must be an http(s) URL")

@@ -37,7 +37,9 @@ def write_config(folder: Path, port: int | None = None, destinations=(), review:
     for d in destinations:
         lines += ["", "[[destinations]]"] + [f"{k} = {value(v)}" for k, v in d.items()]
     if review is not None:
-        lines += ["", "[review]"] + [f"{k} = {value(v)}" for k, v in review.items()]
+        lines += ["", "[review]"] + [f"{k} = {value(v)}" for k, v in review.items() if not isinstance(v, dict)]
+        for table, values in ((k, v) for k, v in review.items() if isinstance(v, dict)):  # [review.oidc]
+            lines += ["", f"[review.{table}]"] + [f"{k} = {value(v)}" for k, v in values.items()]
     path = Path(folder) / "listener.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
