@@ -41,8 +41,27 @@ def _export_labels(config, out: Path | None, valid_fraction: float, seed: int) -
     if not 0.0 <= valid_fraction < 1.0:
         raise ValueError(f"--valid-fraction must be in [0, 1), got {valid_fraction}")
     summary = export_labels(config, out, valid_fraction=valid_fraction, seed=seed)
+    _audit_export(config, out, summary.pop("study_ids"))
     print(json.dumps(summary, indent=2, default=str))
     return 0
+
+
+def _audit_export(config, out: Path, study_ids: list[str]) -> None:
+    """Labels and images leaving the system are an export the audit trail names, with who ran it."""
+    import getpass
+
+    from listener.config import ReviewSettings
+    from listener.paths import database_path
+    from listener.review.app import audit_log_path
+    from listener.review.audit import AuditLog
+    from listener.store import Store
+
+    store = Store(database_path(config.spool_dir))
+    try:
+        AuditLog(store, audit_log_path(config, config.review or ReviewSettings())).record(
+            "export", f"cli:{getpass.getuser()}", folder=str(Path(out).resolve()), studies=study_ids)
+    finally:
+        store.close()
 
 
 def _status(config, as_json: bool) -> int:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import secrets
+import time
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -23,14 +24,18 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from listener.config import ListenerConfig, ReviewSettings
-from listener.review.auth import TokenAuth
+from listener.review.accounts import AccountStore, SessionStore
+from listener.review.admin import AccountAdmin, admin_routes
+from listener.review.audit import AuditLog
+from listener.review.auth import AuthMiddleware, ReviewAuth, auth_routes, identity_of, require
 from listener.review.datastore import ReviewDatastore, ReviewImage, ReviewStudy, radiograph_png
 from listener.review.labels import FINDINGS
 from listener.review.models import ModelRunner, describe_models
+from listener.review.security import MIB, BodyLimit, SecurityHeaders
 from listener.review.uploads import store_upload
 from listener.review.worklist import STRATEGIES, filter_studies, next_study, worklist_order
 
-__all__ = ["create_app"]
+__all__ = ["audit_log_path", "create_app"]
 
 logger = logging.getLogger("listener.review")
 STATIC = Path(__file__).parent / "static"
@@ -98,12 +103,35 @@ def _multipart(params: dict, file_name: str | None, data: bytes | None) -> Respo
     return Response(b"".join(parts), media_type=f"multipart/form-data; boundary={boundary}")
 
 
+def audit_log_path(config: ListenerConfig, settings: ReviewSettings) -> Path:
+    return config.resolve(settings.audit_log) if settings.audit_log else Path(config.spool_dir) / "audit.jsonl"
+
+
 def create_app(config: ListenerConfig, settings: ReviewSettings | None = None) -> Starlette:
     """The app for one listener config; ``settings`` default to its ``[review]`` table."""
+    from listener.review.server import tls_files
+
     settings = settings or config.review or ReviewSettings()
     data = ReviewDatastore(config)
     runner = ModelRunner(config)
     show_name = settings.show_patient_name
+    https = settings.tls and tls_files(config, settings) is not None
+    audit = AuditLog(data.store, audit_log_path(config, settings))
+    accounts = AccountStore(data.store)
+    sessions = SessionStore(data.store, idle_s=settings.session_idle_minutes * 60, max_s=settings.session_max_hours * 3600)
+    auth = ReviewAuth(settings, accounts, sessions, audit, https=https)
+    opened: dict[tuple[str | None, str], float] = {}  # (who, study id) -> when its opening was last audited
+
+    def audit_opened(request: Request, study: ReviewStudy, how: str) -> None:
+        """Who looked at which study, once per person and study every five minutes (a study view
+        fetches each image and heatmap: one audit line says the study was opened)."""
+        who = identity_of(request)
+        now = time.time()
+        if now - opened.get((who.name, study.id), 0.0) < 300:
+            return
+        opened[(who.name, study.id)] = now
+        audit.record("study_opened", who.name, client=request.client.host if request.client else None, study=study.id,
+                     how=how)
 
     def study_or_404(any_id: str | None) -> tuple[ReviewStudy, ReviewImage | None]:
         found = data.find(any_id or "")
@@ -144,6 +172,7 @@ def create_app(config: ListenerConfig, settings: ReviewSettings | None = None) -
     async def infer(request: Request) -> Response:
         model = request.path_params["model"]
         study, image = study_or_404(request.query_params.get("image"))
+        audit_opened(request, study, "infer")
         try:
             result, heatmap = await run_in_threadpool(runner.infer, model, study, image)
         except KeyError:
@@ -185,6 +214,7 @@ def create_app(config: ListenerConfig, settings: ReviewSettings | None = None) -
         return JSONResponse({"name": "mura-monai listener spool", "objects": objects})
 
     async def upload(request: Request) -> Response:
+        who = require(request, "reviewer", "uploading a study")
         params, files = await _params(request)
         content = files.get("file")
         if content is None:
@@ -193,6 +223,7 @@ def create_app(config: ListenerConfig, settings: ReviewSettings | None = None) -
             study, iid = await run_in_threadpool(store_upload, config, data, content)
         except ValueError as exc:
             raise _error(415, str(exc)) from None
+        audit.record("upload", who.name, client=request.client.host if request.client else None, study=study)
         return JSONResponse({"image": iid, "study": study})
 
     def studies(request: Request) -> Response:
@@ -202,12 +233,14 @@ def create_app(config: ListenerConfig, settings: ReviewSettings | None = None) -
 
     def study_detail(request: Request) -> Response:
         study, _ = study_or_404(request.query_params.get("study"))
+        audit_opened(request, study, "study")
         return JSONResponse(study.detail(data.history(study), show_name))
 
     def image(request: Request) -> Response:
-        _, found = study_or_404(request.query_params.get("image"))
+        study, found = study_or_404(request.query_params.get("image"))
         if found is None:
             raise _error(404, "not an image id")
+        audit_opened(request, study, "image")
         try:
             png = radiograph_png(found.path)
         except ValueError as exc:  # RadiographReadError: the file cannot be shown
@@ -221,31 +254,41 @@ def create_app(config: ListenerConfig, settings: ReviewSettings | None = None) -
         return JSONResponse(found.summary() | {"study": study.id})
 
     def heatmap(request: Request) -> Response:
-        _, found = study_or_404(request.query_params.get("image"))
+        study, found = study_or_404(request.query_params.get("image"))
         if found is None or found.heatmap is None:
             raise _error(404, "no heatmap for this image")
+        audit_opened(request, study, "heatmap")
         return FileResponse(found.heatmap, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     async def save_label(request: Request) -> Response:
+        who = require(request, "reviewer", "saving a label")
         study, found = study_or_404(request.query_params.get("image"))
         tag = request.query_params.get("tag") or "final"  # MONAI Label's default tag
         if tag != "final":
             raise _error(403, "only the 'final' label is written through the API; 'original' is the model's")
         params, files = await _params(request)
         finding = _finding(files.get("label"), params)
-        # Who: the signed-in identity where the sign-in names one, else a name the caller gives
-        # (the page, scripts). MONAI Label's own client and its OHIF and Slicer plugins send only
-        # a client_id: their label is kept and recorded as an unattributed API client's.
-        reviewer = str(_signed_in(request) or params.get("reviewer") or params.get("user") or "").strip()[:64] or None
+        # Who: the signed-in person, whatever the call says. Only an app nobody signs in to (this
+        # machine, unconfigured) takes a name from the caller; a label without one is kept as an
+        # unattributed API client's (MONAI Label's client and its plugins send only a client_id).
+        if who.is_authenticated:
+            reviewer, reviewer_name = who.name, who.display_name
+        else:
+            reviewer = str(params.get("reviewer") or params.get("user") or "").strip()[:64] or None
+            reviewer_name = reviewer
         client_id = str(params.get("client_id") or "").strip()[:64] or None
         comment = str(params.get("comment") or "").strip()[:2000]
         label = await run_in_threadpool(
             data.labels.add, study.study.key, "final", finding, sop_instance_uid=found.sop_instance_uid if found else None,
-            reviewer=reviewer, comment=comment, analysis_version=study.result.analysis_version if study.result else None,
+            reviewer=reviewer, reviewer_name=reviewer_name, comment=comment,
+            analysis_version=study.result.analysis_version if study.result else None,
             unattributed=reviewer is None, client_id=client_id)
         revised = False
         if found is None:
-            revised = await run_in_threadpool(_revise, config, data, study, finding, reviewer)
+            revised = await run_in_threadpool(_revise, config, data, study, finding, reviewer_name)
+        audit.record("label_saved", who.name, client=request.client.host if request.client else None, study=study.id,
+                     image=found.id if found else None, tag=tag, finding=finding, sr_revised=revised,
+                     client_id=client_id, reviewer=reviewer)
         logger.info("label saved", extra={"study": study.id, "tag": tag, "finding": finding, "sr_revised": revised,
                                           "attributed": reviewer is not None})
         refreshed = data.study(study.id) or study  # the study stays: labels never remove one
@@ -254,6 +297,7 @@ def create_app(config: ListenerConfig, settings: ReviewSettings | None = None) -
 
     def get_label(request: Request) -> Response:
         study, found = study_or_404(request.query_params.get("label") or request.query_params.get("image"))
+        audit_opened(request, study, "label")
         tag = request.query_params.get("tag") or "final"
         label = data.labels.latest(study.study.key, tag, found.sop_instance_uid if found else None)
         if label is None:
@@ -271,6 +315,8 @@ def create_app(config: ListenerConfig, settings: ReviewSettings | None = None) -
                              "labels": [h for h in history if not tag or h["tag"] == tag]})
 
     routes = [
+        *auth_routes(auth),
+        *admin_routes(AccountAdmin(accounts, sessions, audit)),
         Route("/health", health),
         Route("/", page),
         Route("/info/", info),
@@ -298,20 +344,22 @@ def create_app(config: ListenerConfig, settings: ReviewSettings | None = None) -
         assert isinstance(exc, HTTPException)  # registered for HTTPException only
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
-    app = Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(TokenAuth, token=settings.token)],
+    # outermost first: every answer gets the headers, no body passes its limit, then who is asking
+    middleware = [Middleware(SecurityHeaders, tls=https),
+                  Middleware(BodyLimit, default_bytes=MIB,
+                             limits={("PUT", "/datastore/"): int(settings.max_upload_mb * MIB)})]
+    if settings.oidc is not None:
+        from listener.review.oidc import OidcSignOn
+
+        sign_on = OidcSignOn(settings.oidc, settings.public_url, https=https)
+        middleware += sign_on.middleware()
+        routes[:0] = sign_on.routes(auth.oidc_signed_in, auth.oidc_refused)
+    middleware.append(Middleware(AuthMiddleware, auth=auth))
+    app = Starlette(routes=routes, lifespan=lifespan, middleware=middleware,
                     exception_handlers={HTTPException: http_error})
     app.state.datastore = data
+    app.state.auth = auth
     return app
-
-
-def _signed_in(request: Request) -> str | None:
-    """The person the sign-in names, where it names one. Today's sign-in (one shared token or its
-    session) names nobody; named accounts slot in as Starlette's ``AuthenticationMiddleware``
-    (``scope["user"]``), and then win over any name the caller gives."""
-    user = request.scope.get("user")
-    if user is None or not getattr(user, "is_authenticated", False):
-        return None
-    return str(getattr(user, "display_name", "") or "").strip() or None
 
 
 def _revise(config: ListenerConfig, data: ReviewDatastore, study: ReviewStudy, finding: str, reviewer: str | None) -> bool:

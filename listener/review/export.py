@@ -19,7 +19,7 @@ import pydicom
 from listener.config import ListenerConfig
 from listener.paths import database_path
 from listener.review.agreement import agreement_rows, write_agreement
-from listener.review.datastore import radiograph_png
+from listener.review.datastore import radiograph_png, study_id
 from listener.review.labels import LabelStore
 from listener.store import Store
 
@@ -138,4 +138,5 @@ def export_labels(config: ListenerConfig, out: str | Path, valid_fraction: float
             "images": {split: len(rows_[0]) for split, rows_ in csv_rows.items()},
             "skipped": skipped, "agreement": {k: None if isinstance(v, float) and math.isnan(v) else v
                                               for k, v in rows[-1].items()},
-            "agreement_csv": str(csv_path), "agreement_md": str(md_path)}
+            "agreement_csv": str(csv_path), "agreement_md": str(md_path),
+            "study_ids": [study_id(record["key"]) for record in exported]}

@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS labels (
     comment TEXT,
     analysis_version INTEGER,
     created_at REAL NOT NULL,
-    client_id TEXT
+    client_id TEXT,
+    reviewer_name TEXT
 );
 CREATE INDEX IF NOT EXISTS labels_study ON labels(study_key, tag, id);
 """
@@ -53,6 +54,7 @@ class Label:
     analysis_version: int | None
     created_at: float
     client_id: str | None = None
+    reviewer_name: str | None = None   # the reviewer's full name when the label was saved (the SR's observer)
 
     @property
     def unattributed(self) -> bool:
@@ -63,7 +65,8 @@ class Label:
     def as_dict(self) -> dict:
         """The label as the API shows it (the study key stays inside: it holds a UID)."""
         return {"tag": self.tag, "finding": self.finding, "abnormal": self.finding == "abnormal",
-                "probability": self.probability, "reviewer": self.reviewer, "comment": self.comment,
+                "probability": self.probability, "reviewer": self.reviewer,
+                "reviewer_name": self.reviewer_name or self.reviewer, "comment": self.comment,
                 "analysis_version": self.analysis_version, "time": self.created_at,
                 "attribution": (ATTRIBUTION_UNATTRIBUTED if self.unattributed
                                 else "model" if self.tag == "original" else "reviewer"),
@@ -90,14 +93,16 @@ class LabelStore:
         self.store = store
         db = self.store.connection()
         db.executescript(_SCHEMA)
-        if "client_id" not in {row[1] for row in db.execute("PRAGMA table_info(labels)")}:
-            with self.store.transaction() as tx:  # a database from before unattributed API labels
-                tx.execute("ALTER TABLE labels ADD COLUMN client_id TEXT")
+        columns = {row[1] for row in db.execute("PRAGMA table_info(labels)")}
+        for column in ("client_id", "reviewer_name"):  # a database from before unattributed labels / named accounts
+            if column not in columns:
+                with self.store.transaction() as tx:
+                    tx.execute(f"ALTER TABLE labels ADD COLUMN {column} TEXT")
 
     def add(self, study_key: str, tag: str, finding: str, *, sop_instance_uid: str | None = None,
             probability: float | None = None, reviewer: str | None = None, comment: str | None = None,
             analysis_version: int | None = None, now: float | None = None, unattributed: bool = False,
-            client_id: str | None = None) -> Label:
+            client_id: str | None = None, reviewer_name: str | None = None) -> Label:
         """A final label names its reviewer, or says ``unattributed=True`` (an API client that
         named nobody): no final label is anonymous by accident."""
         if tag not in TAGS:
@@ -111,9 +116,9 @@ class LabelStore:
         with self.store.transaction() as db:
             cursor = db.execute(
                 "INSERT INTO labels (study_key, sop_instance_uid, tag, finding, probability, reviewer, comment, "
-                "analysis_version, created_at, client_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "analysis_version, created_at, client_id, reviewer_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (study_key, sop_instance_uid, tag, finding, probability, reviewer, comment or None, analysis_version,
-                 now, (client_id or "")[:64] or None))
+                 now, (client_id or "")[:64] or None, (reviewer_name or "").strip()[:128] or None))
             row = db.execute("SELECT * FROM labels WHERE id=?", (cursor.lastrowid,)).fetchone()
         return _label(row)
 

@@ -120,8 +120,17 @@ class ReviewProcess:
 
 
 def _setup_argparser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mura-review", description="mura-monai review web app (MONAI Label API)")
-    parser.add_argument("--config", required=True, help="listener.toml (its [review] table: host, port, token)")
+    from listener.review.admin_cli import add_subcommands
+
+    parser = argparse.ArgumentParser(prog="mura-review", description="mura-monai review web app (MONAI Label API), "
+                                     "its accounts and its audit trail")
+    parser.add_argument("--config", default="listener.toml", help="listener.toml (default: the one in this folder)")
+    # --config also after the subcommand (mura-review users add NAME --config FILE)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help="listener.toml")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("serve", help="serve the review app (the default)", parents=[common])
+    add_subcommands(sub, [common])
     return parser
 
 
@@ -135,6 +144,10 @@ def main(args: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"mura-review: error: {exc}", file=sys.stderr)
         return 2
+    if parsed.command not in (None, "serve"):
+        from listener.review.admin_cli import run
+
+        return run(config, parsed)
     setup_logging(config.listener.log_format)
     if config.review is None:
         logger.info("no [review] table in the config: defaults (127.0.0.1:8000, no token)")

@@ -3,13 +3,14 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { info: null, studies: [], study: null, image: 0 };
+const state = { info: null, me: null, studies: [], study: null, image: 0 };
 
 function el(tag, props = {}, ...children) {
   const node = document.createElement(tag);
   for (const [key, value] of Object.entries(props)) {
     if (key === "class") node.className = value;
     else if (key === "dataset") Object.assign(node.dataset, value);
+    else if (key === "style") Object.assign(node.style, value);  // CSSOM: the CSP allows no style attribute
     else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
     else node.setAttribute(key, value);
   }
@@ -17,8 +18,11 @@ function el(tag, props = {}, ...children) {
   return node;
 }
 
+// Requests that change something carry the session's CSRF token (the server refuses them without).
 async function api(path, options = {}) {
-  const response = await fetch(path, { credentials: "same-origin", ...options });
+  const headers = { ...(options.headers || {}) };
+  if (options.method && options.method !== "GET" && state.me && state.me.csrf_token) headers["X-CSRF-Token"] = state.me.csrf_token;
+  const response = await fetch(path, { credentials: "same-origin", ...options, headers });
   if (response.status === 401) { location.reload(); throw new Error("signed out"); }
   if (!response.ok) {
     let detail = response.statusText;
@@ -48,8 +52,8 @@ function probabilityBar(p, threshold) {
   if (p == null) return el("span", { class: "muted" }, "–");
   const bar = el("span", { class: "bar" },
     el("span", { class: "bar-fill " + (threshold != null && p > threshold ? "abnormal" : "normal"),
-                 style: `width:${(100 * p).toFixed(1)}%` }));
-  if (threshold != null) bar.append(el("span", { class: "bar-threshold", style: `left:${(100 * threshold).toFixed(1)}%` }));
+                 style: { width: `${(100 * p).toFixed(1)}%` } }));
+  if (threshold != null) bar.append(el("span", { class: "bar-threshold", style: { left: `${(100 * threshold).toFixed(1)}%` } }));
   return el("span", { class: "probability" }, bar, el("span", { class: "number" }, pct(p)));
 }
 
@@ -131,7 +135,8 @@ function renderReview() {
   $("review-state").className = "";
   const final = study.final;
   const model = study.finding;
-  $("btn-accept").disabled = $("btn-override").disabled = !study.analysed;
+  $("btn-accept").disabled = $("btn-override").disabled = !study.analysed || !canLabel();
+  for (const id of ["btn-accept", "btn-override"]) $(id).title = canLabel() ? "" : "a viewer cannot label: a reviewer account is needed";
   $("btn-override").firstChild.textContent = model ? `Override to ${opposite(model)} ` : "Override ";
   $("btn-accept").firstChild.textContent = model ? `Accept ${model} ` : "Accept ";
   $("history").replaceChildren(...study.labels.slice().reverse().map((l) => el("li", {},
@@ -144,7 +149,8 @@ function renderReview() {
 
 // A label an API client saved without naming anyone says so instead of showing a blank name.
 function who(label) {
-  if (label.reviewer) return label.reviewer;
+  if (label.reviewer) return label.reviewer_name && label.reviewer_name !== label.reviewer
+    ? `${label.reviewer_name} (${label.reviewer})` : label.reviewer;
   return label.client_id ? `unattributed API client (${label.client_id})` : "unattributed API client";
 }
 
@@ -174,19 +180,25 @@ function applyHeatmapControls() {
   $("heatmap").style.opacity = $("heatmap-toggle").checked ? $("heatmap-opacity").value / 100 : 0;
 }
 
+const canLabel = () => Boolean(state.me) && ["reviewer", "admin"].includes(state.me.role);
+
+// The signed-in person is the reviewer: the label carries no name of the page's choosing.
 async function review(finding) {
   const study = state.study;
-  const reviewer = $("reviewer").value.trim();
-  if (!reviewer) {
-    $("message").textContent = "Enter your name as reviewer first.";
-    $("reviewer").focus();
+  if (!canLabel()) {
+    $("message").textContent = "A viewer cannot label: a reviewer account is needed.";
     return;
   }
-  localStorage.setItem("reviewer", reviewer);
-  const answer = await api(`/datastore/label?image=${encodeURIComponent(study.id)}&tag=final`, {
-    method: "PUT", headers: { "Content-Type": "application/json" },
-    body: JSON.stringify({ finding, reviewer, comment: $("comment").value }),
-  });
+  let answer;
+  try {
+    answer = await api(`/datastore/label?image=${encodeURIComponent(study.id)}&tag=final`, {
+      method: "PUT", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ finding, comment: $("comment").value }),
+    });
+  } catch (error) {
+    $("message").textContent = error.message;
+    return;
+  }
   await showStudy(study.id);
   $("message").textContent = `Saved: ${finding} (${answer.review})` +
     (answer.sr_revised ? " · corrected SR queued for the PACS" : "");
@@ -231,9 +243,17 @@ document.addEventListener("keydown", (event) => {
   event.preventDefault();
 });
 
+async function signOut() {
+  await api("/logout", { method: "POST" });
+  location.assign("/");
+}
+
 async function start() {
-  $("reviewer").value = localStorage.getItem("reviewer") || "";
-  $("reviewer").addEventListener("change", () => localStorage.setItem("reviewer", $("reviewer").value.trim()));
+  state.me = await api("/auth/me");
+  $("user-name").textContent = state.me.open ? "not signed in (this machine only)" : state.me.display_name;
+  $("user-role").textContent = state.me.role;
+  $("btn-signout").hidden = !state.me.csrf_token;  // a browser session (not the unconfigured local mode)
+  $("btn-signout").addEventListener("click", signOut);
   $("filter-part").addEventListener("change", loadWorklist);
   $("filter-state").addEventListener("change", loadWorklist);
   $("heatmap-toggle").addEventListener("change", applyHeatmapControls);
