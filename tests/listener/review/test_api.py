@@ -14,8 +14,6 @@ import numpy as np
 import pydicom
 import pytest
 from monailabel.client.client import MONAILabelClient, MONAILabelClientException  # installed --no-deps by make
-from starlette.authentication import AuthCredentials, AuthenticationBackend, SimpleUser
-from starlette.middleware.authentication import AuthenticationMiddleware
 
 from listener.review.datastore import study_id
 from listener.review.labels import LabelStore
@@ -166,35 +164,6 @@ def test_monai_label_client_saves_a_label_with_its_own_arguments_only(app, tmp_p
     assert (answer["label_info"]["attribution"], answer["label_info"]["client_id"]) == ("unattributed API client", None)
     back = json.loads(open(bare.download_label(row["id"], "final")).read())
     assert back["finding"] == row["finding"] and back["reviewer"] is None
-
-
-class _NamedAccounts(AuthenticationBackend):
-    """Named accounts do not exist yet (one shared token names nobody); this Starlette backend
-    stands in for them, a bearer token ``account:<name>`` signing in as ``<name>``, to show where
-    they slot in."""
-
-    async def authenticate(self, conn):
-        scheme, _, token = conn.headers.get("authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and token.startswith("account:"):
-            return AuthCredentials(["authenticated"]), SimpleUser(token.removeprefix("account:"))
-        return None
-
-
-def test_a_signed_in_identity_is_the_reviewer_whatever_the_client_sends(make_listener, serve, tmp_path):
-    """Once the sign-in names a person, MONAI Label's client's labels are theirs (and a name in
-    params cannot override it): the corrected SR is VERIFIED by that person."""
-    config = make_listener()
-    served = serve(config, middleware=[(AuthenticationMiddleware, {"backend": _NamedAccounts()})])
-    client = MONAILabelClient(served.url, tmpdir=str(tmp_path), client_id="ohif")
-    client.update_auth({"token_type": "Bearer", "access_token": "account:dr-signed-in"})
-    row = _get_json(served.url + "/datastore/studies")["studies"][0]
-    label = tmp_path / "label.txt"
-    label.write_text("normal" if row["finding"] == "abnormal" else "abnormal")
-    info = client.save_label(row["id"], str(label), tag="final", params={"reviewer": "someone-else"})["label_info"]
-    assert (info["reviewer"], info["attribution"], info["client_id"]) == ("dr-signed-in", "reviewer", "ohif")
-    sr = pydicom.dcmread(Store(config.spool_dir / "queue.sqlite3").study(_key(served, row["id"])).sr_path)
-    assert sr.VerificationFlag == "VERIFIED" and read_sr_result(sr)["reviewer"] == "dr-signed-in"
-    assert read_sr_result(sr)["finding_source"] is None
 
 
 def test_datastore_lists_studies_and_serves_radiographs_and_heatmaps(app):

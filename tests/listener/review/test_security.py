@@ -4,6 +4,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import re
 import urllib.parse
 
 import pydicom
@@ -54,8 +55,11 @@ def test_the_page_signs_in_once_and_keeps_an_httponly_strict_session_cookie(guar
     session = cookie.split(";")[0]
     assert _request(guarded.url, "/datastore/studies", headers={"Cookie": session})[0] == 200
     assert _request(guarded.url, "/datastore/studies", headers={"Cookie": "mura_review_session=forged"})[0] == 401
-    status, headers, _ = _request(guarded.url, "/login", "POST", body=f"token={TOKEN}".encode(),
-                                  headers={"Content-Type": "application/x-www-form-urlencoded"})
+    status, headers, body = _request(guarded.url, "/")  # the form, and its double-submit cookie
+    csrf = re.search(rb'name="csrf" value="([^"]+)"', body).group(1).decode()
+    form_cookie = headers["Set-Cookie"].split(";")[0]
+    status, headers, _ = _request(guarded.url, "/login", "POST", body=f"csrf={csrf}&token={TOKEN}".encode(),
+                                  headers={"Content-Type": "application/x-www-form-urlencoded", "Cookie": form_cookie})
     assert status == 303 and "HttpOnly" in headers["Set-Cookie"]
 
 
