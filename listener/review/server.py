@@ -16,11 +16,12 @@ import threading
 import time
 from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as EventType
+from pathlib import Path
 
 from listener.config import ListenerConfig, ReviewSettings, load_config
 from listener.processes import stop_when_parent_dies
 
-__all__ = ["ReviewProcess", "effective_host", "main", "make_server"]
+__all__ = ["ReviewProcess", "effective_host", "main", "make_server", "tls_files"]
 
 logger = logging.getLogger("listener.review")
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -38,6 +39,18 @@ def effective_host(settings: ReviewSettings) -> str:
     return settings.host
 
 
+def tls_files(config: ListenerConfig, settings: ReviewSettings) -> tuple[Path, Path] | None:
+    """The certificate and key the app serves HTTPS with: its own, else the listener's (one
+    certificate for the machine's DICOM and web ports is what a hospital's PKI usually issues);
+    ``None`` with ``tls = false`` or no certificate configured."""
+    if not settings.tls:
+        return None
+    for cert, key in ((settings.tls_cert, settings.tls_key), (config.listener.tls_cert, config.listener.tls_key)):
+        if cert and key:
+            return config.resolve(cert), config.resolve(key)
+    return None
+
+
 def make_server(config: ListenerConfig, settings: ReviewSettings | None = None):
     """A ``uvicorn.Server`` for the app of ``config`` (not started)."""
     import uvicorn
@@ -46,9 +59,16 @@ def make_server(config: ListenerConfig, settings: ReviewSettings | None = None):
 
     settings = settings or config.review or ReviewSettings()
     host = effective_host(settings)
+    tls = tls_files(config, settings)
+    if tls is None and host not in _LOOPBACK:  # passwords and session cookies would cross the network readable
+        why = "[review] tls = false" if not settings.tls else "no tls_cert and tls_key in [review] or [listener]"
+        logger.warning("review app serves plain HTTP beyond this machine", extra={"why": why})
     server = uvicorn.Server(uvicorn.Config(create_app(config, settings), host=host, port=settings.port,
-                                           access_log=False, log_config=None, lifespan="on"))
-    logger.info("review app", extra={"url": f"http://{host}:{settings.port}/", "sign_in": bool(settings.token)})
+                                           access_log=False, log_config=None, lifespan="on",
+                                           ssl_certfile=str(tls[0]) if tls else None,
+                                           ssl_keyfile=str(tls[1]) if tls else None))
+    scheme = "https" if tls else "http"
+    logger.info("review app", extra={"url": f"{scheme}://{host}:{settings.port}/", "sign_in": bool(settings.token)})
     return server
 
 
