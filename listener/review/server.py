@@ -27,15 +27,18 @@ logger = logging.getLogger("listener.review")
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def effective_host(settings: ReviewSettings) -> str:
-    """Without a token nobody signs in, so nobody but this machine may connect."""
-    if settings.token:
+def effective_host(settings: ReviewSettings, sign_in: bool | None = None) -> str:
+    """With no way to sign in (no account, no shared token, no sign-on) nobody but this machine
+    may connect. ``sign_in`` None: judged from ``settings`` alone (accounts live in the database)."""
+    if sign_in is None:
+        sign_in = bool(settings.token or settings.oidc)
+    if sign_in:
         return settings.host
     if settings.host not in _LOOPBACK:
-        logger.warning("review app has no token in [review]: listening on 127.0.0.1 only, not on the configured host",
-                       extra={"configured_host": settings.host})
+        logger.warning("review app has no account, token or sign-on: listening on 127.0.0.1 only, not on the "
+                       "configured host; add one with 'mura-review users add'", extra={"configured_host": settings.host})
         return "127.0.0.1"
-    logger.warning("review app has no token in [review]: listening on 127.0.0.1 only")
+    logger.warning("review app has no account, token or sign-on: listening on 127.0.0.1 only")
     return settings.host
 
 
@@ -58,17 +61,19 @@ def make_server(config: ListenerConfig, settings: ReviewSettings | None = None):
     from listener.review.app import create_app
 
     settings = settings or config.review or ReviewSettings()
-    host = effective_host(settings)
+    app = create_app(config, settings)
+    sign_in = not app.state.auth.started_open
+    host = effective_host(settings, sign_in)
     tls = tls_files(config, settings)
     if tls is None and host not in _LOOPBACK:  # passwords and session cookies would cross the network readable
         why = "[review] tls = false" if not settings.tls else "no tls_cert and tls_key in [review] or [listener]"
         logger.warning("review app serves plain HTTP beyond this machine", extra={"why": why})
-    server = uvicorn.Server(uvicorn.Config(create_app(config, settings), host=host, port=settings.port,
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=settings.port,
                                            access_log=False, log_config=None, lifespan="on",
                                            ssl_certfile=str(tls[0]) if tls else None,
                                            ssl_keyfile=str(tls[1]) if tls else None))
     scheme = "https" if tls else "http"
-    logger.info("review app", extra={"url": f"{scheme}://{host}:{settings.port}/", "sign_in": bool(settings.token)})
+    logger.info("review app", extra={"url": f"{scheme}://{host}:{settings.port}/", "sign_in": sign_in})
     return server
 
 
