@@ -271,6 +271,8 @@ def create_app(config: ListenerConfig, settings: ReviewSettings | None = None) -
         # Who: the signed-in person, whatever the call says. Only an app nobody signs in to (this
         # machine, unconfigured) takes a name from the caller; a label without one is kept as an
         # unattributed API client's (MONAI Label's client and its plugins send only a client_id).
+        reviewer: str | None
+        reviewer_name: str | None
         if who.is_authenticated:
             reviewer, reviewer_name = who.name, who.display_name
         else:

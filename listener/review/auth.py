@@ -40,7 +40,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import Route
 
 from listener.config import ReviewSettings
-from listener.review.accounts import Account, AccountError, AccountStore, SessionStore, role_allows
+from listener.review.accounts import Account, AccountError, AccountStore, Session, SessionStore, role_allows
 from listener.review.audit import AuditLog
 from listener.review.security import SignInLimiter
 
@@ -132,14 +132,16 @@ class ReviewAuth:
         return self.started_open and not self.accounts.list()
 
     # -- identities ---------------------------------------------------------------------
-    def _shared_identity(self, via: str = "shared-token", **session) -> Identity:
+    def _shared_identity(self, session: Session | None = None) -> Identity:
         s = self.settings
-        return Identity(s.token_user, s.token_full_name, s.token_role, via, **session)
+        return Identity(s.token_user, s.token_full_name, s.token_role, "shared-token",
+                        session.csrf_token if session else None, session.expires_at if session else None)
 
-    def _account_identity(self, account: Account | None, via: str, **session) -> Identity | None:
+    def _account_identity(self, account: Account | None, via: str, session: Session | None = None) -> Identity | None:
         if account is None or account.disabled:
             return None
-        return Identity(account.name, account.full_name, account.role, via, **session)
+        return Identity(account.name, account.full_name, account.role, via,
+                        session.csrf_token if session else None, session.expires_at if session else None)
 
     def shared_token_matches(self, candidate: str) -> bool:
         token = self.settings.token
@@ -159,10 +161,9 @@ class ReviewAuth:
         session = self.sessions.get(session_id)
         if session is None or session.via == "access-token":
             return None
-        extra = {"csrf_token": session.csrf_token, "session_expires_at": session.expires_at}
         if session.via == "shared-token":
-            return self._shared_identity(**extra) if self.settings.token else None
-        identity = self._account_identity(self.accounts.get(session.user_name), session.via, **extra)
+            return self._shared_identity(session) if self.settings.token else None
+        identity = self._account_identity(self.accounts.get(session.user_name), session.via, session)
         if identity is None:
             self.sessions.end(session_id)
         return identity
