@@ -33,9 +33,13 @@ TOKEN = "review-test-token"
 REVIEWER = "dr.reviewer"
 
 
+_NEEDS_PACS = {"live", "pacs", "make_listener", "review_ensemble"}
+
+
 def pytest_collection_modifyitems(items):
+    missing = not have_orthanc() or not Path(STORESCU).is_file()
     for item in items:
-        if "tests/listener/review" in str(item.fspath) and (not have_orthanc() or not Path(STORESCU).is_file()):
+        if missing and "tests/listener/review" in str(item.fspath) and _NEEDS_PACS & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.skip(reason="Debian's orthanc and dcmtk are needed"))
 
 
@@ -187,12 +191,14 @@ def make_listener(live, tmp_path):
 class ServedApp:
     """The real app behind uvicorn in a thread of the test process, on a free port of 127.0.0.1."""
 
-    def __init__(self, config: ListenerConfig, settings: ReviewSettings | None = None, middleware=()) -> None:
-        """``middleware``: Starlette ``(class, options)`` pairs put around the app (outermost last)."""
+    def __init__(self, config: ListenerConfig, settings: ReviewSettings | None = None, middleware=(),
+                 port: int | None = None) -> None:
+        """``middleware``: Starlette ``(class, options)`` pairs put around the app (outermost last);
+        ``port``: a port chosen beforehand (a sign-on provider must know the callback's address)."""
         from listener.review.server import make_server
 
         self.config = config
-        self.settings = replace(settings or config.review or ReviewSettings(), port=free_port())
+        self.settings = replace(settings or config.review or ReviewSettings(), port=port or free_port())
         self.server = make_server(config, self.settings)
         for cls, options in middleware:
             self.server.config.app.add_middleware(cls, **options)
@@ -212,12 +218,13 @@ class ServedApp:
 
 @pytest.fixture
 def serve():
-    """``serve(config, settings=None, middleware=())`` starts the app; every app started is stopped
-    after the test."""
+    """``serve(config, settings=None, middleware=(), port=None)`` starts the app; every app started
+    is stopped after the test."""
     started: list[ServedApp] = []
 
-    def start(config: ListenerConfig, settings: ReviewSettings | None = None, middleware=()) -> ServedApp:
-        started.append(ServedApp(config, settings, middleware))
+    def start(config: ListenerConfig, settings: ReviewSettings | None = None, middleware=(),
+              port: int | None = None) -> ServedApp:
+        started.append(ServedApp(config, settings, middleware, port))
         return started[-1]
 
     yield start
