@@ -415,6 +415,21 @@ class SessionStore:
             db.execute("UPDATE sessions SET ended_at=? WHERE id_hash=? AND ended_at IS NULL", (now, _sha256(session_id)))
         return session
 
+    def expire(self, session_id: str, now: float | None = None) -> tuple[Session, str] | None:
+        """A session that ran out (idle, or past its end) and was not yet marked: marks it ended and
+        returns it with why (``idle`` | ``max_age``), once, so its expiry is audited once."""
+        now = time.time() if now is None else now
+        if not isinstance(session_id, str) or not session_id:
+            return None
+        with self.store.transaction() as db:
+            row = db.execute("SELECT * FROM sessions WHERE id_hash=? AND ended_at IS NULL", (_sha256(session_id),)).fetchone()
+            if row is None or (now < row["expires_at"] and now - row["last_seen"] <= self.idle_s):
+                return None
+            db.execute("UPDATE sessions SET ended_at=? WHERE id_hash=?", (now, _sha256(session_id)))
+        session = Session(row["user_name"], row["via"], row["csrf_token"], row["created_at"], row["last_seen"],
+                          row["expires_at"], self.idle_s)
+        return session, "max_age" if now >= row["expires_at"] else "idle"
+
     def end_user(self, user_name: str, now: float | None = None) -> int:
         """Ends every session of the account; returns how many were still live."""
         now = time.time() if now is None else now

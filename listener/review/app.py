@@ -339,6 +339,7 @@ def create_app(config: ListenerConfig, settings: ReviewSettings | None = None) -
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
+        sessions.purge()  # rows of sessions that stopped working more than a day ago
         yield
         data.close()
 

@@ -157,9 +157,15 @@ class ReviewAuth:
             return None  # a browser session's id is no bearer token
         return self._account_identity(self.accounts.get(session.user_name), "access-token")
 
-    def from_cookie(self, session_id: str) -> Identity | None:
+    def from_cookie(self, session_id: str, client: str | None = None) -> Identity | None:
         session = self.sessions.get(session_id)
-        if session is None or session.via == "access-token":
+        if session is None:
+            expired = self.sessions.expire(session_id)
+            if expired is not None:
+                self.audit.record("session_expired", expired[0].user_name, client=client, via=expired[0].via,
+                                  reason=expired[1])
+            return None
+        if session.via == "access-token":
             return None
         if session.via == "shared-token":
             return self._shared_identity(session) if self.settings.token else None
@@ -250,7 +256,7 @@ class ReviewAuth:
             return self.from_bearer(credentials.strip()), False
         session_id = request.cookies.get(COOKIE)
         if session_id:
-            identity = self.from_cookie(session_id)
+            identity = self.from_cookie(session_id, _client(request))
             if identity is not None:
                 return identity, True
         if self.is_open():
@@ -288,6 +294,8 @@ class AuthMiddleware:
             if path == "/" and scope["method"] == "GET":
                 if "token" in request.query_params:  # the deprecated shared-token link: sign in, drop it from the URL
                     response = self._token_link(request)
+                elif request.cookies.get(COOKIE):
+                    response = self.auth.sign_in_page(401, "Your session has ended: please sign in again.")
                 else:
                     response = self.auth.sign_in_page()
             else:

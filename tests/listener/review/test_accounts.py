@@ -336,3 +336,16 @@ def test_purge_keeps_a_day_of_history(sessions):
     assert sessions.purge(now=10.0 + 86_000) == 0
     assert sessions.purge(now=1800.0 + 86_400) == 2
     assert sessions.get(live, now=90_001.0) is not None
+
+
+def test_expire_marks_a_run_out_session_once_and_says_why(store):
+    sessions = SessionStore(store, idle_s=60, max_s=3600)
+    idle, _ = sessions.create("jdoe", "password", now=1000.0)
+    old, _ = sessions.create("jdoe", "password", now=1000.0)
+    live, _ = sessions.create("jdoe", "password", now=1000.0)
+    sessions.get(old, now=1050.0)
+    assert sessions.expire(live, now=1030.0) is None  # still live
+    assert sessions.expire(idle, now=1100.0)[1] == "idle"
+    assert sessions.expire(idle, now=1100.0) is None  # once
+    assert sessions.expire(old, now=4700.0)[1] == "max_age"
+    assert sessions.expire("unknown", now=1100.0) is None

@@ -178,6 +178,10 @@ def test_sign_out_idle_expiry_and_disabling_end_sessions(accounts_app):
     db.commit()
     db.close()
     assert browser.http.get("/datastore/studies").status_code == 401
+    page = browser.http.get("/")
+    assert page.status_code == 401 and "session has ended" in page.text
+    expired = audit_entries(config, event="session_expired")
+    assert [(e.actor, e.detail["reason"]) for e in expired] == [("jdoe", "idle")]  # once, not per request
 
     browser = Browser(app.url)
     browser.sign_in("jdoe")
