@@ -147,10 +147,17 @@ function renderReview() {
   if (final) $("message").textContent = `Final: ${final.finding} by ${who(final)}`;
 }
 
+// A DICOM person name ("Doe^Jane") as people write it ("Jane Doe"); other names as they are.
+function personName(name) {
+  if (!name || !name.includes("^")) return name || "";
+  const [family, given, middle, prefix, suffix] = name.split("^");
+  return [prefix, given, middle, family, suffix].filter(Boolean).join(" ");
+}
+
 // A label an API client saved without naming anyone says so instead of showing a blank name.
 function who(label) {
   if (label.reviewer) return label.reviewer_name && label.reviewer_name !== label.reviewer
-    ? `${label.reviewer_name} (${label.reviewer})` : label.reviewer;
+    ? `${personName(label.reviewer_name)} (${label.reviewer})` : label.reviewer;
   return label.client_id ? `unattributed API client (${label.client_id})` : "unattributed API client";
 }
 
@@ -250,7 +257,7 @@ async function signOut() {
 
 async function start() {
   state.me = await api("/auth/me");
-  $("user-name").textContent = state.me.open ? "not signed in (this machine only)" : state.me.display_name;
+  $("user-name").textContent = state.me.open ? "not signed in (this machine only)" : personName(state.me.display_name);
   $("user-role").textContent = state.me.role;
   $("btn-signout").hidden = !state.me.csrf_token;  // a browser session (not the unconfigured local mode)
   $("btn-signout").addEventListener("click", signOut);

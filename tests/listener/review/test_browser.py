@@ -86,7 +86,7 @@ def test_a_viewer_cannot_override_a_reviewer_can_and_the_audit_lists_both(live, 
 
     # -- the viewer: reads the worklist and the study, cannot label --------------------------------
     _sign_in(page, live, VIEWER[0])
-    assert page.locator("#user-role").text_content() == "viewer" and page.locator("#user-name").inner_text() == VIEWER[1]
+    assert page.locator("#user-role").text_content() == "viewer" and page.locator("#user-name").inner_text() == "Victor View"
     api_order = [s["id"] for s in live.api("/datastore/studies")["studies"]]
     top = live.api(f"/datastore/study?study={api_order[0]}")
     page.locator("tr.study-row").first.click()
@@ -168,7 +168,7 @@ def test_a_viewer_cannot_override_a_reviewer_can_and_the_audit_lists_both(live, 
     assert client.save_label(shown, str(label), tag="final")["sr_revised"] is False
     page.reload()
     page.locator("#review-state .state.accepted").wait_for()
-    assert f"{REVIEWER[1]} ({REVIEWER[0]})" in page.locator("#history").inner_text()
+    assert f"Jane Doe ({REVIEWER[0]})" in page.locator("#history").inner_text()
 
     # -- the audit trail lists both people ---------------------------------------------------------------
     trail = [json.loads(line) for line in _review_cli(live, "audit", "--json", "--since", "1h").splitlines()]

@@ -95,7 +95,7 @@ def test_a_radiologist_signs_on_in_the_browser_and_labels_as_themself(sign_on_ap
             page.click('button[type="submit"]:has-text("Authorize")')
             # back at the app, signed in: the SameSite=Strict session cookie came along
             page.locator("tr.study-row").first.wait_for()
-            assert page.locator("#user-name").inner_text() == "House^Gregory"
+            assert page.locator("#user-name").inner_text() == "Gregory House"
             assert page.locator("#user-role").text_content() == "reviewer"
             page.locator("tr.study-row").first.click()
             page.locator("#btn-override:not([disabled])").wait_for()
