@@ -89,8 +89,14 @@ def initial_weights(target: str, pretrained_path: str | None, shared_init: bool,
     if shared_init and target not in WHOLE_SET_TARGETS:
         path = Path(ckpt_dir) / SHARED / BEST_MODEL_FILE
         if not path.is_file():
+            # under torchrun only global rank 0 writes checkpoints: on another node the file is
+            # there only when --ckpt_dir is a directory the nodes share
+            several = torch.distributed.is_available() and torch.distributed.is_initialized() \
+                and torch.distributed.get_world_size() > 1
             raise FileNotFoundError(f"{target} starts from the all-parts model, but {path} is missing: "
-                                    f"train --target {SHARED} first, or pass --part_init pretrained")
+                                    f"train --target {SHARED} first, or pass --part_init pretrained"
+                                    + ("; on several nodes --ckpt_dir must be a directory every node shares"
+                                       if several else ""))
         return str(path)
     return pretrained_path or ""
 
@@ -151,6 +157,9 @@ def train_pipeline(bundle_root: str | Path, config_files: str | list[str], targe
             # rank 0 writes the checkpoints after the others finish: a part model must not look
             # for the all-parts model (nor the join for any model) before it is on disk
             torch.distributed.barrier()
+    if not is_main_process():
+        # global rank 0 joins the checkpoints it wrote; another node's --ckpt_dir may hold none
+        return {}
     parts = [t for t in targets if t not in WHOLE_SET_TARGETS]
     return combine_checkpoints(ckpt_dir, parts, helpers=[t for t in targets if t == SHARED])
 

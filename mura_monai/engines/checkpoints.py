@@ -12,6 +12,7 @@ import logging
 import re
 from pathlib import Path
 
+import torch.distributed as dist
 from monai.handlers import CheckpointLoader
 
 from mura_monai.engines.distributed import is_main_process
@@ -51,6 +52,11 @@ def attach_resume(trainer, ckpt_dir: str | Path, resume: bool, load_dict: dict, 
 
     A resume request with no checkpoint starts from scratch with a warning, so a job script can
     always pass ``--resume true``. ``max_epochs`` is the new run's, so resuming can extend training.
+
+    Under ``torchrun`` every rank loads the checkpoint itself, so all of them must find the same
+    one: on several nodes ``ckpt_dir`` has to be a directory they share (only global rank 0
+    writes there). Ranks that disagree stop here with a ``RuntimeError`` rather than train
+    different epochs and hang in the next collective.
     """
     folder = Path(ckpt_dir)
     path = last_checkpoint(folder)
@@ -61,6 +67,7 @@ def attach_resume(trainer, ckpt_dir: str | Path, resume: bool, load_dict: dict, 
             for p in stale:
                 p.unlink()
         return None
+    _same_checkpoint_on_every_rank(path, folder)
     if path is None:
         logger.warning("--resume: no checkpoint_epoch=N.pt in %s, training from the start", folder)
         return None
@@ -71,3 +78,15 @@ def attach_resume(trainer, ckpt_dir: str | Path, resume: bool, load_dict: dict, 
         # the saver's tracking list, so a worse epoch after the restart does not replace model.pt
         best_saver.load_state_dict({"_saved": [(float(best), BEST_MODEL_FILE)]})
     return path
+
+
+def _same_checkpoint_on_every_rank(path: Path | None, folder: Path) -> None:
+    """Raise on every rank when the ranks of a process group found different epoch checkpoints."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+        return
+    found: list = [None] * dist.get_world_size()
+    dist.all_gather_object(found, path.name if path is not None else None)
+    if len(set(found)) > 1:
+        seen = ", ".join(f"rank {r}: {name or 'none'}" for r, name in enumerate(found))
+        raise RuntimeError(f"--resume: the ranks found different epoch checkpoints in {folder} ({seen}); "
+                           "on several nodes --ckpt_dir must be a directory every node shares")

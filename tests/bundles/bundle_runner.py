@@ -47,6 +47,24 @@ def torchrun(nproc: int) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m"]
 
 
+def torchrun_nodes(nnodes: int, node_rank: int, rdzv_endpoint: str, rdzv_id: str, nproc: int = 1) -> list[str]:
+    """The launcher of one node of ``torchrun --nnodes N`` with a c10d rendezvous, ending in ``-m``.
+
+    Every node runs the same line (same ``--rdzv_id`` and ``--rdzv_endpoint``). c10d numbers the
+    nodes itself (sorting them by address, then launcher pid), so ``node_rank`` is not passed to
+    torchrun (``--node_rank`` is the static backend's). It only says which launcher hosts the
+    rendezvous store: node 0, with ``is_host=true``; torch would otherwise guess from the
+    endpoint's address, and with every node on this machine's loopback address each would try
+    to host it. ``--local_addr`` is the endpoint's host (all nodes are this machine here), so
+    the worker group's master address is reachable whatever the hostname resolves to.
+    """
+    host = rdzv_endpoint.rsplit(":", 1)[0]
+    return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}", f"--nproc_per_node={nproc}",
+            "--rdzv_backend=c10d", f"--rdzv_endpoint={rdzv_endpoint}", f"--rdzv_id={rdzv_id}",
+            f"--rdzv_conf=is_host={'true' if node_rank == 0 else 'false'}", f"--local_addr={host}",
+            "--max_restarts=0", "-m"]
+
+
 MULTI_GPU = "['configs/train.json','configs/multi_gpu_train.json']"
 
 

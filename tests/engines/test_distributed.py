@@ -18,7 +18,8 @@ import torch.multiprocessing as mp
 from ignite.engine import Engine
 from sklearn.metrics import roc_auc_score
 
-from mura_monai.engines.distributed import init_distributed, is_main_process, rank_shard
+from mura_monai.engines.checkpoints import attach_resume
+from mura_monai.engines.distributed import distributed_device, init_distributed, is_main_process, rank_shard
 from mura_monai.engines.prediction_buffer import StudyAUC
 
 WORLD = 2
@@ -72,6 +73,19 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
     result["auc_shuffled"] = _study_auc(rank_shard(records, shuffle=True, seed=1))
     # both ranks hold every image of the list: all duplicates
     result["auc_all_on_both"] = _study_auc(records)
+    # --resume on nodes that do not share --ckpt_dir: rank 0's folder has a checkpoint, rank 1's none
+    own = Path(out_dir, f"ckpt{rank}")
+    own.mkdir()
+    if rank == 0:
+        (own / "checkpoint_epoch=1.pt").write_bytes(b"")
+    try:
+        attach_resume(None, own, True, {})
+        result["resume_split"] = None
+    except RuntimeError as err:
+        result["resume_split"] = str(err)
+    shared = Path(out_dir, "shared_empty")
+    shared.mkdir(exist_ok=True)
+    result["resume_agreed"] = attach_resume(None, shared, True, {})  # the same (no) checkpoint on both: no error
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
     dist.barrier()
     dist.destroy_process_group()
@@ -154,3 +168,32 @@ def test_gathered_auc_equals_single_process_auc_on_every_rank(ranks):
 def test_every_image_on_both_ranks_counts_once(ranks):
     assert [r["auc_all_on_both"] for r in ranks] == pytest.approx([RIGHT_AUC, RIGHT_AUC])
 
+
+
+def test_resume_stops_every_rank_when_the_nodes_found_different_checkpoints(ranks):
+    for result in ranks:
+        assert "rank 0: checkpoint_epoch=1.pt, rank 1: none" in result["resume_split"]
+        assert "--ckpt_dir must be a directory every node shares" in result["resume_split"]
+        assert result["resume_agreed"] is None
+
+
+def test_the_gpu_is_the_node_local_rank_not_the_global_rank(monkeypatch):
+    """Node 2 of 2 nodes with 2 GPUs each: global rank 3 is local rank 1 there, so cuda:1 (not cuda:3)."""
+    selected = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", selected.append)
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed_device() == torch.device("cuda:1") and selected == [torch.device("cuda:1")]
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(RuntimeError, match="--nproc_per_node must not exceed the GPUs of each node"):
+        distributed_device()
+
+
+def test_init_distributed_outside_torchrun_says_how_to_launch(monkeypatch):
+    for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(RuntimeError, match="torchrun"):
+        init_distributed()
+    assert not dist.is_initialized()
