@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
@@ -64,7 +65,7 @@ class Metrics:
                                registry=self.registry)
         self.export_failures = Counter("mura_export_failures", "Failed deliveries to a destination (each attempt)",
                                        ["destination"], registry=self.registry)
-        self.server = None
+        self.server: Any = None
 
     def watch_queue(self, store) -> None:
         self.registry.register(QueueCollector(store))
