@@ -17,7 +17,7 @@ from multiprocessing.synchronize import Event as EventType
 
 from listener.config import ListenerConfig, load_config
 from listener.exporter import Exporter
-from listener.paths import database_path
+from listener.paths import store_url
 from listener.processes import stop_when_parent_dies
 from listener.scp import StorageSCP
 from listener.spool import Spool
@@ -29,7 +29,7 @@ logger = logging.getLogger("listener.service")
 
 
 def open_store(config: ListenerConfig) -> Store:
-    return Store(database_path(config.spool_dir))
+    return Store(store_url(config))
 
 
 def _worker_main(config_path: str, stop, log_format: str) -> None:
