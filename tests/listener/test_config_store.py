@@ -44,8 +44,8 @@ def test_bad_configs_name_the_key(tmp_path, text, message):
         load_config(tmp_path / "absent.toml")
 
 
-def test_instances_after_an_analysis_reopen_the_study_for_a_new_version(tmp_path):
-    store = Store(tmp_path / "q.sqlite3")
+def test_instances_after_an_analysis_reopen_the_study_for_a_new_version(store_url):
+    store = Store(store_url)
     key = store.record_instance("1.1", "9", "MOD", "cr", "a", now=0)
     store.promote_stable(5, now=10)
     store.claim(now=10)
@@ -59,8 +59,8 @@ def test_instances_after_an_analysis_reopen_the_study_for_a_new_version(tmp_path
     assert store.study(key).state == "analysed" and len(store.instances(key)) == 2
 
 
-def test_a_dead_workers_study_is_claimed_again_and_failures_are_not_retried_forever(tmp_path):
-    store = Store(tmp_path / "q.sqlite3")
+def test_a_dead_workers_study_is_claimed_again_and_failures_are_not_retried_forever(store_url):
+    store = Store(store_url)
     key = store.record_instance("1.1", "9", "MOD", "cr", "a", now=0)
     store.promote_stable(0, now=1)
     store.claim(now=1)
@@ -76,8 +76,8 @@ def test_a_dead_workers_study_is_claimed_again_and_failures_are_not_retried_fore
     assert store.fail(other, "no decodable radiograph", retry=False, max_attempts=3) == "failed"
 
 
-def test_same_study_from_two_modalities_is_two_studies(tmp_path):
-    store = Store(tmp_path / "q.sqlite3")
+def test_same_study_from_two_modalities_is_two_studies(store_url):
+    store = Store(store_url)
     a = store.record_instance("1.1", "9", "MOD_A", "cr", "a")
     b = store.record_instance("1.2", "9", "MOD_B", "cr", "b")
     assert a != b and len(store.studies()) == 2
