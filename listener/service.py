@@ -22,6 +22,7 @@ from listener.processes import stop_when_parent_dies
 from listener.scp import StorageSCP
 from listener.spool import Spool
 from listener.store import ExportState, Store
+from listener.worker import worker_prefix
 
 __all__ = ["ListenerService", "open_store", "status_rows"]
 
@@ -59,7 +60,9 @@ class ListenerService:
         self._worker: tuple[BaseProcess, EventType] | None = None  # the process and its own stop event
 
     def _start_worker(self) -> None:
-        recovered = self.store.recover()
+        # this service's earlier workers are dead by now (it starts one at a time): their studies
+        # go back to the queue at once; another host's live claims stay where they are
+        recovered = self.store.recover(worker_prefix(self.config))
         if recovered:
             logger.warning("studies claimed by a stopped worker queued again", extra={"studies": recovered})
         # a fresh stop event per worker: one killed while waiting on an event leaves it unusable

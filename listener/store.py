@@ -237,11 +237,16 @@ class Store:
             return False
         try:
             conn = self._listening(channel)
-            woken = any(True for _ in conn.notifies(timeout=timeout_s, stop_after=1))
-            if woken:
-                for _ in conn.notifies(timeout=0):  # a burst is one wake-up
-                    pass
-            return woken
+            deadline = time.monotonic() + timeout_s
+            while True:  # in slices, so that a set ``stop`` is seen within half a second
+                remaining = deadline - time.monotonic()
+                slice_s = max(0.0, min(remaining, 0.5) if stop is not None else remaining)
+                if any(True for _ in conn.notifies(timeout=slice_s, stop_after=1)):
+                    for _ in conn.notifies(timeout=0):  # a burst is one wake-up
+                        pass
+                    return True
+                if remaining <= slice_s or (stop is not None and stop.is_set()):
+                    return False
         except psycopg.Error:  # the server went away: poll until it is back
             self._local.listening, self._local.channels = None, set()
             stop.wait(timeout_s) if stop is not None else time.sleep(timeout_s)

@@ -15,11 +15,14 @@ import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
+from listener.config import ListenerConfig, StoreSettings
 from listener.database import INTEGRITY_ERRORS, MIGRATIONS, SCHEMA_HEAD, Row, parse_target, translate
+from listener.exporter import Exporter
 from listener.review.accounts import AccountStore, SessionStore
 from listener.review.audit import GENESIS, AuditLog, _row_hash
 from listener.review.labels import LabelStore
 from listener.store import LeaseLost, Store
+from listener.worker import Worker
 from mura_monai.results import StudyResult
 
 _RESULT = StudyResult(study="1.2.3", body_part="XR_WRIST", probability=0.2, abnormal=False, threshold=0.5)
@@ -363,6 +366,38 @@ def test_recover_releases_dead_claims_and_keeps_another_hosts_live_one(store_url
     assert store.recover() == 0
 
 
+def test_the_worker_renews_its_lease_and_drops_a_result_it_lost(store_url, caplog):
+    store = Store(store_url)
+    config = ListenerConfig(store=StoreSettings(lease_s=1.5))
+    (key,) = _waiting(store, 1, now=time.time() - 100)
+    rival = Store(store_url)  # another host's worker
+    taken: list[str] = []
+
+    class Slow(Worker):
+        def analyse(self, study):
+            if study.key == key:  # outlives its lease several times over; renewed, nobody may take it
+                deadline = time.monotonic() + 4.0
+                while time.monotonic() < deadline:
+                    taken.extend(s.key for s in [rival.claim("rival", lease_s=60)] if s is not None)
+                    time.sleep(0.25)
+            else:  # the rival takes it over as if this worker had hung past its lease
+                with rival.transaction() as db:
+                    db.execute("UPDATE studies SET lease_until=0 WHERE study_key=?", (study.key,))
+                assert rival.claim("rival", lease_s=60).key == study.key
+            store.finish(study.key, _RESULT, ["sr"], ["PACS@h:1"], 0, "sr", worker_id=self.worker_id)
+            return 1, _RESULT
+
+    worker = Slow(config, store, predictor=object(), worker_id="this-host:1/1")
+    assert worker.run_once()
+    assert taken == [] and store.study(key).state == "analysed"
+    lost = store.record_instance("2.1", "8", "MOD", "cr", "b", now=time.time() - 50)
+    store.promote_stable(0)
+    assert worker.run_once()
+    study = store.study(lost)
+    assert (study.state, study.claimed_by, study.version) == ("analysing", "rival", 0)
+    assert any("result dropped" in record.getMessage() for record in caplog.records)
+
+
 # -- wake-ups -----------------------------------------------------------------------------------
 def test_a_notification_wakes_a_waiter_on_postgresql(store_url):
     waiter, writer = Store(store_url), Store(store_url)
@@ -438,3 +473,49 @@ def test_the_adapter_runs_the_modules_sql_on_both(store_url):
     with pytest.raises(INTEGRITY_ERRORS):
         db.execute("INSERT INTO accounts (name, role, created_at, updated_at) VALUES ('d', 'root', 1, 1)")
     assert db.execute("SELECT COUNT(*) FROM accounts").fetchone()[0] == 3  # and the connection carries on
+
+
+def test_the_worker_and_exporter_loops_wake_on_notifications(store_url, caplog):
+    """Poll intervals far longer than the test: only a notification can make them this quick."""
+    store = Store(store_url)
+    if store.dialect == "sqlite":
+        pytest.skip("SQLite has no notifications: the loops poll at their interval, as before")
+    config = ListenerConfig()  # no [[destinations]]: what the worker queues, the exporter gives up at once
+    analysed = threading.Event()
+
+    class Quick(Worker):
+        def analyse(self, study):
+            self.store.finish(study.key, _RESULT, ["sr"], ["PACS@h:1"], 0, "sr", worker_id=self.worker_id)
+            analysed.set()
+            return 1, _RESULT
+
+    stop = threading.Event()
+    worker = Quick(config, Store(store_url), predictor=object(), worker_id="h:1/1")
+    exporter = Exporter(config, Store(store_url))
+    threads = [threading.Thread(target=worker.run, args=(stop, 60.0)),
+               threading.Thread(target=exporter.run, args=(stop, 60.0))]
+    for thread in threads:
+        thread.start()
+    try:
+        schema = store.connection().execute("SELECT current_schema()").fetchone()[0]
+        listening = f'LISTEN "mura.{schema}.%'  # what the loops' listening connections last ran
+        deadline = time.monotonic() + 30
+        while store.connection().execute("SELECT COUNT(*) FROM pg_stat_activity WHERE query LIKE ?",
+                                         (listening,)).fetchone()[0] < 2:  # both loops are waiting out their 60 s
+            assert time.monotonic() < deadline, "the loops never listened"
+            time.sleep(0.02)
+        started = time.monotonic()
+        key = store.record_instance("1.1", "9", "MOD", "cr", "a", now=time.time() - 10)
+        store.promote_stable(0)
+        assert analysed.wait(10), "the worker did not wake"
+        deadline = time.monotonic() + 10
+        while store.outbox(key)[0]["state"] != "gave_up":
+            assert time.monotonic() < deadline, "the exporter did not wake"
+            time.sleep(0.02)
+        assert time.monotonic() - started < 10
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=5)
+    assert not any(thread.is_alive() for thread in threads)  # a set stop is seen within the wait's slice
+    assert store.study(key).state == "failed"
