@@ -26,6 +26,7 @@ that a caller could ignore); the worker drops its result and carries on.
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import sqlite3
 import threading
@@ -132,7 +133,6 @@ def _study(row) -> Study:
     )
 
 
-
 class Store:
     """One database per listener (a spool's SQLite file, or a PostgreSQL URL); safe to share
     between threads (one connection each)."""
@@ -211,7 +211,10 @@ class Store:
         sharing a server in separate schemas do not wake each other."""
         if self._schema is None:
             self._schema = self._db().execute("SELECT current_schema()").fetchone()[0] or ""
-        return f"mura.{self._schema}.{name}"
+        channel = f"mura.{self._schema}.{name}"
+        if len(channel.encode()) > 63:  # longer is refused by NOTIFY (and would fail the write it is part of)
+            channel = f"mura.{hashlib.sha256(self._schema.encode()).hexdigest()[:16]}.{name}"
+        return channel
 
     def _notify(self, db, name: str) -> None:
         """Sent when the transaction commits (PostgreSQL), so a waiter never wakes before the work

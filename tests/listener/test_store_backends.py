@@ -4,6 +4,7 @@ and the SQL adapter that lets the review's modules write SQLite's SQL for Postgr
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 from alembic.config import Config
 from alembic.script import ScriptDirectory
@@ -24,6 +26,7 @@ from listener.review.labels import LabelStore
 from listener.store import LeaseLost, Store
 from listener.worker import Worker
 from mura_monai.results import StudyResult
+from tests.listener.conftest import postgres_admin, schema_url
 
 _RESULT = StudyResult(study="1.2.3", body_part="XR_WRIST", probability=0.2, abnormal=False, threshold=0.5)
 
@@ -519,3 +522,19 @@ def test_the_worker_and_exporter_loops_wake_on_notifications(store_url, caplog):
             thread.join(timeout=5)
     assert not any(thread.is_alive() for thread in threads)  # a set stop is seen within the wait's slice
     assert store.study(key).state == "failed"
+
+
+def test_a_schema_name_too_long_for_a_channel_still_notifies():
+    admin = postgres_admin()  # skips, with the reason, when there is no server
+    schema = f"t_{secrets.token_hex(6)}_{'x' * 45}"
+    admin.execute(psycopg.sql.SQL("CREATE SCHEMA {}").format(psycopg.sql.Identifier(schema)))
+    try:
+        waiter, writer = Store(schema_url(schema)), Store(schema_url(schema))
+        waiter.wait("instances", 0)
+        writer.record_instance("1.1", "9", "MOD", "cr", "a", now=0)  # NOTIFY would refuse a 70-byte channel
+        assert waiter.wait("instances", 10.0)
+        waiter.close()
+        writer.close()
+    finally:
+        admin.execute(psycopg.sql.SQL("DROP SCHEMA {} CASCADE").format(psycopg.sql.Identifier(schema)))
+        admin.close()
