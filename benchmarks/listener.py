@@ -32,7 +32,7 @@ from pydicom.uid import generate_uid
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from listener.paths import database_path  # noqa: E402
+from listener.paths import store_url  # noqa: E402
 from listener.scp import StorageSCP  # noqa: E402
 from listener.spool import Spool  # noqa: E402
 from listener.store import Store  # noqa: E402
@@ -80,7 +80,7 @@ def throughput(base: Path, files: list[Path]) -> dict:
         storescp.terminate()
         storescp.wait()
     config = load(base / "mura_scp", min_free_disk_mb=1)
-    scp = StorageSCP(config, Store(database_path(config.spool_dir)), Spool(config.spool_dir))
+    scp = StorageSCP(config, Store(store_url(config)), Spool(config.spool_dir))
     scp.start()
     try:
         ours_s = _push(scp.port, files)

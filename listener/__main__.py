@@ -51,12 +51,12 @@ def _audit_export(config, out: Path, study_ids: list[str]) -> None:
     import getpass
 
     from listener.config import ReviewSettings
-    from listener.paths import database_path
+    from listener.paths import store_url
     from listener.review.app import audit_log_path
     from listener.review.audit import AuditLog
     from listener.store import Store
 
-    store = Store(database_path(config.spool_dir))
+    store = Store(store_url(config))
     try:
         AuditLog(store, audit_log_path(config, config.review or ReviewSettings())).record(
             "export", f"cli:{getpass.getuser()}", folder=str(Path(out).resolve()), studies=study_ids)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 __all__ = ["ROLES", "ConfigError", "Destination", "ListenerConfig", "ListenerSettings", "ModelSettings", "OidcSettings",
-           "ReviewSettings", "load_config"]
+           "ReviewSettings", "StoreSettings", "load_config"]
 
 ROLES = ("viewer", "reviewer", "admin")  # each may do what the one before it may, and more
 
@@ -99,11 +99,23 @@ class ReviewSettings:
 
 
 @dataclass
+class StoreSettings:
+    """``[store]``: where the queue, results, labels and accounts are kept."""
+
+    url: str = ""                         # empty: SQLite in the spool; postgresql://user@host:port/db to share
+    lease_s: float = 60.0                 # a worker's claim on a study lasts this long unless renewed
+
+
+_STORE_SCHEMES = ("postgresql", "postgresql+psycopg")
+
+
+@dataclass
 class ListenerConfig:
     listener: ListenerSettings = field(default_factory=ListenerSettings)
     model: ModelSettings = field(default_factory=ModelSettings)
     destinations: list[Destination] = field(default_factory=list)
     review: ReviewSettings | None = None
+    store: StoreSettings = field(default_factory=StoreSettings)
     path: Path | None = None
 
     @property
@@ -156,7 +168,7 @@ def load_config(path: str | Path) -> ListenerConfig:
         doc = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    unknown = sorted(set(doc) - {"listener", "model", "destinations", "review"})
+    unknown = sorted(set(doc) - {"listener", "model", "destinations", "review", "store"})
     if unknown:
         raise ConfigError(f"{path}: unknown table(s) {', '.join(unknown)}")
     try:
@@ -165,6 +177,7 @@ def load_config(path: str | Path) -> ListenerConfig:
             model=_section(ModelSettings, doc.get("model", {}), "model"),
             destinations=[_section(Destination, d, "destinations") for d in doc.get("destinations", [])],
             review=_review(doc["review"]) if "review" in doc else None,
+            store=_section(StoreSettings, doc.get("store", {}), "store"),
             path=path.resolve(),
         )
     except ConfigError as exc:
@@ -195,6 +208,18 @@ def _check(config: ListenerConfig, path: Path) -> None:
         _check_review(config, path)
     if config.model.device not in ("auto", "cpu") and not config.model.device.startswith("cuda"):
         raise ConfigError(f"{path}: [model] device must be auto, cpu or cuda[:N]")
+    _check_store(config.store, path)
+
+
+def _check_store(store: StoreSettings, path: Path) -> None:
+    """The URL is not repeated in a message: it may hold the database's password."""
+    if store.url:
+        scheme = store.url.split("://", 1)[0].lower() if "://" in store.url else ""
+        if scheme not in _STORE_SCHEMES:
+            raise ConfigError(f"{path}: [store] url: unsupported scheme {scheme or '(none)'!r}; leave it empty for SQLite "
+                              "in the spool, or give postgresql://user@host:port/database")
+    if store.lease_s <= 0:
+        raise ConfigError(f"{path}: [store] lease_s must be positive")
 
 
 def _check_review(config: ListenerConfig, path: Path) -> None:

@@ -19,6 +19,7 @@ from pynetdicom.association import Association
 from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from listener.config import Destination, ListenerConfig
+from listener.database import DATABASE_ERRORS
 from listener.paths import log_ref
 from listener.store import Export, Store
 
@@ -49,9 +50,17 @@ class Exporter:
         self.destinations = {destination_key(d): d for d in config.destinations}
 
     def run(self, stop: threading.Event, poll_s: float = 0.5) -> None:
+        """Between rounds, waits for the store's "outbox" notification (PostgreSQL) or ``poll_s``,
+        whichever comes first; a database that is away is waited for: this thread is not
+        restarted if it ends."""
         while not stop.is_set():
-            if not self.run_once():
-                stop.wait(poll_s)
+            try:
+                sent = self.run_once()
+            except DATABASE_ERRORS as exc:
+                logger.error("store unavailable", extra={"error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+                sent = 0
+            if not sent:
+                self.store.wait("outbox", poll_s, stop)
 
     def run_once(self, now: float | None = None) -> int:
         """Send what is due (one association per destination); returns how many were stored."""

@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from listener.config import ListenerConfig
 
 __all__ = [
     "DATABASE_NAME", "LOG_REF_LENGTH", "RESULTS_REF_LENGTH", "REVIEW_ID_LENGTH", "SPOOL_NAME_LENGTH",
     "analysis_dir", "database_path", "log_ref", "results_ref", "review_dir", "review_ref", "short_ref",
-    "spool_name",
+    "spool_name", "store_url",
 ]
 
 SPOOL_NAME_LENGTH = 24   # received instances: spool/instances/<study>/<instance>.dcm
@@ -50,6 +54,12 @@ def log_ref(study_key: str) -> str:
 def database_path(spool_dir: Path) -> Path:
     """The store's database: in the spool, so that one backup holds images, results and labels."""
     return Path(spool_dir) / DATABASE_NAME
+
+
+def store_url(config: ListenerConfig) -> str:
+    """What :class:`listener.store.Store` opens for this config: ``[store] url`` when set (a
+    PostgreSQL server several hosts share), else the SQLite file in the spool."""
+    return config.store.url or str(database_path(config.spool_dir))
 
 
 def analysis_dir(spool_dir: Path, study_key: str, version: int) -> Path:

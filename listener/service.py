@@ -17,11 +17,12 @@ from multiprocessing.synchronize import Event as EventType
 
 from listener.config import ListenerConfig, load_config
 from listener.exporter import Exporter
-from listener.paths import database_path
+from listener.paths import store_url
 from listener.processes import stop_when_parent_dies
 from listener.scp import StorageSCP
 from listener.spool import Spool
 from listener.store import ExportState, Store
+from listener.worker import worker_prefix
 
 __all__ = ["ListenerService", "open_store", "status_rows"]
 
@@ -29,7 +30,7 @@ logger = logging.getLogger("listener.service")
 
 
 def open_store(config: ListenerConfig) -> Store:
-    return Store(database_path(config.spool_dir))
+    return Store(store_url(config))
 
 
 def _worker_main(config_path: str, stop, log_format: str) -> None:
@@ -59,7 +60,9 @@ class ListenerService:
         self._worker: tuple[BaseProcess, EventType] | None = None  # the process and its own stop event
 
     def _start_worker(self) -> None:
-        recovered = self.store.recover()
+        # this service's earlier workers are dead by now (it starts one at a time): their studies
+        # go back to the queue at once; another host's live claims stay where they are
+        recovered = self.store.recover(worker_prefix(self.config))
         if recovered:
             logger.warning("studies claimed by a stopped worker queued again", extra={"studies": recovered})
         # a fresh stop event per worker: one killed while waiting on an event leaves it unusable

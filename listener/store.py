@@ -1,18 +1,32 @@
-"""The listener's memory: received instances, studies and their state, the outbox. SQLite in WAL mode.
+"""The listener's memory: received instances, studies and their state, the outbox.
 
 Every piece of the service (SCP threads, the worker, the exporter, the status command) talks to
 this one database, so that a crash at any point loses nothing that was acknowledged: an instance
 is recorded before the SCP answers success; a study claimed by a worker that died is claimed
-again on restart; an SR waiting for a PACS that is down stays in the outbox across restarts.
-``synchronous=FULL``: a committed row survives a power cut, which is what an ack promises.
+again; an SR waiting for a PACS that is down stays in the outbox across restarts.
+
+The database is an SQLite file in the spool by default (WAL, ``synchronous=FULL``: a committed
+row survives a power cut, which is what an ack promises), or a PostgreSQL server named by
+``[store] url`` that the listeners and workers of several hosts share (:mod:`listener.database`).
+Both have the same tables, made by the migrations in :mod:`listener.migrations`, and the same
+semantics.
 
 Study states, as the status command shows them:
 ``received`` (instances arriving), ``waiting`` (stable, queued for analysis), ``analysing``,
 ``analysed`` (results in the outbox), ``sent`` (every destination has them), ``failed``.
+
+Claims are leases, so that workers on several hosts can share the queue and a worker that died
+(or lost its network) does not hold a study forever: :meth:`Store.claim` gives a worker a study
+until ``lease_until``; the worker renews it with :meth:`Store.heartbeat` while it analyses; once
+the lease has run out another worker may claim the study. A worker that lost its claim that way
+must not write a second result, so :meth:`Store.finish` and :meth:`Store.fail`, given the
+worker's id, raise :class:`LeaseLost` instead of writing (an exception rather than a return value
+that a caller could ignore); the worker drops its result and carries on.
 """
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import sqlite3
 import threading
@@ -22,9 +36,21 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
+from psycopg import sql
+
+from listener.database import (
+    DBConnection,
+    PgConnection,
+    connect_listener,
+    connect_postgresql,
+    connect_sqlite,
+    migrate,
+    parse_target,
+)
 from mura_monai.results import StudyResult
 
-__all__ = ["STATES", "Export", "ExportState", "Store", "Study", "StudyState"]
+__all__ = ["STATES", "Export", "ExportState", "LeaseLost", "Store", "Study", "StudyState"]
 
 
 class StudyState(enum.StrEnum):
@@ -48,47 +74,22 @@ class ExportState(enum.StrEnum):
 
 STATES = tuple(state.value for state in StudyState)
 
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS instances (
-    sop_instance_uid TEXT PRIMARY KEY,
-    study_key TEXT NOT NULL,
-    sop_class_uid TEXT NOT NULL,
-    path TEXT NOT NULL,
-    received_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS instances_study ON instances(study_key);
-CREATE TABLE IF NOT EXISTS studies (
-    study_key TEXT PRIMARY KEY,
-    study_uid TEXT NOT NULL,
-    calling_ae TEXT NOT NULL,
-    state TEXT NOT NULL,
-    first_received REAL NOT NULL,
-    last_received REAL NOT NULL,
-    claimed_at REAL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    version INTEGER NOT NULL DEFAULT 0,
-    priority INTEGER NOT NULL DEFAULT 0,
-    reason TEXT,
-    result TEXT,
-    sr_path TEXT,
-    updated_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS studies_state ON studies(state, priority, last_received);
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    study_key TEXT NOT NULL,
-    version INTEGER NOT NULL,
-    destination TEXT NOT NULL,
-    path TEXT NOT NULL,
-    priority INTEGER NOT NULL DEFAULT 0,
-    state TEXT NOT NULL DEFAULT '{ExportState.PENDING.value}',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    next_attempt_at REAL NOT NULL,
-    last_error TEXT
-);
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, next_attempt_at);
-"""
+
+class LeaseLost(Exception):
+    """The study is no longer claimed by this worker (its lease ran out and another worker took
+    it, or it was released): nothing was written, and the worker's result is to be dropped."""
+
+    def __init__(self, key: str, worker_id: str) -> None:
+        super().__init__(f"worker {worker_id!r} no longer holds the study it analysed")
+        self.key, self.worker_id = key, worker_id
+
+
+# the SQL that differs between the backends, one text per dialect side by side
+_FOR_UPDATE = {"sqlite": "", "postgresql": " FOR UPDATE"}           # SQLite: BEGIN IMMEDIATE locks it all
+_SKIP_LOCKED = {"sqlite": "", "postgresql": " FOR UPDATE SKIP LOCKED"}  # claimers pass each other by
+_ANALYSIS_VERSION = {"sqlite": "json_extract(result, '$.analysis_version')",
+                     "postgresql": "(result::json->>'analysis_version')::int"}
+_WRITER_LOCK = 0x6D757261_00000002  # pg_advisory_xact_lock key of transaction(): one writer, as on SQLite
 
 
 def study_key(study_uid: str, calling_ae: str) -> str:
@@ -109,6 +110,8 @@ class Study:
     reason: str | None = None
     result: StudyResult | None = None
     sr_path: str | None = None
+    claimed_by: str | None = None      # the worker holding an ``analysing`` study ...
+    lease_until: float | None = None   # ... until then, unless it renews its claim
 
 
 @dataclass
@@ -121,38 +124,56 @@ class Export:
     created_at: float
 
 
-def _study(row: sqlite3.Row) -> Study:
+def _study(row) -> Study:
     return Study(
         key=row["study_key"], study_uid=row["study_uid"], calling_ae=row["calling_ae"], state=StudyState(row["state"]),
         attempts=row["attempts"], version=row["version"], priority=row["priority"], last_received=row["last_received"],
         reason=row["reason"], result=StudyResult.from_json(json.loads(row["result"])) if row["result"] else None,
-        sr_path=row["sr_path"],
+        sr_path=row["sr_path"], claimed_by=row["claimed_by"], lease_until=row["lease_until"],
     )
 
 
 class Store:
-    """One SQLite database per spool; safe to share between threads (one connection each)."""
+    """One database per listener (a spool's SQLite file, or a PostgreSQL URL); safe to share
+    between threads (one connection each)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, target: str | Path) -> None:
+        self.target = parse_target(target)
+        self.dialect = self.target.dialect     # "sqlite" | "postgresql"
+        self.path = self.target.path           # the SQLite file; None on PostgreSQL
+        self.url = self.target.url             # what Store() takes to open this database again
         self._local = threading.local()
-        self._db().executescript(_SCHEMA)
+        self._schema: str | None = None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        migrate(self.target, self._revision)
 
-    def _db(self) -> sqlite3.Connection:
+    def __repr__(self) -> str:
+        return f"Store({self.target.safe()!r})"
+
+    def _revision(self) -> str | None:
+        row = self._db().execute("SELECT version_num FROM alembic_version").fetchone()
+        return row[0] if row else None
+
+    def _db(self) -> sqlite3.Connection | PgConnection:
         db = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            db.row_factory = sqlite3.Row
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+        if db is None or (isinstance(db, PgConnection) and not db.usable):
+            db = connect_sqlite(self.path) if self.path is not None else connect_postgresql(self.target)
             self._local.db = db
         return db
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One immediate transaction: writers queue instead of failing on a busy database."""
+    def _write(self, exclusive: bool = False) -> Iterator:
+        """One write transaction. SQLite: immediate, so writers queue instead of failing on a busy
+        database. PostgreSQL: the statements lock the rows they need; ``exclusive`` also queues
+        this transaction behind every other exclusive one, as SQLite's single writer would."""
         db = self._db()
+        if isinstance(db, PgConnection):
+            with db.raw.transaction():
+                if exclusive:
+                    db.execute("SELECT pg_advisory_xact_lock(?)", (_WRITER_LOCK,))
+                yield db
+            return
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
@@ -162,19 +183,87 @@ class Store:
         db.execute("COMMIT")
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            db.close()
-            self._local.db = None
+        """This thread's connections (another thread's close when that thread ends)."""
+        for name in ("db", "listening"):
+            db = getattr(self._local, name, None)
+            if db is not None:
+                db.close()
+                setattr(self._local, name, None)
+        self._local.channels = set()
 
-    def connection(self) -> sqlite3.Connection:
+    def connection(self) -> DBConnection:
         """This thread's connection, for modules keeping tables of their own in this database
-        (the review app's labels): one file, one backup, one crash-safety story."""
+        (the review app's labels, accounts, audit trail): one database, one backup, one
+        crash-safety story. It takes SQLite's SQL on both backends (:mod:`listener.database`);
+        ``dialect`` says which one it is, for the few statements that differ."""
         return self._db()
 
     def transaction(self):
-        """An immediate write transaction on this thread's connection (see :meth:`connection`)."""
-        return self._write()
+        """A write transaction on this thread's connection (see :meth:`connection`) that no other
+        such transaction runs beside: immediate on SQLite, behind an advisory lock on PostgreSQL,
+        so that the review's read-then-write steps (the audit chain, a first sign-on) stay
+        atomic on both."""
+        return self._write(exclusive=True)
+
+    # -- wake-ups --------------------------------------------------------------------------
+    def _channel(self, name: str) -> str:
+        """Notifications are per database, so the channel names the schema: two listeners
+        sharing a server in separate schemas do not wake each other."""
+        if self._schema is None:
+            self._schema = self._db().execute("SELECT current_schema()").fetchone()[0] or ""
+        channel = f"mura.{self._schema}.{name}"
+        if len(channel.encode()) > 63:  # longer is refused by NOTIFY (and would fail the write it is part of)
+            channel = f"mura.{hashlib.sha256(self._schema.encode()).hexdigest()[:16]}.{name}"
+        return channel
+
+    def _notify(self, db, name: str) -> None:
+        """Sent when the transaction commits (PostgreSQL), so a waiter never wakes before the work
+        it is told about can be seen; SQLite has no one to tell (waiters poll)."""
+        if isinstance(db, PgConnection):
+            db.execute("SELECT pg_notify(?, '')", (self._channel(name),))
+
+    def notify(self, channel: str) -> None:
+        """Wake whoever waits on ``channel`` (:meth:`wait`), outside any transaction."""
+        self._notify(self._db(), channel)
+
+    def wait(self, channel: str, timeout_s: float, stop: threading.Event | None = None) -> bool:
+        """Block until something is notified on ``channel`` (True) or ``timeout_s`` passes (False).
+
+        PostgreSQL: a connection of this thread's own LISTENs from the first call on, so a
+        notification sent between two calls is not lost. SQLite: no notifications, so this
+        sleeps (or waits on ``stop``) for the timeout and says False; callers poll at their old
+        interval. Notifications are a hint, never the only way to find work."""
+        if stop is not None and stop.is_set():
+            return False
+        if self.dialect == "sqlite":
+            stop.wait(timeout_s) if stop is not None else time.sleep(timeout_s)
+            return False
+        try:
+            conn = self._listening(channel)
+            deadline = time.monotonic() + timeout_s
+            while True:  # in slices, so that a set ``stop`` is seen within half a second
+                remaining = deadline - time.monotonic()
+                slice_s = max(0.0, min(remaining, 0.5) if stop is not None else remaining)
+                if any(True for _ in conn.notifies(timeout=slice_s, stop_after=1)):
+                    for _ in conn.notifies(timeout=0):  # a burst is one wake-up
+                        pass
+                    return True
+                if remaining <= slice_s or (stop is not None and stop.is_set()):
+                    return False
+        except psycopg.Error:  # the server went away: poll until it is back
+            self._local.listening, self._local.channels = None, set()
+            stop.wait(timeout_s) if stop is not None else time.sleep(timeout_s)
+            return False
+
+    def _listening(self, channel: str) -> psycopg.Connection:
+        conn = getattr(self._local, "listening", None)
+        if conn is None or conn.closed or conn.broken:
+            conn = self._local.listening = connect_listener(self.target)
+            self._local.channels = set()
+        if channel not in self._local.channels:
+            conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self._channel(channel))))
+            self._local.channels.add(channel)
+        return conn
 
     # -- receiving -----------------------------------------------------------------------
     def record_instance(self, sop_instance_uid: str, study_uid: str, calling_ae: str, sop_class_uid: str,
@@ -187,7 +276,8 @@ class Store:
         key = study_key(study_uid, calling_ae)
         with self._write() as db:
             db.execute(
-                "INSERT INTO instances VALUES (?, ?, ?, ?, ?) ON CONFLICT(sop_instance_uid) DO UPDATE SET "
+                "INSERT INTO instances (sop_instance_uid, study_key, sop_class_uid, path, received_at) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(sop_instance_uid) DO UPDATE SET "
                 "study_key=excluded.study_key, sop_class_uid=excluded.sop_class_uid, path=excluded.path, "
                 "received_at=excluded.received_at",
                 (sop_instance_uid, key, sop_class_uid, str(path), now),
@@ -202,6 +292,7 @@ class Store:
                  "received": StudyState.RECEIVED, "analysing": StudyState.ANALYSING, "failed": StudyState.FAILED,
                  "analysed": StudyState.ANALYSED, "sent": StudyState.SENT},
             )
+            self._notify(db, "instances")
         return key
 
     def instances(self, key: str) -> list[dict]:
@@ -214,52 +305,89 @@ class Store:
         now = time.time() if now is None else now
         with self._write() as db:
             keys = [r[0] for r in db.execute(
-                "SELECT study_key FROM studies WHERE state=? AND last_received <= ?",
-                (StudyState.RECEIVED, now - stable_age_s))]
-            db.executemany("UPDATE studies SET state=?, updated_at=? WHERE study_key=?",
-                           [(StudyState.WAITING, now, k) for k in keys])
+                "UPDATE studies SET state=?, updated_at=? WHERE state=? AND last_received <= ? RETURNING study_key",
+                (StudyState.WAITING, now, StudyState.RECEIVED, now - stable_age_s)).fetchall()]
+            if keys:
+                self._notify(db, "work")
         return keys
 
-    def recover(self) -> int:
-        """At start: studies a dead worker had claimed are queued again; returns how many."""
-        with self._write() as db:
-            return db.execute("UPDATE studies SET state=? WHERE state=?",
-                              (StudyState.WAITING, StudyState.ANALYSING)).rowcount
+    def recover(self, workers: str | None = None, now: float | None = None) -> int:
+        """At start: studies whose worker is gone are queued again; returns how many.
 
-    def claim(self, now: float | None = None) -> Study | None:
-        """The next waiting study for the worker (oldest first), marked ``analysing``."""
+        Gone are the workers whose lease ran out, the claims without a lease (made before
+        leases), and, given ``workers``, every worker whose id starts with it: the caller's own,
+        which it knows are dead. A live claim of another host's worker stays with that worker."""
+        now = time.time() if now is None else now
+        mine, params = "", [StudyState.WAITING, StudyState.ANALYSING, now]
+        if workers:
+            mine = " OR substr(claimed_by, 1, ?) = ?"
+            params += [len(workers), workers]
+        with self._write() as db:
+            count = db.execute("UPDATE studies SET state=?, claimed_by=NULL, lease_until=NULL WHERE state=? AND "
+                               f"(lease_until IS NULL OR lease_until <= ?{mine})", params).rowcount
+            if count:
+                self._notify(db, "work")
+        return count
+
+    def claim(self, worker_id: str = "worker", lease_s: float = 60.0, now: float | None = None) -> Study | None:
+        """The next study for ``worker_id`` (the oldest waiting one, or one whose worker's lease
+        ran out), marked ``analysing`` and held until ``now + lease_s``.
+
+        One statement: on PostgreSQL the row is locked with SKIP LOCKED, so concurrent workers
+        each take a different study without waiting on each other; on SQLite the immediate
+        transaction makes claims take turns."""
         now = time.time() if now is None else now
         with self._write() as db:
-            row = db.execute("SELECT * FROM studies WHERE state=? ORDER BY last_received LIMIT 1",
-                             (StudyState.WAITING,)).fetchone()
-            if row is None:
-                return None
-            db.execute("UPDATE studies SET state=?, claimed_at=?, attempts=attempts+1, updated_at=? "
-                       "WHERE study_key=?", (StudyState.ANALYSING, now, now, row["study_key"]))
-        study = _study(row)
-        study.state, study.attempts = StudyState.ANALYSING, study.attempts + 1
-        return study
+            keys = db.execute(
+                "UPDATE studies SET state=?, claimed_by=?, claimed_at=?, lease_until=?, attempts=attempts+1, updated_at=? "
+                "WHERE study_key=(SELECT study_key FROM studies WHERE state=? OR (state=? AND "
+                "(lease_until IS NULL OR lease_until <= ?)) ORDER BY last_received LIMIT 1"
+                f"{_SKIP_LOCKED[self.dialect]}) RETURNING study_key",
+                (StudyState.ANALYSING, worker_id, now, now + lease_s, now, StudyState.WAITING, StudyState.ANALYSING,
+                 now)).fetchall()
+            # read back rather than RETURNING *: SQLite's RETURNING gives a REAL column's 2.0 as the integer 2
+            row = db.execute("SELECT * FROM studies WHERE study_key=?", (keys[0][0],)).fetchone() if keys else None
+        return _study(row) if row else None
+
+    def heartbeat(self, key: str, worker_id: str, lease_s: float = 60.0, now: float | None = None) -> bool:
+        """Renew ``worker_id``'s claim on the study for ``lease_s`` more; False once it no longer
+        holds it (another worker took it over): the worker is to drop its result. A lease that
+        ran out but that nobody took over yet is still this worker's, and renewed."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            return db.execute("UPDATE studies SET lease_until=? WHERE study_key=? AND state=? AND claimed_by=?",
+                              (now + lease_s, key, StudyState.ANALYSING, worker_id)).rowcount == 1
+
+    def _hold(self, db, key: str, columns: str, worker_id: str | None):
+        """The study's row, locked until the transaction ends; :class:`LeaseLost` when
+        ``worker_id`` is given and no longer holds it."""
+        row = db.execute(f"SELECT state, claimed_by, {columns} FROM studies WHERE study_key=?{_FOR_UPDATE[self.dialect]}",
+                         (key,)).fetchone()
+        if worker_id is not None and (row is None or row["state"] != StudyState.ANALYSING or row["claimed_by"] != worker_id):
+            raise LeaseLost(key, worker_id)
+        return row
 
     def finish(self, key: str, result: StudyResult, outputs: Sequence[str | Path], destinations: list[str], priority: int,
-               sr_path: str | Path | None, now: float | None = None) -> int:
+               sr_path: str | Path | None, now: float | None = None, worker_id: str | None = None) -> int:
         """Store a finished analysis and put its files in the outbox for every destination;
         returns the new version. A study that received instances meanwhile goes back to
-        ``received`` so that it is analysed again with them."""
+        ``received`` so that it is analysed again with them. Given ``worker_id``, raises
+        :class:`LeaseLost` (and writes nothing) unless that worker still holds the study."""
         now = time.time() if now is None else now
         with self._write() as db:
-            row = db.execute("SELECT version, last_received, claimed_at FROM studies WHERE study_key=?", (key,)).fetchone()
+            row = self._hold(db, key, "version, last_received, claimed_at", worker_id)
             version = row["version"] + 1
             newer = row["claimed_at"] is not None and row["last_received"] > row["claimed_at"]
             state = StudyState.RECEIVED if newer else (StudyState.ANALYSED if outputs and destinations else StudyState.SENT)
-            db.execute("UPDATE studies SET state=?, version=?, priority=?, result=?, sr_path=?, reason=NULL, updated_at=? "
-                       "WHERE study_key=?", (state, version, priority, json.dumps(result.to_json()),
-                                             str(sr_path) if sr_path else None,
-                                             now, key))
+            db.execute("UPDATE studies SET state=?, version=?, priority=?, result=?, sr_path=?, reason=NULL, updated_at=?, "
+                       "claimed_by=NULL, lease_until=NULL WHERE study_key=?",
+                       (state, version, priority, json.dumps(result.to_json()), str(sr_path) if sr_path else None, now, key))
+            exports = [(key, version, d, str(p), priority, now, now) for d in destinations for p in outputs]
             db.executemany(
                 "INSERT INTO outbox (study_key, version, destination, path, priority, created_at, next_attempt_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(key, version, d, str(p), priority, now, now) for d in destinations for p in outputs],
-            )
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", exports)
+            if exports:
+                self._notify(db, "outbox")
         return version
 
     def add_revision(self, key: str, outputs: Sequence[str | Path], destinations: list[str], priority: int,
@@ -269,26 +397,33 @@ class Store:
         reviewer's label, and the next analysis of the study references this SR."""
         now = time.time() if now is None else now
         with self._write() as db:
-            version = db.execute("SELECT version FROM studies WHERE study_key=?", (key,)).fetchone()["version"] + 1
+            version = self._hold(db, key, "version", None)["version"] + 1
             db.execute("UPDATE studies SET version=?, sr_path=?, updated_at=?, state=CASE WHEN state IN "
                        "(?, ?, ?) THEN ? ELSE state END WHERE study_key=?",
                        (version, str(sr_path), now, StudyState.ANALYSED, StudyState.SENT, StudyState.FAILED,
                         StudyState.ANALYSED, key))
+            exports = [(key, version, d, str(p), priority, now, now) for d in destinations for p in outputs]
             db.executemany(
                 "INSERT INTO outbox (study_key, version, destination, path, priority, created_at, next_attempt_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(key, version, d, str(p), priority, now, now) for d in destinations for p in outputs],
-            )
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", exports)
+            if exports:
+                self._notify(db, "outbox")
         return version
 
-    def fail(self, key: str, reason: str, retry: bool, max_attempts: int, now: float | None = None) -> StudyState:
+    def fail(self, key: str, reason: str, retry: bool, max_attempts: int, now: float | None = None,
+             worker_id: str | None = None) -> StudyState:
         """A study that could not be analysed: queued again while ``retry`` and attempts remain,
-        else ``failed`` with its reason (never retried forever). Returns the new state."""
+        else ``failed`` with its reason (never retried forever). Returns the new state. Given
+        ``worker_id``, raises :class:`LeaseLost` (and writes nothing) unless that worker still
+        holds the study."""
         now = time.time() if now is None else now
         with self._write() as db:
-            attempts = db.execute("SELECT attempts FROM studies WHERE study_key=?", (key,)).fetchone()[0]
+            attempts = self._hold(db, key, "attempts", worker_id)["attempts"]
             state = StudyState.WAITING if retry and attempts < max_attempts else StudyState.FAILED
-            db.execute("UPDATE studies SET state=?, reason=?, updated_at=? WHERE study_key=?", (state, reason, now, key))
+            db.execute("UPDATE studies SET state=?, reason=?, updated_at=?, claimed_by=NULL, lease_until=NULL "
+                       "WHERE study_key=?", (state, reason, now, key))
+            if state == StudyState.WAITING:
+                self._notify(db, "work")
         return state
 
     # -- the outbox ------------------------------------------------------------------------
@@ -319,10 +454,13 @@ class Store:
                            (error, next_attempt_at, export_id))
             self._settle(db, export_id, now)
 
-    @staticmethod
-    def _settle(db: sqlite3.Connection, export_id: int, now: float) -> None:
-        """An analysed study whose outbox emptied is ``sent`` (or ``failed`` if a file was given up)."""
+    def _settle(self, db, export_id: int, now: float) -> None:
+        """An analysed study whose outbox emptied is ``sent`` (or ``failed`` if a file was given up).
+        The study's row is locked before its outbox is counted, so that two exporters settling
+        its last two files at once cannot each see the other's still pending."""
         key = db.execute("SELECT study_key FROM outbox WHERE id=?", (export_id,)).fetchone()[0]
+        if self.dialect == "postgresql":
+            db.execute("SELECT state FROM studies WHERE study_key=? FOR UPDATE", (key,))
         counts = dict(db.execute("SELECT state, COUNT(*) FROM outbox WHERE study_key=? GROUP BY state", (key,)).fetchall())
         if counts.get(ExportState.PENDING):
             return
@@ -350,7 +488,7 @@ class Store:
         before results named it), for every study with a result; read without decoding the
         results, since the review asks on every page."""
         rows = self._db().execute(
-            "SELECT study_key, json_extract(result, '$.analysis_version') FROM studies WHERE result IS NOT NULL")
+            f"SELECT study_key, {_ANALYSIS_VERSION[self.dialect]} FROM studies WHERE result IS NOT NULL")
         return {r[0]: r[1] for r in rows}
 
     def outbox(self, key: str | None = None) -> list[dict]:

@@ -4,23 +4,31 @@ It runs in its own process (see :mod:`listener.service`) so that a crash in a de
 cannot take the DICOM listener down with it, and it loads the ensemble once and keeps it: loading
 two networks costs seconds, a study costs a fraction of that. Work comes only from the store, so
 a worker that dies mid-study leaves the study ``analysing`` and the next worker claims it again.
+
+A claim is a lease (see :mod:`listener.store`): while it analyses, a thread of the worker renews
+it every third of ``[store] lease_s``, so that only a worker that stopped renewing (dead, hung,
+cut off from the database) loses its study to another. One that lost it anyway finds out when it
+writes its result, and drops it.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import socket
 import threading
 from pathlib import Path
 
 import pydicom
 
 from listener.config import ListenerConfig
+from listener.database import DATABASE_ERRORS
 from listener.exporter import destination_key
 from listener.paths import analysis_dir, log_ref
-from listener.store import Store, Study
+from listener.store import LeaseLost, Store, Study
 from mura_monai.results import StudyResult
 
-__all__ = ["Worker", "load_predictor"]
+__all__ = ["Worker", "load_predictor", "worker_prefix"]
 
 logger = logging.getLogger("listener.worker")
 
@@ -37,6 +45,46 @@ def load_predictor(config: ListenerConfig):
     )
 
 
+def worker_prefix(config: ListenerConfig) -> str:
+    """What the ids of this service's workers start with: its host and DICOM port, which no other
+    service on the host can share. The service releases claims with this prefix at start (its
+    workers are dead then), however long their leases had to run."""
+    return f"{socket.gethostname()}:{config.listener.port}/"
+
+
+class _Lease:
+    """Renews a claim from a thread of its own while the analysis (which may hold the GIL in
+    long stretches, but not for a third of a lease) runs in the caller's."""
+
+    def __init__(self, store: Store, key: str, worker_id: str, lease_s: float) -> None:
+        self.store, self.key, self.worker_id, self.lease_s = store, key, worker_id, lease_s
+        self.lost = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="lease", daemon=True)
+
+    def __enter__(self) -> _Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _renew(self) -> None:
+        try:
+            while not self._done.wait(self.lease_s / 3):
+                try:
+                    if not self.store.heartbeat(self.key, self.worker_id, self.lease_s):
+                        self.lost = True
+                        logger.warning("study taken over by another worker", extra={"study_ref": log_ref(self.key)})
+                        return
+                except DATABASE_ERRORS as exc:  # the next renewal may get through before the lease runs out
+                    logger.warning("lease not renewed", extra={"study_ref": log_ref(self.key),
+                                                               "error": type(exc).__name__})
+        finally:
+            self.store.close()  # this thread's connection
+
+
 class AnalysisError(Exception):
     """A study that cannot be analysed; ``retry`` says whether another attempt could help."""
 
@@ -48,9 +96,11 @@ class AnalysisError(Exception):
 class Worker:
     """Loads the ensemble of ``[model]`` once and analyses studies until told to stop."""
 
-    def __init__(self, config: ListenerConfig, store: Store, predictor=None) -> None:
+    def __init__(self, config: ListenerConfig, store: Store, predictor=None, worker_id: str | None = None) -> None:
         self.config = config
         self.store = store
+        self.worker_id = worker_id or f"{worker_prefix(config)}{os.getpid()}"
+        self.lease_s = config.store.lease_s
         self.predictor = predictor if predictor is not None else self._load_predictor()
         self.destinations = [destination_key(d) for d in config.destinations]
 
@@ -58,29 +108,46 @@ class Worker:
         return load_predictor(self.config)
 
     def run(self, stop: threading.Event, poll_s: float = 0.5) -> None:
+        """Between studies, waits for the store's "work" notification (PostgreSQL) or ``poll_s``,
+        whichever comes first; a database that is away is waited for, not fatal."""
         while not stop.is_set():
-            if not self.run_once():
-                stop.wait(poll_s)
+            try:
+                busy = self.run_once()
+            except DATABASE_ERRORS as exc:
+                logger.error("store unavailable", extra={"error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+                busy = False
+            if not busy:
+                self.store.wait("work", poll_s, stop)
 
     def run_once(self) -> bool:
         """Analyse the next waiting study, if any; returns whether there was one."""
-        study = self.store.claim()
+        study = self.store.claim(self.worker_id, self.lease_s)
         if study is None:
             return False
         ref = log_ref(study.key)
         try:
+            with _Lease(self.store, study.key, self.worker_id, self.lease_s):
+                self._analyse_claimed(study, ref)
+        except LeaseLost:
+            logger.warning("study taken over by another worker; this worker's result dropped", extra={"study_ref": ref})
+        return True
+
+    def _analyse_claimed(self, study: Study, ref: str) -> None:
+        max_attempts = self.config.model.max_attempts
+        try:
             version, result = self.analyse(study)
+        except LeaseLost:
+            raise
         except AnalysisError as exc:
-            state = self.store.fail(study.key, exc.reason, exc.retry, self.config.model.max_attempts)
+            state = self.store.fail(study.key, exc.reason, exc.retry, max_attempts, worker_id=self.worker_id)
             logger.warning("study not analysed", extra={"study_ref": ref, "reason": exc.reason, "state": state})
         except Exception as exc:  # a bug or a resource problem: retried, never silently dropped
             reason = f"{type(exc).__name__}: {str(exc)[:200]}"
-            state = self.store.fail(study.key, reason, True, self.config.model.max_attempts)
+            state = self.store.fail(study.key, reason, True, max_attempts, worker_id=self.worker_id)
             logger.exception("analysis failed", extra={"study_ref": ref, "state": state})
         else:
             logger.info("study analysed", extra={"study_ref": ref, "version": version, "abnormal": result.abnormal,
                                                  "uncertain": result.uncertain, "images": len(result.images)})
-        return True
 
     def analyse(self, study: Study) -> tuple[int, StudyResult]:
         """Score the study's instances, write heatmaps, SR and SCs, and queue them for export."""
@@ -102,5 +169,6 @@ class Worker:
         result = write_study_outputs(self.predictor, result, out / "heatmaps" if self.config.model.heatmaps else None,
                                      out / "dicom", predecessor=predecessor)
         outputs = list(result.dicom_outputs or ())
-        self.store.finish(study.key, result, outputs, self.destinations, int(result.needs_attention), result.sr_path)
+        self.store.finish(study.key, result, outputs, self.destinations, int(result.needs_attention), result.sr_path,
+                          worker_id=self.worker_id)
         return version, result

@@ -2,9 +2,9 @@
 
 Every label and every corrected SR names the person who made it, so people sign in as
 themselves, not with a shared secret. The tables live in the listener's own database beside the
-labels they attribute (one file, one backup). A copy of that file must not let anyone sign in:
-passwords and token secrets are kept only as argon2 hashes, and sessions only as the SHA-256 of
-their id.
+labels they attribute (one database, one backup; :mod:`listener.migrations` makes them). A copy
+of that database must not let anyone sign in: passwords and token secrets are kept only as
+argon2 hashes, and sessions only as the SHA-256 of their id.
 
 Accounts are ``local`` (an administrator made them, they may have a password) or come from the
 hospital's identity provider (``oidc``: created at first sign-on, following the provider's name
@@ -17,7 +17,6 @@ import builtins
 import hashlib
 import re
 import secrets
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -44,40 +43,9 @@ _SESSION_TOUCH_S = 15.0        # idle expiry may come up to this much early; a w
 _PURGE_AFTER_S = 86400.0
 _TOKEN_CACHE_SIZE = 1024
 
-_ROLE_CHECK = ", ".join(f"'{role}'" for role in ROLES)
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS accounts (
-    name TEXT PRIMARY KEY,
-    full_name TEXT NOT NULL DEFAULT '',
-    role TEXT NOT NULL CHECK (role IN ({_ROLE_CHECK})),
-    password_hash TEXT,
-    disabled INTEGER NOT NULL DEFAULT 0 CHECK (disabled IN (0, 1)),
-    source TEXT NOT NULL DEFAULT 'local',
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS api_tokens (
-    id TEXT PRIMARY KEY,
-    user_name TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    label TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    last_used_at REAL,
-    revoked_at REAL
-);
-CREATE INDEX IF NOT EXISTS api_tokens_user ON api_tokens(user_name);
-CREATE TABLE IF NOT EXISTS sessions (
-    id_hash TEXT PRIMARY KEY,
-    user_name TEXT NOT NULL,
-    via TEXT NOT NULL,
-    csrf_token TEXT NOT NULL,
-    created_at REAL NOT NULL,
-    last_seen REAL NOT NULL,
-    expires_at REAL NOT NULL,
-    ended_at REAL
-);
-CREATE INDEX IF NOT EXISTS sessions_user ON sessions(user_name);
-"""
+# the scalar (two-or-more argument) MAX and MIN, as each backend spells them
+_GREATEST = {"sqlite": "MAX", "postgresql": "GREATEST"}
+_LEAST = {"sqlite": "MIN", "postgresql": "LEAST"}
 
 
 def role_allows(role: str, needed: str) -> bool:
@@ -115,12 +83,12 @@ class ApiToken:
     revoked_at: float | None
 
 
-def _account(row: sqlite3.Row) -> Account:
+def _account(row) -> Account:
     return Account(name=row["name"], full_name=row["full_name"], role=row["role"], disabled=bool(row["disabled"]),
                    source=row["source"], created_at=row["created_at"])
 
 
-def _api_token(row: sqlite3.Row) -> ApiToken:
+def _api_token(row) -> ApiToken:
     return ApiToken(id=row["id"], user_name=row["user_name"], label=row["label"], created_at=row["created_at"],
                     last_used_at=row["last_used_at"], revoked_at=row["revoked_at"])
 
@@ -173,7 +141,6 @@ class AccountStore:
         self._dummy_hash: str | None = None
         self._verified_tokens: dict[str, str] = {}  # sha256(token) -> token id; never the token itself
         self._lock = threading.Lock()
-        self.store.connection().executescript(_SCHEMA)
 
     # -- accounts ----------------------------------------------------------------------------
     def add(self, name: str, role: str, *, full_name: str = "", password: str | None = None,
@@ -385,7 +352,6 @@ class SessionStore:
         self.store = store
         self.idle_s = float(idle_s)
         self.max_s = float(max_s)
-        self.store.connection().executescript(_SCHEMA)
 
     def create(self, user_name: str, via: str, now: float | None = None) -> tuple[str, Session]:
         now = time.time() if now is None else now
@@ -401,7 +367,8 @@ class SessionStore:
         session = self._live(session_id, now)
         if session is not None and now - session.last_seen >= _SESSION_TOUCH_S:
             with self.store.transaction() as db:
-                db.execute("UPDATE sessions SET last_seen=MAX(last_seen, ?) WHERE id_hash=?", (now, _sha256(session_id)))
+                db.execute(f"UPDATE sessions SET last_seen={_GREATEST[self.store.dialect]}(last_seen, ?) WHERE id_hash=?",
+                           (now, _sha256(session_id)))
             session = Session(session.user_name, session.via, session.csrf_token, session.created_at, now,
                               session.expires_at, session.idle_s)
         return session
@@ -443,8 +410,8 @@ class SessionStore:
         """Rows stay a day after they stop working, so a sign-out or expiry can still be looked into."""
         now = time.time() if now is None else now
         with self.store.transaction() as db:
-            return db.execute("DELETE FROM sessions WHERE MIN(expires_at, last_seen + ?, COALESCE(ended_at, expires_at)) <= ?",
-                              (self.idle_s, now - _PURGE_AFTER_S)).rowcount
+            return db.execute(f"DELETE FROM sessions WHERE {_LEAST[self.store.dialect]}(expires_at, last_seen + ?, "
+                              "COALESCE(ended_at, expires_at)) <= ?", (self.idle_s, now - _PURGE_AFTER_S)).rowcount
 
     def _live(self, session_id: str, now: float) -> Session | None:
         if not isinstance(session_id, str) or not session_id:

@@ -14,7 +14,7 @@ import json
 import sys
 
 from listener.config import ROLES, ListenerConfig, ReviewSettings
-from listener.paths import database_path
+from listener.paths import store_url
 from listener.store import Store
 
 __all__ = ["add_subcommands", "run"]
@@ -88,7 +88,7 @@ def run(config: ListenerConfig, args: argparse.Namespace) -> int:
     from listener.review.audit import AuditLog, format_entries, parse_time
 
     settings = config.review or ReviewSettings()
-    store = Store(database_path(config.spool_dir))
+    store = Store(store_url(config))
     audit = AuditLog(store, audit_log_path(config, settings))
     accounts = AccountStore(store)
     admin = AccountAdmin(accounts, SessionStore(store, settings.session_idle_minutes * 60, settings.session_max_hours * 3600),

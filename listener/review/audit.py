@@ -2,9 +2,9 @@
 export and each account change.
 
 A hospital has to answer "who saw or changed this, and when" long after the fact, so the trail is
-kept twice. The authority is the ``audit`` table in the listener's own database (one file, one
+kept twice. The authority is the ``audit`` table in the listener's own database (one database, one
 backup with the labels it explains); triggers refuse UPDATE and DELETE on it, so that the app
-itself, or someone with a SQLite shell being careless, cannot rewrite history. Someone who drops
+itself, or someone with a database shell being careless, cannot rewrite history. Someone who drops
 the triggers can, so every row also carries a SHA-256 over its contents and the previous row's
 hash: :meth:`AuditLog.verify` then shows which row was changed or where rows went missing. The same
 entries are appended as JSON lines to a file that can be shipped to a log collector outside this
@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import re
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -42,26 +41,21 @@ EVENTS = ("sign_in", "sign_in_failed", "sign_out", "session_expired", "access_de
 APPEND_ONLY = "the audit trail is append-only"
 GENESIS = "0" * 64  # the previous hash of the first row: deleting the first rows breaks the chain too
 
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS audit (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    time REAL NOT NULL,
-    actor TEXT,
-    event TEXT NOT NULL,
-    outcome TEXT NOT NULL,
-    client TEXT,
-    detail TEXT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS audit_time ON audit(time);
-CREATE INDEX IF NOT EXISTS audit_actor ON audit(actor, time);
-CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
-BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
-CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
-BEGIN SELECT RAISE(ABORT, '{APPEND_ONLY}'); END;
-"""
-_TRIGGERS = ("audit_no_update", "audit_no_delete")
+# the triggers :mod:`listener.migrations` puts on the table (PostgreSQL's TRUNCATE skips row triggers)
+_TRIGGERS = {"sqlite": ("audit_no_update", "audit_no_delete"),
+             "postgresql": ("audit_no_update", "audit_no_delete", "audit_no_truncate")}
+_TRIGGERS_PRESENT = {
+    "sqlite": "SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name='audit'",
+    "postgresql": "SELECT tgname AS name FROM pg_trigger WHERE tgrelid='audit'::regclass AND NOT tgisinternal",
+}
+# the highest id the table ever handed out, rows deleted since or not: AUTOINCREMENT's counter on
+# SQLite, the identity column's sequence on PostgreSQL (NULL before the first row on both)
+_LAST_ID = {
+    "sqlite": "SELECT seq FROM sqlite_sequence WHERE name='audit'",
+    "postgresql": "SELECT pg_sequence_last_value(pg_get_serial_sequence('audit', 'id'))",
+}
+# an id given explicitly does not move PostgreSQL's sequence (SQLite's counter follows any insert)
+_ADVANCE = {"sqlite": None, "postgresql": "SELECT setval(pg_get_serial_sequence('audit', 'id'), ?)"}
 
 # a DICOM UID (five or more numeric components from root 0, 1 or 2): refused in details, since it
 # names a patient's study; IPv4 addresses and version numbers have fewer components
@@ -126,7 +120,7 @@ def _check_detail(detail: dict) -> None:
             check(key, item)
 
 
-def _entry(row: sqlite3.Row) -> AuditEntry:
+def _entry(row) -> AuditEntry:
     return AuditEntry(id=row["id"], time=row["time"], actor=row["actor"], event=row["event"], outcome=row["outcome"],
                       client=row["client"], detail=json.loads(row["detail"]), hash=row["hash"])
 
@@ -139,7 +133,6 @@ class AuditLog:
         self.jsonl_path = Path(jsonl_path) if jsonl_path is not None else None
         # one writer at a time in this process, so that the file's lines come in the database's order
         self._lock = threading.Lock()
-        self.store.connection().executescript(_SCHEMA)
 
     def record(self, event: str, actor: str | None, *, outcome: str = "ok", client: str | None = None,
                now: float | None = None, **detail) -> AuditEntry:
@@ -155,15 +148,19 @@ class AuditLog:
         when = float(time.time() if now is None else now)
         with self._lock:
             with self.store.transaction() as db:
+                dialect = self.store.dialect
                 last = db.execute("SELECT id, hash FROM audit ORDER BY id DESC LIMIT 1").fetchone()
-                sequence = db.execute("SELECT seq FROM sqlite_sequence WHERE name='audit'").fetchone()
+                sequence = db.execute(_LAST_ID[dialect]).fetchone()
                 # the id is part of what the hash covers, so it is chosen here rather than by the insert
-                row_id = max(last["id"] if last else 0, sequence["seq"] if sequence else 0) + 1
+                row_id = max(last["id"] if last else 0, sequence[0] if sequence and sequence[0] else 0) + 1
                 prev_hash = last["hash"] if last else GENESIS
                 digest = _row_hash(row_id, when, actor, event, outcome, client, detail, prev_hash)
                 db.execute("INSERT INTO audit (id, time, actor, event, outcome, client, detail, prev_hash, hash) "
                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                            (row_id, when, actor, event, outcome, client, _canonical(detail), prev_hash, digest))
+                advance = _ADVANCE[dialect]
+                if advance is not None:
+                    db.execute(advance, (row_id,))
             entry = AuditEntry(id=row_id, time=when, actor=actor, event=event, outcome=outcome, client=client,
                                detail=detail, hash=digest)
             self._append(entry)
@@ -211,12 +208,13 @@ class AuditLog:
 
     def verify(self) -> list[str]:
         """Rows are checked against their own hash (a row edited in place) and against the row
-        before (a row removed, or edited and re-hashed); the table's AUTOINCREMENT counter shows
-        rows removed from the end, which no later row can."""
+        before (a row removed, or edited and re-hashed); the table's id counter (``_LAST_ID``)
+        shows rows removed from the end, which no later row can."""
         db = self.store.connection()
+        dialect = self.store.dialect
         problems = []
-        present = {row["name"] for row in db.execute("SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name='audit'")}
-        for trigger in _TRIGGERS:
+        present = {row["name"] for row in db.execute(_TRIGGERS_PRESENT[dialect])}
+        for trigger in _TRIGGERS[dialect]:
             if trigger not in present:
                 problems.append(f"trigger {trigger} is missing: the audit table can be changed")
         prev_id, prev_hash = 0, GENESIS
@@ -237,9 +235,9 @@ class AuditLog:
             if digest != row["hash"]:
                 problems.append(f"row {row_id}: changed after it was written (its hash does not match its contents)")
             prev_id, prev_hash = row_id, row["hash"]
-        sequence = db.execute("SELECT seq FROM sqlite_sequence WHERE name='audit'").fetchone()
-        if sequence is not None and sequence["seq"] > prev_id:
-            last = sequence["seq"]
+        sequence = db.execute(_LAST_ID[dialect]).fetchone()
+        if sequence is not None and sequence[0] is not None and sequence[0] > prev_id:
+            last = sequence[0]
             problems.append(f"row {last} missing" if last == prev_id + 1 else f"rows {prev_id + 1} to {last} missing")
         return problems
 

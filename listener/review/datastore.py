@@ -15,7 +15,7 @@ from pathlib import Path
 import pydicom
 
 from listener.config import ListenerConfig
-from listener.paths import database_path, review_ref
+from listener.paths import review_ref, store_url
 from listener.review.labels import Label, LabelStore, review_state
 from listener.store import Store, Study
 from mura_monai.body_parts import body_part_of
@@ -125,7 +125,7 @@ class ReviewDatastore:
 
     def __init__(self, config: ListenerConfig) -> None:
         self.config = config
-        self.store = Store(database_path(config.spool_dir))
+        self.store = Store(store_url(config))
         self.labels = LabelStore(self.store)
         self._lock = threading.Lock()
         self._study_keys: dict[str, str] = {}      # study id -> study key

@@ -17,7 +17,7 @@ from pathlib import Path
 import pydicom
 
 from listener.config import ListenerConfig
-from listener.paths import database_path
+from listener.paths import store_url
 from listener.review.agreement import agreement_rows, write_agreement
 from listener.review.datastore import radiograph_png, study_id
 from listener.review.labels import LabelStore
@@ -42,7 +42,7 @@ def _reviewed_studies(config: ListenerConfig) -> tuple[list[dict], dict[str, int
     from mura_monai.body_parts import body_part_of
     from mura_monai.constants import BODY_PARTS
 
-    store = Store(database_path(config.spool_dir))
+    store = Store(store_url(config))
     labels = LabelStore(store)
     labels.record_originals()
     latest = labels.latest_study_labels()

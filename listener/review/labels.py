@@ -1,8 +1,8 @@
 """Labels of the review: the model's finding (tag ``original``) and the reviewer's (tag ``final``).
 
-They live in the listener's own database (:func:`listener.paths.database_path`) beside the
-studies they label, so a backup of the spool holds the images, the results and the corrections
-together. Nothing is updated in place: a reviewer who changes their mind adds a row, the latest
+They live in the listener's own database (:func:`listener.paths.store_url`; the table is made by
+:mod:`listener.migrations`) beside the studies they label, so a backup holds the results and the
+corrections together. Nothing is updated in place: a reviewer who changes their mind adds a row, the latest
 row of a tag wins, and the history of who said what when stays for audit and for the agreement
 table.
 
@@ -22,23 +22,8 @@ TAGS = ("original", "final")
 FINDINGS = ("abnormal", "normal")
 ATTRIBUTION_UNATTRIBUTED = "unattributed API client"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS labels (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    study_key TEXT NOT NULL,
-    sop_instance_uid TEXT,
-    tag TEXT NOT NULL CHECK (tag IN ('original', 'final')),
-    finding TEXT NOT NULL CHECK (finding IN ('abnormal', 'normal')),
-    probability REAL,
-    reviewer TEXT,
-    comment TEXT,
-    analysis_version INTEGER,
-    created_at REAL NOT NULL,
-    client_id TEXT,
-    reviewer_name TEXT
-);
-CREATE INDEX IF NOT EXISTS labels_study ON labels(study_key, tag, id);
-"""
+# "the same image": both NULL is a match (a study-level label), which ``=`` never is
+_SAME = {"sqlite": "IS", "postgresql": "IS NOT DISTINCT FROM"}
 
 
 @dataclass
@@ -91,13 +76,6 @@ class LabelStore:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        db = self.store.connection()
-        db.executescript(_SCHEMA)
-        columns = {row[1] for row in db.execute("PRAGMA table_info(labels)")}
-        for column in ("client_id", "reviewer_name"):  # a database from before unattributed labels / named accounts
-            if column not in columns:
-                with self.store.transaction() as tx:
-                    tx.execute(f"ALTER TABLE labels ADD COLUMN {column} TEXT")
 
     def add(self, study_key: str, tag: str, finding: str, *, sop_instance_uid: str | None = None,
             probability: float | None = None, reviewer: str | None = None, comment: str | None = None,
@@ -114,17 +92,20 @@ class LabelStore:
             raise ValueError("a final label needs the reviewer who gave it, or to be saved as unattributed")
         now = time.time() if now is None else now
         with self.store.transaction() as db:
-            cursor = db.execute(
+            (label_id,) = db.execute(
                 "INSERT INTO labels (study_key, sop_instance_uid, tag, finding, probability, reviewer, comment, "
-                "analysis_version, created_at, client_id, reviewer_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "analysis_version, created_at, client_id, reviewer_name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "RETURNING id",
                 (study_key, sop_instance_uid, tag, finding, probability, reviewer, comment or None, analysis_version,
-                 now, (client_id or "")[:64] or None, (reviewer_name or "").strip()[:128] or None))
-            row = db.execute("SELECT * FROM labels WHERE id=?", (cursor.lastrowid,)).fetchone()
+                 now, (client_id or "")[:64] or None, (reviewer_name or "").strip()[:128] or None)).fetchall()[0]
+            # read back rather than RETURNING *: SQLite's RETURNING gives a REAL column's 2.0 as the integer 2
+            row = db.execute("SELECT * FROM labels WHERE id=?", (label_id,)).fetchone()
         return _label(row)
 
     def latest(self, study_key: str, tag: str, sop_instance_uid: str | None = None) -> Label | None:
         row = self.store.connection().execute(
-            "SELECT * FROM labels WHERE study_key=? AND tag=? AND sop_instance_uid IS ? ORDER BY id DESC LIMIT 1",
+            f"SELECT * FROM labels WHERE study_key=? AND tag=? AND sop_instance_uid {_SAME[self.store.dialect]} ? "
+            "ORDER BY id DESC LIMIT 1",
             (study_key, tag, sop_instance_uid)).fetchone()
         return _label(row) if row else None
 

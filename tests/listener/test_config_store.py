@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from listener import paths
 from listener.config import ConfigError, load_config
 from listener.store import Store
 from mura_monai.results import StudyResult
@@ -28,19 +29,23 @@ def test_the_example_config_loads_and_relative_paths_follow_the_file(tmp_path):
     ("[listner]\n", "unknown table"),
     ("[listener\n", "not valid TOML"),
     ("[listener]\ntls_cert = 'cert.pem'\n", "go together"),
+    ("[store]\nurl = 'mysql://u:secret@db/x'\n", "unsupported scheme 'mysql'"),
+    ("[store]\nurl = 'db.example.org'\n", "unsupported scheme"),
+    ("[store]\nlease_s = 0\n", "lease_s must be positive"),
+    ("[store]\npool = 3\n", "unknown key"),
 ])
 def test_bad_configs_name_the_key(tmp_path, text, message):
     path = tmp_path / "listener.toml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=message) as info:
         load_config(path)
-    assert str(path) in str(info.value)
+    assert str(path) in str(info.value) and "\n" not in str(info.value) and "secret" not in str(info.value)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "absent.toml")
 
 
-def test_instances_after_an_analysis_reopen_the_study_for_a_new_version(tmp_path):
-    store = Store(tmp_path / "q.sqlite3")
+def test_instances_after_an_analysis_reopen_the_study_for_a_new_version(store_url):
+    store = Store(store_url)
     key = store.record_instance("1.1", "9", "MOD", "cr", "a", now=0)
     store.promote_stable(5, now=10)
     store.claim(now=10)
@@ -54,8 +59,8 @@ def test_instances_after_an_analysis_reopen_the_study_for_a_new_version(tmp_path
     assert store.study(key).state == "analysed" and len(store.instances(key)) == 2
 
 
-def test_a_dead_workers_study_is_claimed_again_and_failures_are_not_retried_forever(tmp_path):
-    store = Store(tmp_path / "q.sqlite3")
+def test_a_dead_workers_study_is_claimed_again_and_failures_are_not_retried_forever(store_url):
+    store = Store(store_url)
     key = store.record_instance("1.1", "9", "MOD", "cr", "a", now=0)
     store.promote_stable(0, now=1)
     store.claim(now=1)
@@ -71,11 +76,23 @@ def test_a_dead_workers_study_is_claimed_again_and_failures_are_not_retried_fore
     assert store.fail(other, "no decodable radiograph", retry=False, max_attempts=3) == "failed"
 
 
-def test_same_study_from_two_modalities_is_two_studies(tmp_path):
-    store = Store(tmp_path / "q.sqlite3")
+def test_same_study_from_two_modalities_is_two_studies(store_url):
+    store = Store(store_url)
     a = store.record_instance("1.1", "9", "MOD_A", "cr", "a")
     b = store.record_instance("1.2", "9", "MOD_B", "cr", "b")
     assert a != b and len(store.studies()) == 2
+
+
+def test_the_store_is_the_spools_sqlite_file_unless_a_url_is_given(tmp_path):
+    path = tmp_path / "listener.toml"
+    path.write_text("[listener]\nspool_dir = 'spool'\n")
+    config = load_config(path)
+    assert (config.store.url, config.store.lease_s) == ("", 60.0)
+    assert paths.store_url(config) == str(tmp_path / "spool" / "queue.sqlite3")
+    for url in ("postgresql://mura@db.example.org:5432/mura", "postgresql+psycopg://mura:pw@db/mura"):
+        path.write_text(f"[store]\nurl = '{url}'\nlease_s = 30\n")
+        config = load_config(path)
+        assert paths.store_url(config) == url and config.store.lease_s == 30.0
 
 
 def test_write_config_helper_round_trips(tmp_path):

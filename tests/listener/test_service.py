@@ -200,3 +200,22 @@ def test_a_crashed_worker_is_restarted_and_the_study_analysed(tmp_path, ensemble
         assert b"worker process exited; restarting it" in log.read_bytes()
     finally:
         assert listener.stop() == 0
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+def test_the_service_on_postgresql(tmp_path, ensemble, pacs, store_url):
+    """The same round trip with ``[store] url``: SCP, worker process, exporter and the status
+    command all meet in PostgreSQL, and the spool holds no database."""
+    config = _config(tmp_path, ensemble, pacs)
+    config.write_text(config.read_text() + f'\n[store]\nurl = "{store_url}"\nlease_s = 20\n')
+    listener = Listener(config)
+    try:
+        files = _study_files(ensemble["root"], 2)
+        _push(listener.port, files)
+        arrived = _arrived(pacs, len(files) + 1)
+        assert sum(ds.Modality == "SR" for ds in arrived) == 1
+        (row,) = listener.status()
+        assert row["state"] == "sent" and row["images"] == len(files) and row["version"] == 1
+        assert not list((tmp_path / "svc" / "spool").glob("queue.sqlite3*"))
+    finally:
+        assert listener.stop() == 0

@@ -1,6 +1,8 @@
 """Accounts, API tokens and sessions of the review app, on a bare listener database (no servers)."""
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from argon2 import PasswordHasher
 
@@ -30,8 +32,10 @@ class CountingHasher(PasswordHasher):
 
 
 @pytest.fixture
-def store(tmp_path) -> Store:
-    return Store(tmp_path / "queue.sqlite3")
+def store(store_url) -> Iterator[Store]:
+    store = Store(store_url)
+    yield store
+    store.close()
 
 
 @pytest.fixture
@@ -44,9 +48,15 @@ def accounts(store, hasher) -> AccountStore:
     return AccountStore(store, hasher)
 
 
-def database_bytes(tmp_path) -> bytes:
-    """The database with its WAL and shared-memory files: a secret in any of them is on disk."""
-    return b"".join(path.read_bytes() for path in sorted(tmp_path.glob("queue.sqlite3*")))
+def database_bytes(store: Store) -> bytes:
+    """SQLite: the database with its WAL and shared-memory files (a secret in any of them is on
+    disk). PostgreSQL, whose files are the server's: every row of every table, as text."""
+    if store.path is not None:
+        return b"".join(path.read_bytes() for path in sorted(store.path.parent.glob(store.path.name + "*")))
+    db = store.connection()
+    tables = [r[0] for r in db.execute("SELECT table_name FROM information_schema.tables WHERE table_schema=current_schema()")]
+    return "\n".join(str(row[0]) for table in tables
+                     for row in db.execute(f'SELECT CAST(t AS text) FROM "{table}" t')).encode()
 
 
 # -- roles and accounts ------------------------------------------------------------------------
@@ -66,7 +76,7 @@ def test_add_get_list_and_count(accounts, store):
     assert accounts.get("nobody") is None
     accounts.disable("dr.b")
     assert accounts.count_enabled() == 1 and accounts.get("dr.b").disabled
-    assert AccountStore(Store(store.path)).get("alice@example.org").role == "admin"  # kept across a restart
+    assert AccountStore(Store(store.url)).get("alice@example.org").role == "admin"  # kept across a restart
 
 
 def test_refusals_name_the_account(accounts):
@@ -148,8 +158,7 @@ def test_a_hash_with_old_parameters_is_replaced_at_sign_in(store):
     assert ",t=2," in stored() and stronger.verify_password("dr.b", PASSWORD) is not None
 
 
-def test_secrets_are_stored_only_as_argon2id_hashes(tmp_path):
-    store = Store(tmp_path / "queue.sqlite3")
+def test_secrets_are_stored_only_as_argon2id_hashes(store):
     accounts = AccountStore(store)  # the default hasher, as the app uses it
     accounts.add("dr.b", "reviewer", password=PASSWORD)
     _, token = accounts.create_token("dr.b", "slicer")
@@ -157,7 +166,7 @@ def test_secrets_are_stored_only_as_argon2id_hashes(tmp_path):
     db = store.connection()
     assert db.execute("SELECT password_hash FROM accounts").fetchone()[0].startswith("$argon2id$")
     assert db.execute("SELECT hash FROM api_tokens").fetchone()[0].startswith("$argon2id$")
-    content = database_bytes(tmp_path)
+    content = database_bytes(store)
     assert b"dr.b" in content  # the search below does read the data
     for secret in (PASSWORD, token, token.rsplit("_", 1)[1]):
         assert secret.encode() not in content
@@ -321,10 +330,10 @@ def test_an_ended_idle_session_stays_ended_when_idle_time_is_raised(store, sessi
     assert SessionStore(store, idle_s=10_000, max_s=12 * 3600).get(session_id, now=5001.0) is None
 
 
-def test_the_raw_session_id_is_not_stored(tmp_path, store, sessions):
+def test_the_raw_session_id_is_not_stored(store, sessions):
     session_id, _ = sessions.create("dr.b", "password")
     assert sessions.get(session_id) is not None
-    content = database_bytes(tmp_path)
+    content = database_bytes(store)
     assert b"dr.b" in content and session_id.encode() not in content
 
 
