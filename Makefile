@@ -68,6 +68,7 @@ bench: install system-deps
 	$(BIN)/python benchmarks/training.py
 	$(BIN)/python benchmarks/inference.py
 	$(BIN)/python benchmarks/listener.py
+	$(BIN)/python benchmarks/scale.py
 
 # The papers' claims side by side (README, "Comparing the papers"): a synthetic root, then every bundle
 # trained with the same budget, evaluated, paired differences and verdicts in $(PAPERS_DIR)/run/papers.md.
