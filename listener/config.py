@@ -45,6 +45,8 @@ class ModelSettings:
     members_models_dir: str = ""          # one folder per member (default: each member bundle's models/)
     heatmaps: bool = True
     max_attempts: int = 3                 # analysis attempts before a study is marked failed
+    batch_images: int = 16                # the most images that go through the networks together
+    batch_studies: int = 8                # the most waiting studies one worker takes at once
 
 
 @dataclass
@@ -208,6 +210,8 @@ def _check(config: ListenerConfig, path: Path) -> None:
         _check_review(config, path)
     if config.model.device not in ("auto", "cpu") and not config.model.device.startswith("cuda"):
         raise ConfigError(f"{path}: [model] device must be auto, cpu or cuda[:N]")
+    if config.model.batch_images < 1 or config.model.batch_studies < 1:
+        raise ConfigError(f"{path}: [model] batch_images and batch_studies must be at least 1")
     _check_store(config.store, path)
 
 

@@ -426,6 +426,37 @@ class Store:
                 self._notify(db, "work")
         return state
 
+    def claim_many(self, worker_id: str = "worker", n: int = 1, lease_s: float = 60.0, max_images: int | None = None,
+                   now: float | None = None) -> list[Study]:
+        """Up to ``n`` studies for ``worker_id``, each taken as :meth:`claim` takes one, oldest
+        first, in one transaction, so that a worker can run several small studies through its
+        networks together. Given ``max_images``, it stops before the study whose instances would
+        take the total past it; the first is taken whatever its size (a large study goes alone,
+        whole)."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT study_key, (SELECT COUNT(*) FROM instances WHERE instances.study_key=studies.study_key) AS images "
+                "FROM studies WHERE state=? OR (state=? AND (lease_until IS NULL OR lease_until <= ?)) "
+                f"ORDER BY last_received LIMIT ?{_SKIP_LOCKED[self.dialect]}",
+                (StudyState.WAITING, StudyState.ANALYSING, now, n)).fetchall()
+            keys: list[str] = []
+            images = 0
+            for row in rows:
+                if keys and max_images is not None and images + row["images"] > max_images:
+                    break
+                keys.append(row["study_key"])
+                images += row["images"]
+            if not keys:
+                return []
+            marks = ", ".join("?" * len(keys))
+            db.execute("UPDATE studies SET state=?, claimed_by=?, claimed_at=?, lease_until=?, attempts=attempts+1, "
+                       f"updated_at=? WHERE study_key IN ({marks})",
+                       (StudyState.ANALYSING, worker_id, now, now + lease_s, now, *keys))
+            claimed = {row["study_key"]: _study(row)
+                       for row in db.execute(f"SELECT * FROM studies WHERE study_key IN ({marks})", keys).fetchall()}
+        return [claimed[key] for key in keys]
+
     # -- the outbox ------------------------------------------------------------------------
     def due_exports(self, now: float | None = None, limit: int = 50) -> list[Export]:
         """Pending files whose next attempt is due; abnormal and uncertain studies first."""

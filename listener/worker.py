@@ -9,6 +9,12 @@ A claim is a lease (see :mod:`listener.store`): while it analyses, a thread of t
 it every third of ``[store] lease_s``, so that only a worker that stopped renewing (dead, hung,
 cut off from the database) loses its study to another. One that lost it anyway finds out when it
 writes its result, and drops it.
+
+When several studies wait, a worker takes up to ``[model] batch_studies`` of them at once (as
+many as fit in ``batch_images``) and runs their images through the networks in shared batches,
+which on a GPU costs little more than one study; it holds and renews a lease on each, and
+writes, finishes or fails each on its own, so that a batch changes how fast results come, never
+what they are.
 """
 from __future__ import annotations
 
@@ -17,15 +23,18 @@ import logging
 import os
 import socket
 import threading
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pydicom
 
 from listener.config import ListenerConfig
 from listener.database import DATABASE_ERRORS
 from listener.exporter import destination_key
 from listener.paths import analysis_dir, log_ref
-from listener.store import LeaseLost, Store, Study
+from listener.store import LeaseLost, Store, Study, StudyState
 from mura_monai.results import StudyResult
 
 __all__ = ["Worker", "load_predictor", "worker_prefix"]
@@ -53,12 +62,16 @@ def worker_prefix(config: ListenerConfig) -> str:
 
 
 class _Lease:
-    """Renews a claim from a thread of its own while the analysis (which may hold the GIL in
-    long stretches, but not for a third of a lease) runs in the caller's."""
+    """Renews the claims on the studies a worker holds from a thread of its own while the
+    analysis (which may hold the GIL in long stretches, but not for a third of a lease) runs in
+    the caller's. Every study of a batch is renewed until it is released, so that the last one
+    written is as safe from takeover as the first."""
 
-    def __init__(self, store: Store, key: str, worker_id: str, lease_s: float) -> None:
-        self.store, self.key, self.worker_id, self.lease_s = store, key, worker_id, lease_s
-        self.lost = False
+    def __init__(self, store: Store, keys: Sequence[str], worker_id: str, lease_s: float) -> None:
+        self.store, self.worker_id, self.lease_s = store, worker_id, lease_s
+        self.lost: set[str] = set()
+        self._held = set(keys)
+        self._lock = threading.Lock()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._renew, name="lease", daemon=True)
 
@@ -70,19 +83,46 @@ class _Lease:
         self._done.set()
         self._thread.join()
 
+    def release(self, key: str) -> None:
+        """No more renewals: the study is written (or failed), and its claim is gone with it."""
+        with self._lock:
+            self._held.discard(key)
+
     def _renew(self) -> None:
         try:
             while not self._done.wait(self.lease_s / 3):
-                try:
-                    if not self.store.heartbeat(self.key, self.worker_id, self.lease_s):
-                        self.lost = True
-                        logger.warning("study taken over by another worker", extra={"study_ref": log_ref(self.key)})
-                        return
-                except DATABASE_ERRORS as exc:  # the next renewal may get through before the lease runs out
-                    logger.warning("lease not renewed", extra={"study_ref": log_ref(self.key),
-                                                               "error": type(exc).__name__})
+                with self._lock:
+                    keys = sorted(self._held)
+                for key in keys:
+                    try:
+                        if not self.store.heartbeat(key, self.worker_id, self.lease_s):
+                            self._let_go(key)
+                    except DATABASE_ERRORS as exc:  # the next renewal may get through before the lease runs out
+                        logger.warning("lease not renewed", extra={"study_ref": log_ref(key),
+                                                                   "error": type(exc).__name__})
         finally:
             self.store.close()  # this thread's connection
+
+    def _let_go(self, key: str) -> None:
+        """A renewal refused: either the worker finished the study in between (nothing to say)
+        or another worker holds it now."""
+        with self._lock:
+            if key not in self._held:
+                return
+            self._held.discard(key)
+        study = self.store.study(key)
+        if study is not None and study.state == StudyState.ANALYSING and study.claimed_by != self.worker_id:
+            self.lost.add(key)
+            logger.warning("study taken over by another worker", extra={"study_ref": log_ref(key)})
+
+
+@dataclasses.dataclass
+class _Scored:
+    """One study's share of a batch run through the networks."""
+
+    records: list
+    P: np.ndarray
+    unreadable: list[tuple[str, str]]
 
 
 class AnalysisError(Exception):
@@ -119,41 +159,77 @@ class Worker:
             if not busy:
                 self.store.wait("work", poll_s, stop)
 
-    def run_once(self) -> bool:
-        """Analyse the next waiting study, if any; returns whether there was one."""
-        study = self.store.claim(self.worker_id, self.lease_s)
-        if study is None:
-            return False
-        ref = log_ref(study.key)
-        try:
-            with _Lease(self.store, study.key, self.worker_id, self.lease_s):
-                self._analyse_claimed(study, ref)
-        except LeaseLost:
-            logger.warning("study taken over by another worker; this worker's result dropped", extra={"study_ref": ref})
-        return True
+    def run_once(self) -> int:
+        """Analyse the next waiting studies, as many as ``[model] batch_studies`` and
+        ``batch_images`` let through the networks together; returns how many (0: none waited).
 
-    def _analyse_claimed(self, study: Study, ref: str) -> None:
+        Each study of a batch gets its own result, outputs and state, exactly as if analysed
+        alone: one that fails, or whose lease is lost, does not take the others with it."""
+        model = self.config.model
+        studies = self.store.claim_many(self.worker_id, model.batch_studies, self.lease_s, max_images=model.batch_images)
+        if not studies:
+            return 0
+        started = time.perf_counter()
+        paths = {study.key: [Path(i["path"]) for i in self.store.instances(study.key)] for study in studies}
+        with _Lease(self.store, list(paths), self.worker_id, self.lease_s) as lease:
+            scored: dict[str, _Scored] = {}
+            if len(studies) > 1:
+                try:
+                    scored = self.score(paths)
+                except Exception:  # one study's file may be what breaks the batch: each is scored alone below
+                    logger.exception("batch not scored; its studies are scored one by one",
+                                     extra={"studies": len(studies)})
+            for study in studies:
+                try:
+                    self._analyse_claimed(study, scored.get(study.key))
+                finally:
+                    lease.release(study.key)
+        logger.info("batch analysed", extra={"studies": len(studies), "images": sum(map(len, paths.values())),
+                                             "seconds": round(time.perf_counter() - started, 3)})
+        return len(studies)
+
+    def _analyse_claimed(self, study: Study, scored: _Scored | None) -> None:
+        ref = log_ref(study.key)
         max_attempts = self.config.model.max_attempts
         try:
-            version, result = self.analyse(study)
+            try:
+                version, result = self.analyse(study) if scored is None else self.analyse(study, scored)
+            except LeaseLost:
+                raise
+            except AnalysisError as exc:
+                state = self.store.fail(study.key, exc.reason, exc.retry, max_attempts, worker_id=self.worker_id)
+                logger.warning("study not analysed", extra={"study_ref": ref, "reason": exc.reason, "state": state})
+            except Exception as exc:  # a bug or a resource problem: retried, never silently dropped
+                reason = f"{type(exc).__name__}: {str(exc)[:200]}"
+                state = self.store.fail(study.key, reason, True, max_attempts, worker_id=self.worker_id)
+                logger.exception("analysis failed", extra={"study_ref": ref, "state": state})
+            else:
+                logger.info("study analysed", extra={"study_ref": ref, "version": version, "abnormal": result.abnormal,
+                                                     "uncertain": result.uncertain, "images": len(result.images)})
         except LeaseLost:
-            raise
-        except AnalysisError as exc:
-            state = self.store.fail(study.key, exc.reason, exc.retry, max_attempts, worker_id=self.worker_id)
-            logger.warning("study not analysed", extra={"study_ref": ref, "reason": exc.reason, "state": state})
-        except Exception as exc:  # a bug or a resource problem: retried, never silently dropped
-            reason = f"{type(exc).__name__}: {str(exc)[:200]}"
-            state = self.store.fail(study.key, reason, True, max_attempts, worker_id=self.worker_id)
-            logger.exception("analysis failed", extra={"study_ref": ref, "state": state})
-        else:
-            logger.info("study analysed", extra={"study_ref": ref, "version": version, "abnormal": result.abnormal,
-                                                 "uncertain": result.uncertain, "images": len(result.images)})
+            logger.warning("study taken over by another worker; this worker's result dropped", extra={"study_ref": ref})
 
-    def analyse(self, study: Study) -> tuple[int, StudyResult]:
-        """Score the study's instances, write heatmaps, SR and SCs, and queue them for export."""
-        instances = self.store.instances(study.key)
+    def score(self, paths: dict[str, list[Path]]) -> dict[str, _Scored]:
+        """The studies' images run through the ensemble together (each file decoded once), and
+        split back by the study each file was stored under: a StudyInstanceUID does not tell
+        two front-ends' studies apart."""
+        owner = {str(path): key for key, files in paths.items() for path in files}
         unreadable: list[tuple[str, str]] = []
-        records, P = self.predictor.member_probabilities([Path(i["path"]) for i in instances], unreadable=unreadable)
+        records, P = self.predictor.member_probabilities([p for files in paths.values() for p in files],
+                                                         unreadable=unreadable, batch_size=self.config.model.batch_images)
+        rows: dict[str, list[int]] = {key: [] for key in paths}
+        for i, record in enumerate(records):
+            rows[owner[record.path]].append(i)
+        return {key: _Scored([records[i] for i in index], P[index],
+                             [(path, reason) for path, reason in unreadable if owner[path] == key])
+                for key, index in rows.items()}
+
+    def analyse(self, study: Study, scored: _Scored | None = None) -> tuple[int, StudyResult]:
+        """Score the study's instances (unless its batch did), write heatmaps, SR and SCs, and
+        queue them for export."""
+        if scored is None:
+            scored = self.score({study.key: [Path(i["path"]) for i in self.store.instances(study.key)]})[study.key]
+        records, P, unreadable = scored.records, scored.P, scored.unreadable
         if not records:
             reasons = sorted({reason for _, reason in unreadable})
             raise AnalysisError("no radiograph to score in the study" + (f" ({'; '.join(reasons)[:200]})" if reasons else ""),

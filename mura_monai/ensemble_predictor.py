@@ -142,7 +142,8 @@ class EnsemblePredictor:
 
     # -- running the members -----------------------------------------------------------
     def member_probabilities(
-        self, paths: Sequence[Path], progress: bool = False, unreadable: list | None = None
+        self, paths: Sequence[Path], progress: bool = False, unreadable: list | None = None,
+        batch_size: int | None = None,
     ) -> tuple[list[ImageSource], np.ndarray]:
         """The images read (study, body part and its source, SOP instance) and the members'
         probabilities ``(N, M)``; each file is decoded once for all members.
@@ -150,10 +151,13 @@ class EnsemblePredictor:
         A file that cannot be read raises :class:`RadiographReadError`, unless ``unreadable`` is
         a list: then ``(path, reason)`` goes there and the study goes on without it (the
         listener analyses what it can of a study and records what it could not).
+
+        ``batch_size`` (default: the bundle's ``batch_size``) is how many images go through the
+        networks together: the listener sizes it to the studies it analyses at once.
         """
         from tqdm import tqdm
 
-        batch_size = int(self.settings.get("batch_size", 8))
+        batch_size = int(batch_size or self.settings.get("batch_size", 8))
         records: list[ImageSource] = []
         rows: list[list[float]] = []
         pending: list[list[torch.Tensor]] = [[] for _ in self.members]

@@ -42,13 +42,13 @@ def test_a_late_image_gives_a_new_sr_version_referencing_the_first(tmp_path, ens
     files = next(sorted(s.glob("*.dcm")) for s in studies if len(list(s.glob("*.dcm"))) >= 2)
     key = _receive(store, spool, files[0], now=0)
     store.promote_stable(1, now=5)
-    assert worker.run_once()
+    assert worker.run_once() == 1
     first = store.study(key)
     assert first.state == "analysed" and first.version == 1
     first_sr = pydicom.dcmread(first.sr_path)
     _receive(store, spool, files[1], now=10)
     store.promote_stable(1, now=20)
-    assert worker.run_once()
+    assert worker.run_once() == 1
     second = store.study(key)
     assert second.version == 2 and second.sr_path != first.sr_path
     result = read_sr_result(pydicom.dcmread(second.sr_path))
@@ -64,7 +64,7 @@ def test_a_study_with_nothing_decodable_fails_once_with_its_reason(tmp_path, ens
     bad.write_bytes(b"\x00" * 128 + b"DICM" + b"garbage")
     key = store.record_instance("1.2.3.4", "1.2.3", "MODALITY", "1.2.840.10008.5.1.4.1.1.1", bad, now=0)
     store.promote_stable(0, now=1)
-    assert worker.run_once()
+    assert worker.run_once() == 1
     study = store.study(key)
     assert study.state == "failed" and "no radiograph to score" in study.reason
-    assert not worker.run_once()  # not retried
+    assert worker.run_once() == 0  # not retried
