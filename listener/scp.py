@@ -38,6 +38,7 @@ from pynetdicom import AE, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from listener.config import ListenerConfig
+from listener.database import DATABASE_ERRORS
 from listener.spool import Spool
 from listener.store import Store
 from mura_monai.constants import RADIOGRAPH_SOP_CLASSES
@@ -177,6 +178,10 @@ class StorageSCP:
         except OSError as exc:
             logger.error("instance not stored", extra={"calling_ae": calling_ae, "sop_class": sop_class,
                                                        "status": "0xA700", "reason": type(exc).__name__})
+            return STATUS["out_of_resources"]
+        except DATABASE_ERRORS as exc:  # the database away (a restart): a transient refusal the sender retries
+            logger.error("instance not recorded: the database is unavailable", extra={
+                "calling_ae": calling_ae, "sop_class": sop_class, "status": "0xA700", "reason": type(exc).__name__})
             return STATUS["out_of_resources"]
         except Exception as exc:  # never raise into pynetdicom: say "cannot understand" and go on
             logger.warning("instance refused", extra={"calling_ae": calling_ae, "sop_class": sop_class,
