@@ -40,6 +40,8 @@ class QueueCollector(Collector):
         except Exception as exc:  # a scrape must not fail because the database is restarting
             logger.warning("queue metrics unavailable", extra={"error": type(exc).__name__})
             return
+        finally:  # each scrape runs in a thread of its own: its connection would outlive it unclosed
+            self.store.close()
         for state, count in sorted(counts.items()):
             depth.add_metric([state], count)
         oldest.add_metric([], max(0.0, time.time() - oldest_at) if oldest_at is not None else 0.0)

@@ -50,6 +50,14 @@ def load(folder: Path, **kwargs):
     return load_config(write_config(folder, **kwargs))
 
 
+def status_report(config: Path, *args: str) -> dict:
+    """``mura-listener status --json``: ``{"roles": [...], "queue": {...}, "studies": [...]}``."""
+    out = subprocess.run([sys.executable, "-m", "listener", "status", "--config", str(config), "--json", *args],
+                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
 class Listener:
     """`python -m listener` as its own process, ready once dcmtk's echoscu gets an answer."""
 
@@ -69,10 +77,8 @@ class Listener:
         raise TimeoutError("listener did not start")
 
     def status(self) -> list[dict]:
-        out = subprocess.run([sys.executable, "-m", "listener", "status", "--config", str(self.config), "--json"],
-                             capture_output=True, text=True, cwd=REPO, timeout=60)
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout)
+        """The studies of ``status --json``."""
+        return status_report(self.config)["studies"]
 
     def stop(self, sig=signal.SIGTERM) -> int:
         self.process.send_signal(sig)
