@@ -22,6 +22,12 @@ the lease has run out another worker may claim the study. A worker that lost its
 must not write a second result, so :meth:`Store.finish` and :meth:`Store.fail`, given the
 worker's id, raise :class:`LeaseLost` instead of writing (an exception rather than a return value
 that a caller could ignore); the worker drops its result and carries on.
+
+The outbox is shared the same way: an exporter claims the files it is about to send
+(:meth:`Store.due_exports`) for a lease, so several exporters never send one file twice and a
+dead one's files go to another once its lease runs out. Every running role (front-end, worker,
+exporter, on whichever host) beats in the ``roles`` table (:meth:`Store.beat`), which the status
+command and the metrics read with :meth:`Store.roles` and :meth:`Store.queue_summary`.
 """
 from __future__ import annotations
 
