@@ -35,6 +35,7 @@ class ListenerSettings:
     tls_key: str = ""
     tls_ca: str = ""                      # when set, calling modalities must present a certificate it signed
     log_format: str = "json"              # json | text
+    metrics_port: int = 0                 # Prometheus /metrics of each role's process; 0: off
 
 
 @dataclass
@@ -196,6 +197,8 @@ def _check(config: ListenerConfig, path: Path) -> None:
     if not 0 < settings.port < 65536 or any(not 0 < d.port < 65536 for d in config.destinations) or (
             config.review is not None and not 0 < config.review.port < 65536):
         raise ConfigError(f"{path}: ports must be between 1 and 65535")
+    if not 0 <= settings.metrics_port < 65535:
+        raise ConfigError(f"{path}: [listener] metrics_port must be between 0 (off) and 65534")
     if settings.stable_age_s < 0:
         raise ConfigError(f"{path}: [listener] stable_age_s must not be negative")
     if bool(settings.tls_cert) != bool(settings.tls_key):

@@ -4,6 +4,11 @@ The outbox is a table in the store, so nothing waits only in memory: a PACS down
 a listener restarted meanwhile, delays results and loses none. Retries back off exponentially
 (``retry_initial_s`` doubling up to ``retry_max_s``); a file still refused ``give_up_after_s``
 after it was queued is given up with a log line and its study marked failed.
+
+Several exporters may share one outbox (``mura-listener serve --role exporter`` on more than one
+host): each claims the rows it is about to send for ``[store] lease_s`` (:meth:`Store.due_exports`),
+so a file is sent by one of them; the rows of an exporter that died are sent by another once its
+lease has run out.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from pynetdicom.status import STATUS_SUCCESS, STATUS_WARNING, code_to_category
 
 from listener.config import Destination, ListenerConfig
 from listener.database import DATABASE_ERRORS
+from listener.metrics import Metrics
 from listener.paths import log_ref
 from listener.store import Export, Store
 
@@ -44,9 +50,12 @@ def next_attempt(destination: Destination, attempts: int, created_at: float, now
 
 
 class Exporter:
-    def __init__(self, config: ListenerConfig, store: Store) -> None:
+    def __init__(self, config: ListenerConfig, store: Store, exporter_id: str = "exporter",
+                 metrics: Metrics | None = None) -> None:
         self.config = config
         self.store = store
+        self.exporter_id = exporter_id
+        self.metrics = metrics
         self.destinations = {destination_key(d): d for d in config.destinations}
 
     def run(self, stop: threading.Event, poll_s: float = 0.5) -> None:
@@ -66,7 +75,7 @@ class Exporter:
         """Send what is due (one association per destination); returns how many were stored."""
         now = time.time() if now is None else now
         by_destination: dict[str, list[Export]] = defaultdict(list)
-        for export in self.store.due_exports(now):
+        for export in self.store.due_exports(now, exporter_id=self.exporter_id, lease_s=self.config.store.lease_s):
             by_destination[export.destination].append(export)
         sent = 0
         for key, exports in by_destination.items():
@@ -109,6 +118,8 @@ class Exporter:
                 if code is not None and code_to_category(code) in _DELIVERED:
                     self.store.export_done(export.id, now)
                     sent += 1
+                    if self.metrics is not None:
+                        self.metrics.exports.labels(export.destination).inc()
                     logger.info("result sent", extra={"destination": destination_key(destination),
                                                       "study_ref": log_ref(export.study_key), "outbox_id": export.id})
                 else:
@@ -121,6 +132,8 @@ class Exporter:
     def _failed(self, export: Export, destination: Destination | None, reason: str, now: float) -> None:
         retry_at = next_attempt(destination, export.attempts, export.created_at, now) if destination else None
         self.store.export_failed(export.id, reason, retry_at, now)
+        if self.metrics is not None:
+            self.metrics.export_failures.labels(export.destination).inc()
         extra = {"destination": export.destination, "study_ref": log_ref(export.study_key), "outbox_id": export.id,
                  "reason": reason, "attempts": export.attempts + 1}
         if retry_at is None:

@@ -40,6 +40,8 @@ class QueueCollector(Collector):
         except Exception as exc:  # a scrape must not fail because the database is restarting
             logger.warning("queue metrics unavailable", extra={"error": type(exc).__name__})
             return
+        finally:  # each scrape runs in a thread of its own: its connection would outlive it unclosed
+            self.store.close()
         for state, count in sorted(counts.items()):
             depth.add_metric([state], count)
         oldest.add_metric([], max(0.0, time.time() - oldest_at) if oldest_at is not None else 0.0)
@@ -58,7 +60,8 @@ class Metrics:
         self.studies_analysed = Counter("mura_studies_analysed", "Study analyses, by outcome (analysed, failed, retry)",
                                         ["outcome"], registry=self.registry)
         self.analysis_seconds = Histogram("mura_analysis_seconds", "Seconds per study analysis (decode, networks, "
-                                          "heatmaps, DICOM outputs)", buckets=_ANALYSIS_BUCKETS, registry=self.registry)
+                                          "heatmaps, DICOM outputs; a batch's time shared among its studies)",
+                                          buckets=_ANALYSIS_BUCKETS, registry=self.registry)
         self.batch_studies = Histogram("mura_batch_studies", "Studies analysed together in one batch",
                                        buckets=(1, 2, 4, 8, 16, 32), registry=self.registry)
         self.exports = Counter("mura_exports", "Files delivered to a destination", ["destination"],

@@ -39,6 +39,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from listener.config import ListenerConfig
 from listener.database import DATABASE_ERRORS
+from listener.metrics import Metrics
 from listener.spool import Spool
 from listener.store import Store
 from mura_monai.constants import RADIOGRAPH_SOP_CLASSES
@@ -112,8 +113,9 @@ class StorageSCP:
     """pynetdicom AE serving C-ECHO and C-STORE per ``[listener]``; ``start()`` returns once listening."""
 
     def __init__(self, config: ListenerConfig, store: Store, spool: Spool,
-                 on_stored: Callable[[str], None] | None = None) -> None:
+                 on_stored: Callable[[str], None] | None = None, metrics: Metrics | None = None) -> None:
         self.config = config
+        self.metrics = metrics
         self.store = store
         self.spool = spool
         self.on_stored = on_stored
@@ -167,6 +169,12 @@ class StorageSCP:
                                                      "peer": event.assoc.requestor.address})
 
     def _handle_store(self, event) -> int:
+        status = self._handle_store_counted(event)
+        if self.metrics is not None:
+            self.metrics.instances_received.labels("stored" if status == STATUS["success"] else "refused").inc()
+        return status
+
+    def _handle_store_counted(self, event) -> int:
         calling_ae = str(event.assoc.requestor.ae_title).strip()
         sop_class = str(event.request.AffectedSOPClassUID)
         try:

@@ -18,17 +18,23 @@ __all__ = ["Spool"]
 
 
 class Spool:
-    """``clean``: drop what a crash left in ``tmp``; only the process that owns the spool (the
-    listener) may, as another one (the review app) would delete files being written."""
+    """``clean``: drop what a crash left in ``tmp``; only the process that owns that folder (the
+    front-end) may, as another one (the review app) would delete files being written.
 
-    def __init__(self, root: str | Path, clean: bool = True) -> None:
+    ``owner`` gives a front-end a ``tmp`` folder of its own (``tmp/<owner>/``): front-ends
+    sharing one spool (an NFS mount, or several on one host) then clean only their own leftovers,
+    never a file another one is writing. Named by host and port, it is the same folder again
+    after a restart, so a crash's leftovers are found."""
+
+    def __init__(self, root: str | Path, clean: bool = True, owner: str | None = None) -> None:
         self.root = Path(root)
-        self.tmp = self.root / "tmp"
+        self.tmp = self.root / "tmp" / owner if owner else self.root / "tmp"
         self.instances = self.root / "instances"
         for folder in (self.tmp, self.instances):
             folder.mkdir(parents=True, exist_ok=True)
         for leftover in self.tmp.iterdir() if clean else ():  # a crash mid-write: never acknowledged
-            leftover.unlink(missing_ok=True)
+            if leftover.is_file():  # not another front-end's folder
+                leftover.unlink(missing_ok=True)
 
     def instance_path(self, study_uid: str, sop_instance_uid: str) -> Path:
         return self.instances / spool_name(study_uid) / f"{spool_name(sop_instance_uid)}.dcm"

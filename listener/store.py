@@ -22,6 +22,12 @@ the lease has run out another worker may claim the study. A worker that lost its
 must not write a second result, so :meth:`Store.finish` and :meth:`Store.fail`, given the
 worker's id, raise :class:`LeaseLost` instead of writing (an exception rather than a return value
 that a caller could ignore); the worker drops its result and carries on.
+
+The outbox is shared the same way: an exporter claims the files it is about to send
+(:meth:`Store.due_exports`) for a lease, so several exporters never send one file twice and a
+dead one's files go to another once its lease runs out. Every running role (front-end, worker,
+exporter, on whichever host) beats in the ``roles`` table (:meth:`Store.beat`), which the status
+command and the metrics read with :meth:`Store.roles` and :meth:`Store.queue_summary`.
 """
 from __future__ import annotations
 
@@ -50,7 +56,7 @@ from listener.database import (
 )
 from mura_monai.results import StudyResult
 
-__all__ = ["STATES", "Export", "ExportState", "LeaseLost", "Store", "Study", "StudyState"]
+__all__ = ["SILENT_AFTER_BEATS", "STATES", "Export", "ExportState", "LeaseLost", "Store", "Study", "StudyState"]
 
 
 class StudyState(enum.StrEnum):
@@ -90,6 +96,10 @@ _SKIP_LOCKED = {"sqlite": "", "postgresql": " FOR UPDATE SKIP LOCKED"}  # claime
 _ANALYSIS_VERSION = {"sqlite": "json_extract(result, '$.analysis_version')",
                      "postgresql": "(result::json->>'analysis_version')::int"}
 _WRITER_LOCK = 0x6D757261_00000002  # pg_advisory_xact_lock key of transaction(): one writer, as on SQLite
+
+
+SILENT_AFTER_BEATS = 3       # a role this many beats late is shown as silent
+_ROLES_KEPT_S = 7 * 86400    # a role's row outlives its last beat this long
 
 
 def study_key(study_uid: str, calling_ae: str) -> str:
@@ -301,12 +311,19 @@ class Store:
 
     # -- the analysis queue --------------------------------------------------------------
     def promote_stable(self, stable_age_s: float, now: float | None = None) -> list[str]:
-        """Studies with no new instance for ``stable_age_s`` become ``waiting`` (complete)."""
+        """Studies with no new instance for ``stable_age_s`` become ``waiting`` (complete).
+
+        Several front-ends run this at once on one database. The rows are locked with SKIP
+        LOCKED first, so that two promoting transactions never wait on each other (nor deadlock
+        by locking the same rows in different orders) and a study is promoted by one of them;
+        a row that an instance being recorded holds is skipped too, and promoted at the next
+        round if it is still stable then."""
         now = time.time() if now is None else now
         with self._write() as db:
             keys = [r[0] for r in db.execute(
-                "UPDATE studies SET state=?, updated_at=? WHERE state=? AND last_received <= ? RETURNING study_key",
-                (StudyState.WAITING, now, StudyState.RECEIVED, now - stable_age_s)).fetchall()]
+                "UPDATE studies SET state=?, updated_at=? WHERE state=? AND study_key IN (SELECT study_key FROM studies "
+                f"WHERE state=? AND last_received <= ?{_SKIP_LOCKED[self.dialect]}) RETURNING study_key",
+                (StudyState.WAITING, now, StudyState.RECEIVED, StudyState.RECEIVED, now - stable_age_s)).fetchall()]
             if keys:
                 self._notify(db, "work")
         return keys
@@ -318,13 +335,13 @@ class Store:
         leases), and, given ``workers``, every worker whose id starts with it: the caller's own,
         which it knows are dead. A live claim of another host's worker stays with that worker."""
         now = time.time() if now is None else now
-        mine, params = "", [StudyState.WAITING, StudyState.ANALYSING, now]
+        mine, params = "", [StudyState.WAITING, now, StudyState.ANALYSING, now]
         if workers:
             mine = " OR substr(claimed_by, 1, ?) = ?"
             params += [len(workers), workers]
         with self._write() as db:
-            count = db.execute("UPDATE studies SET state=?, claimed_by=NULL, lease_until=NULL WHERE state=? AND "
-                               f"(lease_until IS NULL OR lease_until <= ?{mine})", params).rowcount
+            count = db.execute("UPDATE studies SET state=?, claimed_by=NULL, lease_until=NULL, updated_at=? WHERE state=? "
+                               f"AND (lease_until IS NULL OR lease_until <= ?{mine})", params).rowcount
             if count:
                 self._notify(db, "work")
         return count
@@ -458,19 +475,31 @@ class Store:
         return [claimed[key] for key in keys]
 
     # -- the outbox ------------------------------------------------------------------------
-    def due_exports(self, now: float | None = None, limit: int = 50) -> list[Export]:
-        """Pending files whose next attempt is due; abnormal and uncertain studies first."""
+    def due_exports(self, now: float | None = None, limit: int = 50, exporter_id: str = "exporter",
+                    lease_s: float = 60.0) -> list[Export]:
+        """Pending files whose next attempt is due, abnormal and uncertain studies first, claimed
+        for ``exporter_id`` until ``now + lease_s`` so that no other exporter sends them meanwhile.
+
+        Rows another exporter holds are passed by (SKIP LOCKED on PostgreSQL; SQLite's immediate
+        transaction makes claims take turns) and left alone while its lease runs; an exporter
+        that died frees its rows when the lease runs out. :meth:`export_done` and
+        :meth:`export_failed` end the claim."""
         now = time.time() if now is None else now
-        rows = self._db().execute(
-            "SELECT * FROM outbox WHERE state=? AND next_attempt_at <= ? "
-            "ORDER BY priority DESC, id LIMIT ?", (ExportState.PENDING, now, limit))
+        with self._write() as db:
+            ids = [r[0] for r in db.execute(
+                "UPDATE outbox SET claimed_by=?, lease_until=? WHERE id IN (SELECT id FROM outbox WHERE state=? AND "
+                "next_attempt_at <= ? AND (claimed_by IS NULL OR claimed_by=? OR lease_until IS NULL OR lease_until <= ?) "
+                f"ORDER BY priority DESC, id LIMIT ?{_SKIP_LOCKED[self.dialect]}) RETURNING id",
+                (exporter_id, now + lease_s, ExportState.PENDING, now, exporter_id, now, limit)).fetchall()]
+            rows = db.execute(f"SELECT * FROM outbox WHERE id IN ({', '.join('?' * len(ids))}) ORDER BY priority DESC, id",
+                              ids).fetchall() if ids else []
         return [Export(r["id"], r["study_key"], r["destination"], r["path"], r["attempts"], r["created_at"]) for r in rows]
 
     def export_done(self, export_id: int, now: float | None = None) -> None:
         now = time.time() if now is None else now
         with self._write() as db:
-            db.execute("UPDATE outbox SET state=?, attempts=attempts+1, last_error=NULL WHERE id=?",
-                       (ExportState.SENT, export_id))
+            db.execute("UPDATE outbox SET state=?, attempts=attempts+1, last_error=NULL, claimed_by=NULL, lease_until=NULL "
+                       "WHERE id=?", (ExportState.SENT, export_id))
             self._settle(db, export_id, now)
 
     def export_failed(self, export_id: int, error: str, next_attempt_at: float | None, now: float | None = None) -> None:
@@ -478,11 +507,11 @@ class Store:
         now = time.time() if now is None else now
         with self._write() as db:
             if next_attempt_at is None:
-                db.execute("UPDATE outbox SET state=?, attempts=attempts+1, last_error=? WHERE id=?",
-                           (ExportState.GAVE_UP, error, export_id))
+                db.execute("UPDATE outbox SET state=?, attempts=attempts+1, last_error=?, claimed_by=NULL, "
+                           "lease_until=NULL WHERE id=?", (ExportState.GAVE_UP, error, export_id))
             else:
-                db.execute("UPDATE outbox SET attempts=attempts+1, last_error=?, next_attempt_at=? WHERE id=?",
-                           (error, next_attempt_at, export_id))
+                db.execute("UPDATE outbox SET attempts=attempts+1, last_error=?, next_attempt_at=?, claimed_by=NULL, "
+                           "lease_until=NULL WHERE id=?", (error, next_attempt_at, export_id))
             self._settle(db, export_id, now)
 
     def _settle(self, db, export_id: int, now: float) -> None:
@@ -525,3 +554,47 @@ class Store:
     def outbox(self, key: str | None = None) -> list[dict]:
         query = "SELECT * FROM outbox" + (" WHERE study_key=?" if key else "") + " ORDER BY id"
         return [dict(r) for r in self._db().execute(query, (key,) if key else ())]
+
+    def queue_summary(self) -> tuple[dict[str, int], float | None]:
+        """Studies per state (every state, zero included) and since when the oldest ``waiting``
+        study has waited (the time it became waiting), or None when none waits: what the
+        metrics and the status command show of the queue."""
+        counts = dict.fromkeys(STATES, 0)
+        db = self._db()
+        counts.update({r[0]: r[1] for r in db.execute("SELECT state, COUNT(*) FROM studies GROUP BY state")})
+        oldest = db.execute("SELECT MIN(updated_at) FROM studies WHERE state=?", (StudyState.WAITING,)).fetchone()[0]
+        return counts, oldest
+
+    # -- the roles' heartbeats -------------------------------------------------------------
+    def beat(self, role_id: str, role: str, host: str, pid: int, device: str = "", details: dict | None = None,
+             beat_s: float = 5.0, started_at: float | None = None, stopped: bool = False,
+             now: float | None = None) -> None:
+        """Say that the role ``role_id`` is alive (or, ``stopped``, that it ended cleanly), with
+        what it runs on and ``details`` of its own; it promises the next beat within ``beat_s``.
+        Rows of roles gone for a week are dropped, so the table does not grow with restarts."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO roles (id, role, host, pid, device, started_at, last_beat, beat_s, stopped_at, details) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET role=excluded.role, "
+                "host=excluded.host, pid=excluded.pid, device=excluded.device, started_at=excluded.started_at, "
+                "last_beat=excluded.last_beat, beat_s=excluded.beat_s, stopped_at=excluded.stopped_at, "
+                "details=excluded.details",
+                (role_id, role, host, pid, device, now if started_at is None else started_at, now, beat_s,
+                 now if stopped else None, json.dumps(details or {})))
+            db.execute("DELETE FROM roles WHERE last_beat < ?", (now - _ROLES_KEPT_S,))
+
+    def roles(self, now: float | None = None) -> list[dict]:
+        """Every role that beat in the last week: its row, with ``age_s`` (since its last beat)
+        and ``state``: ``running``, ``stopped`` (ended cleanly) or ``silent`` (three beats
+        missed: dead, hung, or cut off from the database)."""
+        now = time.time() if now is None else now
+        out = []
+        for row in self._db().execute("SELECT * FROM roles ORDER BY role, host, id"):
+            role = dict(row)
+            role["details"] = json.loads(role["details"] or "{}")
+            role["age_s"] = max(0.0, now - role["last_beat"])
+            role["state"] = ("stopped" if role["stopped_at"] is not None else
+                             "silent" if role["age_s"] > SILENT_AFTER_BEATS * role["beat_s"] else "running")
+            out.append(role)
+        return out

@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pydicom
@@ -33,6 +34,7 @@ import pydicom
 from listener.config import ListenerConfig
 from listener.database import DATABASE_ERRORS
 from listener.exporter import destination_key
+from listener.metrics import Metrics
 from listener.paths import analysis_dir, log_ref
 from listener.store import LeaseLost, Store, Study, StudyState
 from mura_monai.results import StudyResult
@@ -125,6 +127,36 @@ class _Scored:
     unreadable: list[tuple[str, str]]
 
 
+class _MeteredStore:
+    """The store as the worker sees it when it has metrics: the outcome of every analysis is
+    counted where it is written (:meth:`Store.finish`, :meth:`Store.fail`), however the worker
+    came to write it (one study at a time or in batches)."""
+
+    def __init__(self, store: Store, metrics: Metrics) -> None:
+        self._store, self._metrics = store, metrics
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+    def finish(self, *args, **kwargs) -> int:
+        try:
+            version = self._store.finish(*args, **kwargs)
+        except LeaseLost:
+            self._metrics.studies_analysed.labels("lease_lost").inc()
+            raise
+        self._metrics.studies_analysed.labels("analysed").inc()
+        return version
+
+    def fail(self, *args, **kwargs) -> StudyState:
+        try:
+            state = self._store.fail(*args, **kwargs)
+        except LeaseLost:
+            self._metrics.studies_analysed.labels("lease_lost").inc()
+            raise
+        self._metrics.studies_analysed.labels("retry" if state == StudyState.WAITING else "failed").inc()
+        return state
+
+
 class AnalysisError(Exception):
     """A study that cannot be analysed; ``retry`` says whether another attempt could help."""
 
@@ -136,9 +168,11 @@ class AnalysisError(Exception):
 class Worker:
     """Loads the ensemble of ``[model]`` once and analyses studies until told to stop."""
 
-    def __init__(self, config: ListenerConfig, store: Store, predictor=None, worker_id: str | None = None) -> None:
+    def __init__(self, config: ListenerConfig, store: Store, predictor=None, worker_id: str | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.config = config
-        self.store = store
+        self.metrics = metrics
+        self.store = cast(Store, _MeteredStore(store, metrics)) if metrics is not None else store
         self.worker_id = worker_id or f"{worker_prefix(config)}{os.getpid()}"
         self.lease_s = config.store.lease_s
         self.predictor = predictor if predictor is not None else self._load_predictor()
@@ -151,11 +185,17 @@ class Worker:
         """Between studies, waits for the store's "work" notification (PostgreSQL) or ``poll_s``,
         whichever comes first; a database that is away is waited for, not fatal."""
         while not stop.is_set():
+            started = time.monotonic()
             try:
                 busy = self.run_once()
             except DATABASE_ERRORS as exc:
                 logger.error("store unavailable", extra={"error": f"{type(exc).__name__}: {str(exc)[:200]}"})
                 busy = False
+            if busy and self.metrics is not None:  # a batch's time shared among its studies
+                elapsed = time.monotonic() - started
+                self.metrics.batch_studies.observe(busy)
+                for _ in range(busy):
+                    self.metrics.analysis_seconds.observe(elapsed / busy)
             if not busy:
                 self.store.wait("work", poll_s, stop)
 

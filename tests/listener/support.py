@@ -50,29 +50,39 @@ def load(folder: Path, **kwargs):
     return load_config(write_config(folder, **kwargs))
 
 
-class Listener:
-    """`python -m listener` as its own process, ready once dcmtk's echoscu gets an answer."""
+def status_report(config: Path, *args: str) -> dict:
+    """``mura-listener status --json``: ``{"roles": [...], "queue": {...}, "studies": [...]}``."""
+    out = subprocess.run([sys.executable, "-m", "listener", "status", "--config", str(config), "--json", *args],
+                         capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
 
-    def __init__(self, config: Path) -> None:
+
+class Listener:
+    """`python -m listener` as its own process, ready once dcmtk's echoscu gets an answer; with
+    ``args`` (``serve --role worker ...``) a role without a DICOM port, ready once started."""
+
+    def __init__(self, config: Path, *args: str, log: str = "listener.log") -> None:
         self.config = config
-        self.log = open(config.parent / "listener.log", "ab")
-        self.process = subprocess.Popen([sys.executable, "-m", "listener", "--config", str(config)], cwd=REPO,
+        self.log_path = config.parent / log
+        self.log = open(self.log_path, "ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "listener", *args, "--config", str(config)], cwd=REPO,
                                         stdout=self.log, stderr=self.log)
         port = int(next(line.split("=")[1] for line in config.read_text().splitlines() if line.startswith("port")))
         self.port = port
+        if "--role" in args and args[args.index("--role") + 1] not in ("scp", "all"):
+            return
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # readiness of another process: C-ECHO answers
             if subprocess.run([ECHOSCU, "-aec", "MURA_AI", "127.0.0.1", str(port)], capture_output=True).returncode == 0:
                 return
-            assert self.process.poll() is None, (config.parent / "listener.log").read_text()[-2000:]
+            assert self.process.poll() is None, self.log_path.read_text()[-2000:]
             time.sleep(0.2)
         raise TimeoutError("listener did not start")
 
     def status(self) -> list[dict]:
-        out = subprocess.run([sys.executable, "-m", "listener", "status", "--config", str(self.config), "--json"],
-                             capture_output=True, text=True, cwd=REPO, timeout=60)
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout)
+        """The studies of ``status --json``."""
+        return status_report(self.config)["studies"]
 
     def stop(self, sig=signal.SIGTERM) -> int:
         self.process.send_signal(sig)

@@ -8,8 +8,10 @@ from __future__ import annotations
 import io
 import os
 import signal
+import socket
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 import pydicom
@@ -18,8 +20,8 @@ import pytest
 from mura_monai.dicom_out import read_sr_result
 from tests.dicom_out.dciodvfy import dciodvfy_errors
 from tests.ensemble_support import ENSEMBLE, fitted_ensemble
-from tests.listener.orthanc import STORESCU, OrthancServer, have_orthanc
-from tests.listener.support import Listener, write_config
+from tests.listener.orthanc import STORESCU, OrthancServer, free_port, have_orthanc
+from tests.listener.support import Listener, status_report, write_config
 
 pytestmark = pytest.mark.skipif(not have_orthanc() or not Path(STORESCU).is_file(),
                                 reason="Debian's orthanc and dcmtk are needed")
@@ -219,3 +221,93 @@ def test_the_service_on_postgresql(tmp_path, ensemble, pacs, store_url):
         assert not list((tmp_path / "svc" / "spool").glob("queue.sqlite3*"))
     finally:
         assert listener.stop() == 0
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """``/metrics`` as {sample name with its labels: value}."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def test_every_role_serves_its_metrics(tmp_path, ensemble, pacs):
+    """``--role all``: the service's /metrics on metrics_port (SCP, exporter, queue), its worker
+    process's on the port after it (analyses, queue)."""
+    port = free_port()
+    while True:  # the worker's port is the next one: it must be free too
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+            break
+        except OSError:
+            port = free_port()
+    listener = Listener(_config(tmp_path, ensemble, pacs, metrics_port=port))
+    try:
+        files = _study_files(ensemble["root"], 6)
+        _push(listener.port, files)
+        arrived = _arrived(pacs, len(files) + 1)
+        assert len(arrived) == len(files) + 1
+        service = _scrape(port)
+        destination = f'destination="{pacs.aet}@127.0.0.1:{pacs.dicom_port}"'
+        assert service['mura_instances_received_total{outcome="stored"}'] == len(files)
+        deadline = time.monotonic() + 30  # the exporter counts a file once the store has it as sent
+        while service.get(f"mura_exports_total{{{destination}}}", 0) < len(files) + 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+            service = _scrape(port)
+        assert service[f"mura_exports_total{{{destination}}}"] == len(files) + 1
+        worker = _scrape(port + 1)
+        assert worker['mura_studies_analysed_total{outcome="analysed"}'] == 1
+        assert worker["mura_analysis_seconds_count"] == 1 and worker["mura_analysis_seconds_sum"] > 0
+        for metrics in (service, worker):
+            assert metrics['mura_queue_depth{state="sent"}'] == 1 and metrics['mura_queue_depth{state="waiting"}'] == 0
+            assert metrics["mura_oldest_waiting_seconds"] == 0
+    finally:
+        assert listener.stop() == 0
+
+
+@pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
+def test_roles_apart_two_front_ends_two_workers_one_exporter(tmp_path, ensemble, pacs, store_url):
+    """Five processes on one PostgreSQL store and one spool: each study gets one SR, one whose
+    instances reached both front-ends too; status lists five live roles; SIGTERM ends each."""
+    spool = str(tmp_path / "shared-spool")
+    configs = []
+    for name in ("a", "b"):  # two front-ends: same AE title, own ports, same spool and store
+        config = _config(tmp_path / name, ensemble, pacs, spool_dir=spool, stable_age_s=3.0)
+        config.write_text(config.read_text() + f'\n[store]\nurl = "{store_url}"\nlease_s = 30\n')
+        configs.append(config)
+    folders = sorted({p.parent for p in (ensemble["root"].parent / "dicom" / "valid").rglob("*.dcm")})
+    studies = [files for files in (sorted(f.glob("*.dcm")) for f in folders) if len(files) >= 2][:3]
+    assert len(studies) == 3
+    front = [Listener(configs[0], "serve", "--role", "scp"), Listener(configs[1], "serve", "--role", "scp")]
+    rest = [Listener(configs[0], "serve", "--role", "worker", "--device", "cpu", "--worker-id", "w1", log="w1.log"),
+            Listener(configs[1], "serve", "--role", "worker", "--device", "cpu", "--worker-id", "w2", log="w2.log"),
+            Listener(configs[0], "serve", "--role", "exporter", log="exporter.log")]
+    processes = front + rest
+    try:
+        _push(front[0].port, studies[0])
+        _push(front[1].port, studies[1])
+        half = len(studies[2]) // 2
+        _push(front[0].port, studies[2][:half])
+        _push(front[1].port, studies[2][half:])
+        arrived = _arrived(pacs, sum(map(len, studies)) + 3, timeout_s=300)
+        srs = Counter(ds.StudyInstanceUID for ds in arrived if ds.Modality == "SR")
+        expected = {pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID for files in studies}
+        assert set(srs) == expected and set(srs.values()) == {1}
+        report = status_report(configs[0])
+        assert sorted((s["state"], s["images"], s["version"]) for s in report["studies"]) == sorted(
+            ("sent", len(files), 1) for files in studies)
+        deadline = time.monotonic() + 60  # a worker beats from its process once spawned
+        while sorted(r["role"] for r in report["roles"] if r["state"] == "running") != [
+                "exporter", "scp", "scp", "worker", "worker"]:
+            assert time.monotonic() < deadline, report["roles"]
+            time.sleep(0.5)
+            report = status_report(configs[1], "--roles")
+        assert {r["device"] for r in report["roles"] if r["role"] == "worker"} == {"cpu"}
+        assert {r["id"] for r in report["roles"] if r["role"] == "worker"} == {"w1/worker", "w2/worker"}
+    finally:
+        codes = [process.stop() for process in processes]
+    assert codes == [0] * 5
+    assert {r["state"] for r in status_report(configs[0], "--roles")["roles"]} == {"stopped"}
