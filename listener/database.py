@@ -10,6 +10,7 @@ process and database.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import sqlite3
@@ -180,19 +181,35 @@ class PgConnection:
 
     def __init__(self, conn: psycopg.Connection) -> None:
         self.raw = conn
+        self.failed = False
 
     def execute(self, sql: str, parameters: Any = (), /) -> Any:
-        return self.raw.execute(translate(sql), parameters)  # type: ignore[arg-type]
+        with self.watch():
+            return self.raw.execute(translate(sql), parameters)  # type: ignore[arg-type]
 
     def executemany(self, sql: str, parameters: Any, /) -> Any:
-        cursor = self.raw.cursor()
-        cursor.executemany(translate(sql), parameters)  # type: ignore[arg-type]
-        return cursor
+        with self.watch():
+            cursor = self.raw.cursor()
+            cursor.executemany(translate(sql), parameters)  # type: ignore[arg-type]
+            return cursor
+
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[None]:
+        """A server that went away (a restart: ``AdminShutdown``, a dropped socket) fails the call
+        and marks the connection, so that the next call opens a new one. psycopg does not always
+        flag such a connection ``broken`` by itself: after a restart's FATAL message it looked
+        usable and failed every later call."""
+        try:
+            yield
+        except psycopg.OperationalError:
+            self.failed = True
+            raise
 
     @property
     def usable(self) -> bool:
         """False once the server went away: the next call opens a new connection."""
-        return not (self.raw.closed or self.raw.broken)
+        return not (self.failed or self.raw.closed or self.raw.broken
+                    or self.raw.pgconn.status != psycopg.pq.ConnStatus.OK)
 
     def close(self) -> None:
         self.raw.close()

@@ -26,6 +26,7 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.synchronize import Event as EventType
 
 from listener.config import ListenerConfig, load_config
+from listener.database import DATABASE_ERRORS
 from listener.exporter import Exporter
 from listener.metrics import Metrics
 from listener.paths import store_url
@@ -155,7 +156,12 @@ class ListenerService:
     def _assemble(self) -> None:
         stable = self.config.listener.stable_age_s
         while not self.stop.wait(min(1.0, max(stable / 4, 0.05))):
-            for _ in self.store.promote_stable(stable):
+            try:
+                promoted = self.store.promote_stable(stable)
+            except DATABASE_ERRORS as exc:  # the database away (a restart): try again next round
+                logger.error("store unavailable", extra={"error": f"{type(exc).__name__}: {str(exc)[:200]}"})
+                continue
+            for _ in promoted:
                 logger.info("study complete", extra={"stable_age_s": stable})
 
     def run(self) -> int:

@@ -179,7 +179,7 @@ class Store:
         this transaction behind every other exclusive one, as SQLite's single writer would."""
         db = self._db()
         if isinstance(db, PgConnection):
-            with db.raw.transaction():
+            with db.watch(), db.raw.transaction():
                 if exclusive:
                     db.execute("SELECT pg_advisory_xact_lock(?)", (_WRITER_LOCK,))
                 yield db
