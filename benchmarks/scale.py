@@ -42,13 +42,26 @@ from tests.listener.support import write_config  # noqa: E402
 
 
 def _studies(base: Path, n: int) -> list[list[Path]]:
+    """``n`` studies: the synthetic root's DICOM studies in turn, each copy with new UIDs."""
+    from pydicom.uid import generate_uid
+
     from mura_monai.data.synthetic import generate_mura_root
 
-    generate_mura_root(base / "synth" / "mura", patients=max(16, n), seed=3, dicom_dir=base / "synth" / "dicom")
-    folders = sorted({p.parent for p in (base / "synth" / "dicom").rglob("*.dcm")})
-    if len(folders) < n:
-        raise SystemExit(f"only {len(folders)} synthetic studies; ask for fewer")
-    return [sorted(folder.glob("*.dcm")) for folder in folders[:n]]
+    generate_mura_root(base / "synth" / "mura", patients=16, seed=1, dicom_dir=base / "synth" / "dicom")
+    sources = [sorted(folder.glob("*.dcm")) for folder in sorted({p.parent for p in (base / "synth" / "dicom").rglob("*.dcm")})]
+    studies = []
+    for k in range(n):
+        folder = base / "studies" / f"{k:03d}"
+        folder.mkdir(parents=True)
+        study_uid, files = generate_uid(), []
+        for source in sources[k % len(sources)]:
+            ds = pydicom.dcmread(source)
+            ds.StudyInstanceUID, ds.SOPInstanceUID = study_uid, generate_uid()
+            ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+            files.append(folder / f"{len(files):02d}.dcm")
+            ds.save_as(files[-1])
+        studies.append(files)
+    return studies
 
 
 def _wait_echo(port: int, timeout_s: float = 120) -> None:

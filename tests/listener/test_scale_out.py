@@ -9,12 +9,14 @@ where the cluster is this machine's own.
 from __future__ import annotations
 
 import io
+import json
 import os
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pydicom
@@ -228,3 +230,144 @@ def test_postgresql_restarted_under_load_the_roles_reconnect_and_nothing_acknowl
     finally:
         codes = [role.stop() for role in roles]
     assert codes == [0] * len(roles)
+
+
+def test_a_hundred_studies_from_four_modalities_through_two_front_ends_and_three_workers(
+        tmp_path, ensemble, pacs, pg_url):
+    """Four storescu processes push 100 studies at once, split across two front-ends (same AE
+    title, own ports, one spool, one PostgreSQL queue); three workers and one exporter. Every
+    acknowledged instance is in exactly one analysis, every study gets one SR, none twice."""
+    n_studies = int(os.environ.get("MURA_SCALE_STUDIES", "100"))
+    spool = str(tmp_path / "shared-spool")
+    configs = []
+    for name in ("a", "b"):
+        config = _config(tmp_path / name, ensemble, pacs, pg_url, lease_s=30.0)
+        text = config.read_text().replace('spool_dir = "spool"', f'spool_dir = "{spool}"')
+        config.write_text(text.replace("batch_studies = 1", "batch_studies = 4"))
+        configs.append(config)
+    sources = [sorted(folder.glob("*.dcm")) for folder in
+               sorted({p.parent for p in (ensemble["root"].parent / "dicom" / "valid").rglob("*.dcm")})]
+    studies = [_study(sources[k % len(sources)], tmp_path / "studies" / f"{k:03d}", copies=1) for k in range(n_studies)]
+    roles = [Role(configs[0], "scp", "scp_a"), Role(configs[1], "scp", "scp_b"),
+             *(Role(configs[k % 2], "worker", f"worker_{k}", "--worker-id", f"w{k}") for k in range(3)),
+             Role(configs[0], "exporter", "exporter")]
+    ports = [_port(config) for config in configs]
+    try:
+        for port in ports:
+            wait_for(lambda port=port: _echo(port), 90, "both front-ends")
+        wait_for(lambda: all("worker ready" in role.log() for role in roles[2:5]), 240, "three workers' models")
+        acknowledged: dict[str, set[str]] = {}
+        queue = list(enumerate(studies))
+        lock = threading.Lock()
+
+        def modality(k: int) -> None:  # one of four: its studies alternate between the front-ends
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    index, files = queue.pop(0)
+                if _push(ports[(index + k) % 2], files).returncode == 0:
+                    uids = {pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}
+                    with lock:
+                        acknowledged[pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID] = uids
+
+        pushers = [threading.Thread(target=modality, args=(k,)) for k in range(4)]
+        for thread in pushers:
+            thread.start()
+        for thread in pushers:
+            thread.join()
+        assert len(acknowledged) == n_studies
+
+        def all_sent() -> bool:
+            store = Store(pg_url)
+            try:
+                states = [row[0] for row in store.connection().execute("SELECT state FROM studies").fetchall()]
+            finally:
+                store.close()
+            return len(states) == n_studies and set(states) == {"sent"} and _pending_exports(pg_url) == 0
+
+        wait_for(all_sent, 900, f"{n_studies} studies analysed and sent", poll_s=1.0)
+        store = Store(pg_url)
+        try:
+            for uid, sops in acknowledged.items():
+                study = next(s for s in store.studies() if s.study_uid == uid)
+                assert study.version == 1 and study.result is not None
+                assert {image.sop_instance_uid for image in study.result.images} == sops  # each in one analysis
+        finally:
+            store.close()
+        images = sum(len(s) for s in acknowledged.values())
+        assert len(pacs.instances()) == images + n_studies  # a heatmap per image, one SR per study, none twice
+        analysed_by = [role.log().count('"message": "study analysed"') for role in roles[2:5]]
+        assert sum(analysed_by) == n_studies  # each study analysed once, by whichever worker took it
+    finally:
+        codes = [role.stop() for role in roles]
+    assert codes == [0] * len(roles)
+
+
+def _two_front_ends(tmp_path: Path, ensemble: dict, pacs, pg_url: str, lease_s: float = 30.0) -> list[Path]:
+    spool = str(tmp_path / "shared-spool")
+    configs = []
+    for name in ("a", "b"):
+        config = _config(tmp_path / name, ensemble, pacs, pg_url, lease_s=lease_s)
+        config.write_text(config.read_text().replace('spool_dir = "spool"', f'spool_dir = "{spool}"'))
+        configs.append(config)
+    return configs
+
+
+def test_a_late_instance_through_the_other_front_end_makes_the_next_sr_version(tmp_path, ensemble, pacs, pg_url):
+    configs = _two_front_ends(tmp_path, ensemble, pacs, pg_url)
+    files = _study(_source(ensemble["root"]), tmp_path / "study", copies=2)
+    uid = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+    roles = [Role(configs[0], "scp", "scp_a"), Role(configs[1], "scp", "scp_b"),
+             Role(configs[0], "worker", "worker", "--worker-id", "w"), Role(configs[1], "exporter", "exporter")]
+    try:
+        for config in configs:
+            wait_for(lambda config=config: _echo(_port(config)), 90, "both front-ends")
+        assert _push(_port(configs[0]), files[:-1]).returncode == 0
+        wait_for(lambda: (row := _row(pg_url, uid)) and row["state"] == "sent" and _pending_exports(pg_url) == 0, 240,
+                 "the first version sent")
+        assert _push(_port(configs[1]), files[-1:]).returncode == 0  # late, and to the other front-end
+        wait_for(lambda: (row := _row(pg_url, uid)) and row["version"] == 2 and row["state"] == "sent"
+                 and _pending_exports(pg_url) == 0, 240, "the second version sent")
+        srs = sorted(_srs(pacs, uid), key=lambda ds: int(ds.InstanceNumber))
+        assert len(srs) == 2 and srs[1].PredecessorDocumentsSequence[0].ReferencedSeriesSequence[0] \
+            .ReferencedSOPSequence[0].ReferencedSOPInstanceUID == srs[0].SOPInstanceUID
+    finally:
+        codes = [role.stop() for role in roles]
+    assert codes == [0] * len(roles)
+
+
+def test_kill_9_of_a_front_end_mid_association_what_it_acknowledged_is_analysed(tmp_path, ensemble, pacs, pg_url):
+    configs = _two_front_ends(tmp_path, ensemble, pacs, pg_url)
+    files = _study(_source(ensemble["root"]), tmp_path / "study", copies=12)
+    uid = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+    sop_of = {str(f): pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files}
+    front = Role(configs[0], "scp", "scp_a")
+    roles = [front, Role(configs[1], "scp", "scp_b"), Role(configs[0], "worker", "worker", "--worker-id", "w"),
+             Role(configs[1], "exporter", "exporter")]
+    try:
+        for config in configs:
+            wait_for(lambda config=config: _echo(_port(config)), 90, "both front-ends")
+        # storescu -v says which file it sends and the status that comes back for it
+        modality = subprocess.Popen([STORESCU, "-v", "-xv", "-aet", "MODALITY", "-aec", "MURA_AI", "127.0.0.1",
+                                     str(_port(configs[0])), *map(str, files)], stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True)
+        acknowledged, sending = set(), None
+        assert modality.stdout is not None
+        for line in modality.stdout:
+            if "Sending file:" in line:
+                sending = line.split("Sending file:")[1].strip()
+            elif "Received Store Response (Success)" in line and sending:
+                acknowledged.add(sop_of[sending])
+                if len(acknowledged) == 3:
+                    front.kill_9()  # mid-association: more files were still to come
+        modality.wait(timeout=60)
+        assert 3 <= len(acknowledged) < len(files)
+        # the other front-end's assembly completes the study; a worker analyses what was acknowledged
+        done = wait_for(lambda: (row := _row(pg_url, uid)) and row["state"] == "sent" and _pending_exports(pg_url) == 0
+                        and row, 240, "the study assembled by the other front-end, analysed and sent")
+        analysed = {image["sop_instance_uid"] for image in json.loads(done["result"])["images"]}
+        assert acknowledged <= analysed and len(_srs(pacs, uid)) == 1
+    finally:
+        codes = [role.stop() for role in roles]  # the killed front-end's code is -9
+    assert codes[1:] == [0] * 3
