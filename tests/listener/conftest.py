@@ -14,6 +14,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from tests.ensemble_support import fitted_ensemble
+from tests.listener.orthanc import OrthancServer
+
 POSTGRES = os.environ.get("MURA_TEST_POSTGRES", "postgresql://root@127.0.0.1:5432/test")
 _unreachable: list[str] = []  # the first failure's message: later tests skip without waiting again
 
@@ -49,3 +52,17 @@ def store_url(request, tmp_path):
         admin.execute("SET lock_timeout = '10s'")
         admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(schema)))
         admin.close()
+
+
+@pytest.fixture(scope="module")
+def ensemble(synth_root, tmp_path_factory):
+    """The test ensemble the service tests serve (fitted once per module)."""
+    return fitted_ensemble(synth_root, tmp_path_factory.mktemp("listener_ensemble"))
+
+
+@pytest.fixture
+def pacs(tmp_path):
+    """Debian's Orthanc as the PACS, one per test."""
+    server = OrthancServer(tmp_path / "orthanc").start()
+    yield server
+    server.stop()

@@ -25,9 +25,9 @@ from pydicom.uid import generate_uid
 
 from listener.store import Store
 from mura_monai.dicom_out import read_sr_result
-from tests.ensemble_support import ENSEMBLE, fitted_ensemble
+from tests.ensemble_support import ENSEMBLE
 from tests.listener.conftest import postgres_admin, schema_url
-from tests.listener.orthanc import ECHOSCU, STORESCU, OrthancServer, have_orthanc
+from tests.listener.orthanc import ECHOSCU, STORESCU, have_orthanc
 from tests.listener.review.conftest import wait_for
 from tests.listener.support import write_config
 
@@ -35,10 +35,6 @@ pytestmark = pytest.mark.skipif(not have_orthanc() or not Path(STORESCU).is_file
                                 reason="Debian's orthanc and dcmtk are needed")
 REPO = Path(__file__).resolve().parents[2]
 
-
-@pytest.fixture(scope="module")
-def ensemble(synth_root, tmp_path_factory):
-    return fitted_ensemble(synth_root, tmp_path_factory.mktemp("scale_out_ensemble"))
 
 
 @pytest.fixture
@@ -55,12 +51,6 @@ def pg_url():
     admin.execute(f"DROP SCHEMA {schema} CASCADE")
     admin.close()
 
-
-@pytest.fixture
-def pacs(tmp_path):
-    server = OrthancServer(tmp_path / "orthanc").start()
-    yield server
-    server.stop()
 
 
 class Role:

@@ -19,7 +19,7 @@ import pytest
 
 from mura_monai.dicom_out import read_sr_result
 from tests.dicom_out.dciodvfy import dciodvfy_errors
-from tests.ensemble_support import ENSEMBLE, fitted_ensemble
+from tests.ensemble_support import ENSEMBLE
 from tests.listener.orthanc import STORESCU, OrthancServer, free_port, have_orthanc
 from tests.listener.support import Listener, status_report, write_config
 
@@ -28,16 +28,6 @@ pytestmark = pytest.mark.skipif(not have_orthanc() or not Path(STORESCU).is_file
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def ensemble(synth_root, tmp_path_factory):
-    return fitted_ensemble(synth_root, tmp_path_factory.mktemp("listener_ensemble"))
-
-
-@pytest.fixture
-def pacs(tmp_path):
-    server = OrthancServer(tmp_path / "orthanc").start()
-    yield server
-    server.stop()
 
 
 def _config(tmp_path, ensemble, pacs, **listener):
