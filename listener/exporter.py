@@ -75,6 +75,7 @@ class Exporter:
         """Send what is due (one association per destination); returns how many were stored."""
         now = time.time() if now is None else now
         by_destination: dict[str, list[Export]] = defaultdict(list)
+        claimed_at = time.monotonic()
         for export in self.store.due_exports(now, exporter_id=self.exporter_id, lease_s=self.config.store.lease_s):
             by_destination[export.destination].append(export)
         sent = 0
@@ -84,10 +85,10 @@ class Exporter:
                 for export in exports:
                     self._failed(export, None, "destination no longer configured", now)
                 continue
-            sent += self._send(destination, exports, now)
+            sent += self._send(destination, exports, now, claimed_at)
         return sent
 
-    def _send(self, destination: Destination, exports: list[Export], now: float) -> int:
+    def _send(self, destination: Destination, exports: list[Export], now: float, claimed_at: float) -> int:
         datasets = []
         for export in exports:
             try:
@@ -112,7 +113,14 @@ class Exporter:
             return 0
         sent = 0
         try:
-            for export, ds in datasets:
+            for k, (export, ds) in enumerate(datasets):
+                # the claim on these rows runs out lease_s after it was taken: a file not started well
+                # before then may be another exporter's already, so the round stops (after one file at
+                # least, so that a slow PACS still makes progress) and leaves the rest to the next claim
+                if k and time.monotonic() > claimed_at + 0.8 * self.config.store.lease_s:
+                    logger.warning("export round stopped: its claim is running out", extra={
+                        "destination": destination_key(destination), "left": len(datasets) - sent})
+                    break
                 status = assoc.send_c_store(ds)
                 code = int(status.Status) if status and "Status" in status else None
                 if code is not None and code_to_category(code) in _DELIVERED:

@@ -76,3 +76,20 @@ def test_datastore_reads_the_listener_tables_in_place(make_listener):
     found_study, found_image = data.find(study.images[0].id)
     assert found_study.id == study.id and found_image.sop_instance_uid == study.images[0].sop_instance_uid
     assert data.find("snot-an-id") is None
+
+
+def test_labels_on_both_store_backends(store_url):
+    """The labels table's own SQL (``IS`` for a study label, ``RETURNING`` for the new row, the
+    latest per study in one query) on SQLite and on PostgreSQL alike."""
+    store = Store(store_url)
+    labels = LabelStore(store)
+    first = labels.add("MODALITY|1.2.3", "final", "abnormal", reviewer="jdoe", reviewer_name="Doe^Jane", now=10.0)
+    image = labels.add("MODALITY|1.2.3", "final", "normal", reviewer="jdoe", sop_instance_uid="1.2.3.4", now=11.0)
+    second = labels.add("MODALITY|1.2.3", "final", "normal", unattributed=True, client_id="slicer-7", now=12.0)
+    assert second.id > image.id > first.id and first.reviewer_name == "Doe^Jane"
+    latest = labels.latest("MODALITY|1.2.3", "final")  # the study's, not the image's
+    assert (latest.id, latest.finding, latest.unattributed, latest.client_id) == (second.id, "normal", True, "slicer-7")
+    assert labels.latest("MODALITY|1.2.3", "final", "1.2.3.4").id == image.id
+    assert [label.id for label in labels.history("MODALITY|1.2.3")] == [first.id, image.id, second.id]
+    assert {k: v.id for k, v in labels.latest_study_labels().items()} == {("MODALITY|1.2.3", "final"): second.id}
+    store.close()
