@@ -185,20 +185,11 @@ class AuditLog:
         """``since`` is inclusive and ``until`` exclusive, so that consecutive windows (one day,
         the next) neither miss nor repeat an entry. ``limit`` keeps the latest entries, like
         ``tail``: an auditor asking for 50 wants the last 50, still oldest first."""
-        clauses: list[str] = []
-        params: list = []
-        if since is not None:
-            clauses.append("time >= ?")
-            params.append(since)
-        if until is not None:
-            clauses.append("time < ?")
-            params.append(until)
-        if user is not None:
-            clauses.append("actor = ?")
-            params.append(user)
-        if event is not None:
-            clauses.append("event = ?")
-            params.append(event)
+        given = [(clause, value) for clause, value in
+                 (("time >= ?", since), ("time < ?", until), ("actor = ?", user), ("event = ?", event))
+                 if value is not None]
+        clauses = [clause for clause, _ in given]
+        params: list = [value for _, value in given]
         sql = "SELECT * FROM audit" + (" WHERE " + " AND ".join(clauses) if clauses else "") + " ORDER BY id DESC"
         if limit is not None:
             sql += " LIMIT ?"
