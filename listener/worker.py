@@ -221,23 +221,19 @@ class Worker:
                                      extra={"studies": len(studies)})
             for study in studies:
                 try:
-                    self._analyse_claimed(study, scored.get(study.key), paths[study.key])
+                    self._analyse_claimed(study, scored.get(study.key))
                 finally:
                     lease.release(study.key)
         logger.info("batch analysed", extra={"studies": len(studies), "images": sum(map(len, paths.values())),
                                              "seconds": round(time.perf_counter() - started, 3)})
         return len(studies)
 
-    def _analyse_claimed(self, study: Study, scored: _Scored | None, files: list[Path]) -> None:
-        """``scored``: the study's share of its batch, None when it is scored alone (from
-        ``files``, the instances the claim already read)."""
+    def _analyse_claimed(self, study: Study, scored: _Scored | None) -> None:
         ref = log_ref(study.key)
         max_attempts = self.config.model.max_attempts
         try:
             try:
-                if scored is None:
-                    scored = self.score({study.key: files})[study.key]
-                version, result = self.analyse(study, scored)
+                version, result = self.analyse(study) if scored is None else self.analyse(study, scored)
             except LeaseLost:
                 raise
             except AnalysisError as exc:
