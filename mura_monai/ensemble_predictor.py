@@ -94,6 +94,9 @@ class EnsemblePredictor:
             each member bundle's own ``models/``).
         overrides: config values replacing the bundle's (``combine``, ``operating_point``, ...).
         fitted: load ``ensemble.json``; :meth:`fit` needs the members only.
+        backend: every member's scoring backend (default: each member bundle's own ``backend``).
+        member_overrides: config values for every member (``onnx_threads``, ``amp``, ...), where
+            its config has the key.
     """
 
     def __init__(
@@ -104,6 +107,8 @@ class EnsemblePredictor:
         members_models_dir: str | Path | None = None,
         overrides: dict | None = None,
         fitted: bool = True,
+        backend: str | None = None,
+        member_overrides: dict | None = None,
     ) -> None:
         self.bundle_dir = Path(bundle_dir).resolve()
         parser = read_inference_config(self.bundle_dir, Path(models_dir).resolve() if models_dir is not None else None)
@@ -125,7 +130,8 @@ class EnsemblePredictor:
         self.specs = _member_specs(
             members, Path(parser.get_parsed_content("bundles_dir")), parser.get_parsed_content("members_models_dir"),
         )
-        self.members = [BundlePredictor(s.bundle_dir, device=device, models_dir=s.models_dir) for s in self.specs]
+        self.members = [BundlePredictor(s.bundle_dir, device=device, models_dir=s.models_dir, backend=backend,
+                                        overrides=member_overrides) for s in self.specs]
         router = parser.get_parsed_content("router")
         self.router = BundlePredictor(router["bundle"], device=device, models_dir=router.get("models_dir")) if router else None
         self.version = json.loads((self.bundle_dir / "configs" / "metadata.json").read_text()).get("version", "")

@@ -18,11 +18,12 @@ import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
 
+from mura_monai.backends import choose_backend, make_runner
 from mura_monai.body_parts import body_part_of, body_part_source, study_body_part
 from mura_monai.data.patient_metadata import image_metadata
 from mura_monai.data.radiograph_reader import RadiographReadError, is_dicom, require_plain_radiograph
 from mura_monai.metrics import AGGREGATIONS, group_by_study, study_probabilities
-from mura_monai.model_settings import load_model_settings
+from mura_monai.model_settings import as_flag, load_model_settings
 from mura_monai.multiview import (
     EARLY_FUSIONS,
     VIEW_FUSION_FILE,
@@ -143,10 +144,13 @@ class BundlePredictor:
         device: ``auto``, ``cpu`` or ``cuda[:N]``.
         models_dir: checkpoint folder when not the bundle's ``models/``.
         overrides: config values that replace the bundle's and the recorded model settings.
+        backend: ``auto``, ``torch``, ``torchscript`` or ``onnxruntime``, replacing the config's
+            ``backend`` (see :mod:`mura_monai.backends`).
     """
 
     def __init__(
-        self, bundle_dir: str | Path, device: str = "auto", models_dir: str | Path | None = None, overrides: dict | None = None
+        self, bundle_dir: str | Path, device: str = "auto", models_dir: str | Path | None = None, overrides: dict | None = None,
+        backend: str | None = None,
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         parser = read_inference_config(self.bundle_dir, models_dir)
@@ -187,6 +191,14 @@ class BundlePredictor:
         self.uses_metadata = bool(getattr(getattr(network, "module", network), "uses_metadata", False))
         transforms = list(self.loaded.preprocessing.transforms)
         self._loader, self._rest = transforms[0], Compose(transforms[1:])
+        self.backend = choose_backend(backend or str(_setting(parser, "backend", "auto")), ckpt_path.parent, torch_device,
+                                      network)
+        channels_last = _setting(parser, "channels_last", "auto")
+        self.runner = make_runner(self.backend, network, torch_device, amp=as_flag(_setting(parser, "amp", True), "amp"),
+                                  channels_last=None if channels_last == "auto" else as_flag(channels_last, "channels_last"),
+                                  threads=int(_setting(parser, "onnx_threads", 0)))
+        logger.info("%s scores with the %s backend (%s)", self.bundle_dir.resolve().name, self.backend.name,
+                    self.backend.reason)
 
     def _zoom(self, records: list[dict], batch: list[torch.Tensor], originals: list[torch.Tensor],
               metadata: list[np.ndarray] | None = None) -> None:
@@ -241,20 +253,21 @@ class BundlePredictor:
 
     def forward(self, batch: Sequence[torch.Tensor], capture: bool = True,
                 metadata: Sequence[np.ndarray] | None = None) -> list[float]:
-        """Abnormality probability of each prepared image; AMP on CUDA. With early view fusion
-        the classifier's input features are kept too (``capture``); a metadata network gets the
-        images' age and sex (unknown when not given)."""
+        """Abnormality probability of each prepared image, from the chosen backend
+        (:mod:`mura_monai.backends`). With early view fusion the classifier's input features are
+        kept too (``capture``), which needs the eager network's hooks; a metadata network gets
+        the images' age and sex (unknown when not given)."""
         loaded = self.loaded
         kwargs = {}
         if metadata is not None and self.uses_metadata:
             kwargs["metadata"] = torch.as_tensor(np.stack(metadata)).to(loaded.device)
-        with torch.no_grad(), torch.autocast(loaded.device.type, enabled=loaded.device.type == "cuda"):
-            x = torch.stack(list(batch)).to(loaded.device)
-            if capture and self.view_fusion in EARLY_FUSIONS:
-                with capture_features(loaded.network, self._features):
-                    logits = loaded.network(x, **kwargs)
-            else:
-                logits = loaded.network(x, **kwargs)
+        x = torch.stack(list(batch))
+        if capture and self.view_fusion in EARLY_FUSIONS:
+            with torch.no_grad(), torch.autocast(loaded.device.type, enabled=loaded.device.type == "cuda"), \
+                    capture_features(loaded.network, self._features):
+                logits = loaded.network(x.to(loaded.device), **kwargs)
+        else:
+            logits = self.runner(x, **kwargs)
         return torch.sigmoid(logits.float().reshape(len(batch), -1)[:, 0]).cpu().tolist()
 
     def predict_images(self, paths: Sequence[Path], progress: bool = False,

@@ -1,0 +1,250 @@
+"""Exported networks: a bundle's checkpoint as TorchScript and ONNX, checked before anything runs them.
+
+The files are made the MONAI model-zoo way, by ``monai.bundle``'s own exporters
+(``ckpt_export`` for ``models/model.ts``, ``onnx_export`` for ``models/model.onnx``), which
+:func:`export_bundle` calls exactly as ``python -m monai.bundle ckpt_export ...`` does, with the
+settings the model was trained with. An exported file is only a claim until it is compared with
+the checkpoint: :func:`validate_exports` runs the checkpoint's eager network and each export on the
+same inputs (two batch sizes, so that a batch dimension frozen by tracing shows) and records the
+largest difference in abnormality probability in ``models/export.json``. A backend
+(:mod:`mura_monai.backends`) uses an export only when that record says it agreed within
+:data:`TOLERANCE` with *this* checkpoint (its SHA-256): a model retrained after its export falls
+back to PyTorch instead of running stale weights.
+
+Two networks are not exported: the attention-guided fusion net crops each image where its
+attention lies (a connected-component search in SciPy) and the routed classifier sends each image
+to the network of its body part; both are decisions on data that a traced graph would freeze.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import platform
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mura_monai.model_settings import load_model_settings
+
+__all__ = ["EXPORT_FILES", "EXPORT_FORMATS", "EXPORT_RECORD", "OPSET", "TOLERANCE", "ExportError", "export_bundle",
+           "file_sha256", "not_exportable_reason", "read_export_record", "validate_exports"]
+
+logger = logging.getLogger(__name__)
+
+EXPORT_FORMATS: tuple[str, ...] = ("torchscript", "onnx")
+EXPORT_FILES = {"torchscript": "model.ts", "onnx": "model.onnx"}
+EXPORT_RECORD = "export.json"
+# ONNX opset of the exported graphs: 18 is the newest that both torch's exporter and every
+# ONNX Runtime release since 1.14 handle; the file's own opset_import says the same
+OPSET = 18
+# the largest difference in abnormality probability an export may show against its checkpoint
+TOLERANCE = 1e-4
+_NOT_EXPORTABLE = {
+    "AttentionGuidedCNN": "its local branch crops each image where the global branch's attention lies "
+                          "(a connected-component search), a decision on the data that tracing would freeze",
+    "RoutedClassifier": "it sends each image to the network of the body part its router predicts, "
+                        "a decision on the data that tracing would freeze",
+    "MetadataFusionNet": "it takes age and sex beside the image, which MONAI's exporters do not pass",
+}
+
+
+class ExportError(RuntimeError):
+    """A bundle that cannot be exported or validated, with the reason in one line."""
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def not_exportable_reason(network: torch.nn.Module) -> str | None:
+    """Why a network has no faithful exported graph, or None when it has one."""
+    return _NOT_EXPORTABLE.get(type(network).__name__)
+
+
+def read_export_record(models_dir: str | Path) -> dict | None:
+    path = Path(models_dir) / EXPORT_RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _parser(bundle_dir: Path, models_dir: Path):
+    """The bundle's inference config with the checkpoint's recorded settings, as inference reads it."""
+    from mura_monai.inference import read_inference_config
+
+    parser = read_inference_config(bundle_dir, models_dir)
+    parser["device"] = "cpu"
+    settings = {k: v for k, v in load_model_settings(models_dir).items() if k in parser.get()}
+    for key, value in settings.items():
+        parser[key] = value
+    return parser, settings
+
+
+def _input_shape(parser) -> list[int]:
+    size = int(parser.get_parsed_content("image_size"))
+    return [1, int(parser.get_parsed_content("in_channels")), size, size]
+
+
+def _key_in_checkpoint(ckpt: Path) -> str:
+    """``model`` for a checkpoint saved as ``{"model": state}``, empty for a bare state dict."""
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    return "model" if isinstance(state, dict) and isinstance(state.get("model"), dict) else ""
+
+
+def _eager_network(parser, ckpt: Path) -> torch.nn.Module:
+    network = parser.get_parsed_content("network_def")
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    return network.eval()
+
+
+def export_bundle(bundle_dir: str | Path, models_dir: str | Path | None = None,
+                  formats: Sequence[str] = EXPORT_FORMATS, opset: int = OPSET, validate: bool = True,
+                  images: Sequence[str | Path] = ()) -> dict:
+    """Write ``model.ts`` and/or ``model.onnx`` beside the checkpoint with MONAI's bundle
+    exporters, then validate them (see :func:`validate_exports`); returns the export record.
+
+    Raises:
+        ExportError: for a network that cannot be exported faithfully, or an unknown format.
+        FileNotFoundError: naming a missing checkpoint.
+    """
+    from monai.bundle import ckpt_export, onnx_export
+
+    bundle_dir = Path(bundle_dir).resolve()
+    models_dir = Path(models_dir).resolve() if models_dir else bundle_dir / "models"
+    unknown = sorted(set(formats) - set(EXPORT_FORMATS))
+    if unknown or not formats:
+        raise ExportError(f"export formats must be among {list(EXPORT_FORMATS)}, got {list(formats)}")
+    ckpt = models_dir / "model.pt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"bundle has no trained model: {ckpt} (train it first)")
+    parser, settings = _parser(bundle_dir, models_dir)
+    reason = not_exportable_reason(parser.get_parsed_content("network_def"))
+    if reason:
+        raise ExportError(f"{bundle_dir.name} is not exported: {reason}; it runs on the torch backend")
+    common = {
+        "net_id": "network_def", "ckpt_file": str(ckpt), "meta_file": str(bundle_dir / "configs" / "metadata.json"),
+        "config_file": str(bundle_dir / "configs" / "inference.json"), "key_in_ckpt": _key_in_checkpoint(ckpt),
+        "input_shape": _input_shape(parser), "use_trace": True,
+        # the recorded settings and folders, as config overrides the exporters pass to the parser
+        "bundle_root": str(bundle_dir), "ckpt_dir": str(models_dir), "device": "cpu", **settings,
+    }
+    # the exporters print the whole argument list and torch's exporter its progress: kept out of the user's output
+    with contextlib.redirect_stdout(io.StringIO()):
+        if "torchscript" in formats:
+            ckpt_export(filepath=str(models_dir / EXPORT_FILES["torchscript"]), **common)
+        if "onnx" in formats:
+            onnx_export(filepath=str(models_dir / EXPORT_FILES["onnx"]), **common, converter_kwargs={
+                "input_names": ["image"], "output_names": ["logits"], "opset_version": int(opset), "dynamo": True,
+                "dynamic_axes": {"image": {0: "batch"}, "logits": {0: "batch"}}})
+    logger.info("exported %s of %s to %s", ", ".join(formats), bundle_dir.name, models_dir)
+    if not validate:
+        return read_export_record(models_dir) or {}
+    return validate_exports(bundle_dir, models_dir, formats=formats, images=images)
+
+
+def _validation_inputs(parser, images: Sequence[str | Path]) -> torch.Tensor:
+    """Prepared radiographs when given, else seeded noise of the network's input shape: either
+    way the same tensors go through the checkpoint and every export."""
+    if images:
+        prepare = parser.get_parsed_content("preprocessing")
+        return torch.stack([torch.as_tensor(prepare({"image": str(p)})["image"]).float() for p in images])
+    shape = _input_shape(parser)
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn([3, *shape[1:]], generator=generator)
+
+
+def _probabilities(logits) -> np.ndarray:
+    logits = torch.as_tensor(logits)
+    return torch.sigmoid(logits.float().reshape(logits.shape[0], -1)[:, 0]).numpy()
+
+
+def _batches(x: torch.Tensor) -> list[torch.Tensor]:
+    """The inputs in two batch sizes (all of them, then one): an export traced at batch 1 must
+    give the same answers at another."""
+    return [x, x[:1]] if len(x) > 1 else [x]
+
+
+def validate_exports(bundle_dir: str | Path, models_dir: str | Path | None = None,
+                     formats: Sequence[str] = EXPORT_FORMATS, images: Sequence[str | Path] = (),
+                     tolerance: float = TOLERANCE) -> dict:
+    """Compare each export's abnormality probabilities with the checkpoint's on the same inputs
+    and write ``models/export.json``: per format its file's SHA-256, the largest difference, and
+    whether it is within ``tolerance``. Runs on the CPU, where every backend can run.
+
+    Raises:
+        FileNotFoundError: naming a missing checkpoint or export file.
+    """
+    bundle_dir = Path(bundle_dir).resolve()
+    models_dir = Path(models_dir).resolve() if models_dir else bundle_dir / "models"
+    ckpt = models_dir / "model.pt"
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"bundle has no trained model: {ckpt} (train it first)")
+    parser, settings = _parser(bundle_dir, models_dir)
+    network = _eager_network(parser, ckpt)
+    x = _validation_inputs(parser, images)
+    with torch.no_grad():
+        reference = [_probabilities(network(b)) for b in _batches(x)]
+    record = read_export_record(models_dir) or {}
+    if record.get("checkpoint", {}).get("sha256") != (ckpt_sha := file_sha256(ckpt)):
+        record = {}  # formats validated against another checkpoint say nothing about this one
+    record.update({
+        "bundle": bundle_dir.name,
+        "checkpoint": {"file": ckpt.name, "sha256": ckpt_sha},
+        "settings": settings,
+        "input_shape": _input_shape(parser)[1:],
+        "inputs": f"{len(images)} prepared radiographs" if images else f"{len(x)} images of seeded N(0, 1) noise",
+        "batch_sizes": [len(b) for b in _batches(x)],
+        "tolerance": tolerance,
+        "validated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}",
+    })
+    formats_done = record.setdefault("formats", {})
+    for fmt in formats:
+        path = models_dir / EXPORT_FILES[fmt]
+        if not path.is_file():
+            raise FileNotFoundError(f"no {fmt} export to validate: {path} (run `mura-monai export` first)")
+        run = _torchscript_runner(path) if fmt == "torchscript" else _onnx_runner(path)
+        diff = max(float(np.abs(run(b) - ref).max()) for b, ref in zip(_batches(x), reference))
+        entry = {"file": path.name, "sha256": file_sha256(path), "max_abs_diff": diff, "validated": diff <= tolerance,
+                 "validated_on": "cpu"}
+        if fmt == "onnx":
+            import onnx
+            import onnxruntime
+
+            model = onnx.load(str(path), load_external_data=False)
+            entry.update(opset=max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+                         onnxruntime=onnxruntime.__version__, dynamic_batch=True)
+        else:
+            entry["torch"] = torch.__version__
+        formats_done[fmt] = entry
+        log = logger.info if entry["validated"] else logger.warning
+        log("%s export of %s: largest probability difference %.2e (%s)", fmt, bundle_dir.name, diff,
+            "validated" if entry["validated"] else f"NOT validated: above {tolerance:g}")
+    (models_dir / EXPORT_RECORD).write_text(json.dumps(record, indent=2))
+    return record
+
+
+def _torchscript_runner(path: Path):
+    module = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            return _probabilities(module(x))
+    return run
+
+
+def _onnx_runner(path: Path):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: _probabilities(session.run(None, {name: x.numpy()})[0])
