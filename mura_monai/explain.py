@@ -11,6 +11,7 @@ the network exactly as it found it.
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from monai.utils import convert_to_tensor
 from monai.visualize import GradCAM, GradCAMpp, SmoothGrad
 from torch import nn
 
@@ -31,6 +33,8 @@ CAM_METHODS: tuple[str, ...] = ("gradcam", "gradcampp", "smoothgrad")
 # Grad-CAM at 40 % opacity unless a bundle says otherwise: a reader still sees the bone under the colour.
 HEATMAP_METHOD = "gradcam"
 HEATMAP_ALPHA = 0.4
+# the CAM layer each network was probed for (weak keys: a network unloaded is forgotten)
+_TARGET_LAYERS: weakref.WeakKeyDictionary[nn.Module, str] = weakref.WeakKeyDictionary()
 _NOT_FEATURES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.AvgPool2d, nn.MaxPool2d, nn.Dropout, nn.Flatten)
 
 
@@ -54,6 +58,8 @@ def target_layer(network: nn.Module, probe_size: int = 128) -> str:
     declared = getattr(network, "cam_layer", None)
     if declared:  # a network with branches says which branch's map is in the input's frame
         return declared
+    if network in _TARGET_LAYERS:  # the probe is a forward pass: once per network, not once per heatmap
+        return _TARGET_LAYERS[network]
     conv = _first_conv(network)
     order: list[str] = []
     handles = []
@@ -72,6 +78,7 @@ def target_layer(network: nn.Module, probe_size: int = 128) -> str:
     once = [name for name in order if order.count(name) == 1]
     if not once:
         raise ValueError(f"no spatial feature map found in {type(network).__name__}")
+    _TARGET_LAYERS[network] = once[-1]
     return once[-1]
 
 
@@ -92,10 +99,17 @@ def _restored(network: nn.Module):
     hooks = [(set(m._forward_hooks), set(m._backward_hooks)) for m in modules]
     inplace = [(m, m.__dict__["inplace"]) for m in modules if "inplace" in m.__dict__]
     grads = [p.grad for p in network.parameters()]
+    trainable = [p.requires_grad for p in network.parameters()]
     try:
+        # a CAM needs gradients of the feature maps, not of the weights: frozen weights spare the
+        # backward pass their gradients (about half its work) and leave the maps as they were
+        for param in network.parameters():
+            param.requires_grad_(False)
         with _eval_mode(network):
             yield
     finally:
+        for param, flag in zip(network.parameters(), trainable):
+            param.requires_grad_(flag)
         for module, (forward, backward) in zip(modules, hooks):
             for key in set(module._forward_hooks) - forward:
                 del module._forward_hooks[key]
@@ -124,8 +138,12 @@ def compute_cam(
     layer: str | None = None,
     class_idx: int = 0,
     smoothgrad_samples: int = 8,
+    logits: list | None = None,
 ) -> torch.Tensor:
-    """Saliency of the abnormality logit, ``(B, 1, H, W)`` in [0, 1] at the input's size."""
+    """Saliency of the abnormality logit, ``(B, 1, H, W)`` in [0, 1] at the input's size.
+
+    ``logits``: a list that receives the network's output of the CAM's own forward pass
+    (Grad-CAM methods), so that a caller needing the probability too does not run another."""
     if method not in CAM_METHODS:
         raise ValueError(f"method must be one of {list(CAM_METHODS)}, got {method!r}")
     device = next(network.parameters()).device
@@ -148,6 +166,8 @@ def compute_cam(
             # ReLU'd map and scale it ourselves, so that 1 marks what raised the abnormality logit most
             cam = cam_class(network, target_layers=name, postprocessing=lambda maps: maps)
             inputs = x.clone().requires_grad_(True)  # gradients reach frozen layers' outputs too
+            if logits is not None:  # removed with the CAM's own hooks when _restored exits
+                network.register_forward_hook(lambda _m, _i, output: logits.append(output.detach()))
             if method == "gradcam":
                 maps = cam(inputs, class_idx=class_idx)
             else:
@@ -220,7 +240,8 @@ def explain_image(members: Sequence[tuple], path: str | Path, method: str = HEAT
     from mura_monai.data.radiograph_reader import read_radiograph
 
     radiograph, _ = read_radiograph(path)
-    prepared = [(network, torch.as_tensor(preprocessing({"image": str(path)})["image"]).float(), weight)
+    prepared = [(network, convert_to_tensor(preprocessing({"image": str(path)})["image"], dtype=torch.float32,
+                                            track_meta=False), weight)
                 for network, preprocessing, weight in members]
     return explain_prepared(prepared, radiograph, method, alpha)
 
@@ -233,10 +254,12 @@ def explain_prepared(members: Sequence[tuple], radiograph: np.ndarray, method: s
     maps, weights, probabilities = [], [], []
     for network, image, weight in members:
         x = torch.as_tensor(image).float()[None]
-        with torch.no_grad(), _eval_mode(network):
-            logit = network(x.to(next(network.parameters()).device))
-        probability = float(torch.sigmoid(logit.float().reshape(-1)[0]))
-        cam = compute_cam(network, x, method=method)[0, 0]
+        logits: list[torch.Tensor] = []
+        cam = compute_cam(network, x, method=method, logits=logits)[0, 0]
+        if not logits:  # SmoothGrad's passes are on noisy copies: the probability needs a clean one
+            with torch.no_grad(), _eval_mode(network):
+                logits.append(network(x.to(next(network.parameters()).device)))
+        probability = float(torch.sigmoid(logits[0].float().reshape(-1)[0]))
         maps.append(cam_to_original(cam, radiograph.shape))
         weights.append(float(weight) * probability)
         probabilities.append(probability)

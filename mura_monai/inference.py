@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from monai.bundle import ConfigParser
 from monai.transforms import Compose
+from monai.utils import convert_to_tensor
 
 from mura_monai.backends import choose_backend, make_runner
 from mura_monai.body_parts import body_part_of, body_part_source, study_body_part
@@ -249,7 +250,10 @@ class BundlePredictor:
         Loading and preparing are separate so that an ensemble decodes each file once and
         hands every member its own copy.
         """
-        return torch.as_tensor(self._rest({"image": loaded["image"].clone()})["image"]).float()
+        # a plain tensor, not MONAI's MetaTensor: every operation on a MetaTensor goes through its
+        # __torch_function__, which made each forward and Grad-CAM pass on it several times slower
+        return convert_to_tensor(self._rest({"image": loaded["image"].clone()})["image"], dtype=torch.float32,
+                                 track_meta=False)
 
     def forward(self, batch: Sequence[torch.Tensor], capture: bool = True,
                 metadata: Sequence[np.ndarray] | None = None) -> list[float]:
