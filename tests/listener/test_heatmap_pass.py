@@ -146,6 +146,7 @@ def test_heatmap_studies_draws_heatmaps_for_the_studies_it_names_and_an_sr_for_e
         write_study_outputs(predictor, calls[0], None, None, heatmap_studies="normal")
 
 
+@pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient` is deprecated")
 def test_a_worker_told_none_sends_an_sr_alone_that_dciodvfy_accepts(tmp_path, ensemble, predictor, monkeypatch):
     worker, store, spool = _worker(tmp_path / "svc", ensemble, predictor, heatmap_studies="none")
     assert worker.config.model.heatmap_studies == "none"
@@ -161,6 +162,20 @@ def test_a_worker_told_none_sends_an_sr_alone_that_dciodvfy_accepts(tmp_path, en
     assert dciodvfy_errors(study.sr_path) == []
     assert len(read_sr_result(pydicom.dcmread(study.sr_path))["referenced_sop_instance_uids"]) == len(files)
     assert sorted(counts.values()) == [1] * len(files)
+
+    # the review app's study page and worklist take images without a heatmap; the heatmap is a 404
+    from starlette.testclient import TestClient
+
+    from listener.review.app import create_app
+
+    with TestClient(create_app(worker.config)) as client:
+        (row,) = client.get("/datastore/studies").json()["studies"]
+        assert row["analysed"] and row["finding"] in ("normal", "abnormal")
+        page = client.get(f"/datastore/study?study={row['id']}").json()
+        assert [image["heatmap"] for image in page["images"]] == [False] * len(files)
+        missing = client.get(f"/datastore/heatmap?image={page['images'][0]['id']}")
+        assert missing.status_code == 404 and "no heatmap for this image" in missing.text
+        assert client.get(f"/datastore/image?image={page['images'][0]['id']}").status_code == 200
 
 
 def test_heatmap_studies_in_listener_toml_is_checked(tmp_path):
