@@ -10,6 +10,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from mura_monai.constants import HEATMAP_STUDIES
+
 __all__ = ["ROLES", "ConfigError", "Destination", "ListenerConfig", "ListenerSettings", "ModelSettings", "OidcSettings",
            "ReviewSettings", "StoreSettings", "load_config"]
 
@@ -44,7 +46,8 @@ class ModelSettings:
     device: str = "auto"
     models_dir: str = ""                  # where ensemble.json is (default: the bundle's models/)
     members_models_dir: str = ""          # one folder per member (default: each member bundle's models/)
-    heatmaps: bool = True
+    heatmaps: bool = True                 # keep the heatmap PNGs in the spool
+    heatmap_studies: str = "all"          # which studies get heatmaps: all | abnormal | uncertain | none
     max_attempts: int = 3                 # analysis attempts before a study is marked failed
     batch_images: int = 16                # the most images that go through the networks together
     batch_studies: int = 8                # the most waiting studies one worker takes at once
@@ -213,6 +216,9 @@ def _check(config: ListenerConfig, path: Path) -> None:
         _check_review(config, path)
     if config.model.device not in ("auto", "cpu") and not config.model.device.startswith("cuda"):
         raise ConfigError(f"{path}: [model] device must be auto, cpu or cuda[:N]")
+    if config.model.heatmap_studies not in HEATMAP_STUDIES:
+        raise ConfigError(f"{path}: [model] heatmap_studies must be one of {', '.join(HEATMAP_STUDIES)}; "
+                          f"got {config.model.heatmap_studies!r}")
     if config.model.batch_images < 1 or config.model.batch_studies < 1:
         raise ConfigError(f"{path}: [model] batch_images and batch_studies must be at least 1")
     _check_store(config.store, path)

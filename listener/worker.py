@@ -120,11 +120,13 @@ class _Lease:
 
 @dataclasses.dataclass
 class _Scored:
-    """One study's share of a batch run through the networks."""
+    """One study's share of a batch run through the networks, with its images as the scoring
+    decoded them (by path) for the heatmaps: held until the study is written, then dropped."""
 
     records: list
     P: np.ndarray
     unreadable: list[tuple[str, str]]
+    decoded: dict = dataclasses.field(default_factory=dict)
 
 
 class _MeteredStore:
@@ -220,8 +222,8 @@ class Worker:
                     logger.exception("batch not scored; its studies are scored one by one",
                                      extra={"studies": len(studies)})
             for study in studies:
-                try:
-                    self._analyse_claimed(study, scored.get(study.key))
+                try:  # popped: a study's decoded images go once it is written, not with the batch
+                    self._analyse_claimed(study, scored.pop(study.key, None))
                 finally:
                     lease.release(study.key)
         logger.info("batch analysed", extra={"studies": len(studies), "images": sum(map(len, paths.values())),
@@ -255,18 +257,22 @@ class Worker:
         two front-ends' studies apart."""
         owner = {str(path): key for key, files in paths.items() for path in files}
         unreadable: list[tuple[str, str]] = []
+        # the decoded images are kept for the heatmaps unless no study can get any
+        keep: dict | None = {} if self.config.model.heatmap_studies != "none" else None
         records, P = self.predictor.member_probabilities([p for files in paths.values() for p in files],
-                                                         unreadable=unreadable, batch_size=self.config.model.batch_images)
+                                                         unreadable=unreadable, batch_size=self.config.model.batch_images,
+                                                         keep=keep)
         rows: dict[str, list[int]] = {key: [] for key in paths}
         for i, record in enumerate(records):
             rows[owner[record.path]].append(i)
         return {key: _Scored([records[i] for i in index], P[index],
-                             [(path, reason) for path, reason in unreadable if owner[path] == key])
+                             [(path, reason) for path, reason in unreadable if owner[path] == key],
+                             {records[i].path: keep[records[i].path] for i in index} if keep else {})
                 for key, index in rows.items()}
 
     def analyse(self, study: Study, scored: _Scored | None = None) -> tuple[int, StudyResult]:
         """Score the study's instances (unless its batch did), write heatmaps, SR and SCs, and
-        queue them for export."""
+        queue them for export. Each file is decoded once: the heatmaps use what the scoring kept."""
         if scored is None:
             scored = self.score({study.key: [Path(i["path"]) for i in self.store.instances(study.key)]})[study.key]
         records, P, unreadable = scored.records, scored.P, scored.unreadable
@@ -283,7 +289,9 @@ class Worker:
         from mura_monai.ensemble_outputs import write_study_outputs
 
         result = write_study_outputs(self.predictor, result, out / "heatmaps" if self.config.model.heatmaps else None,
-                                     out / "dicom", predecessor=predecessor)
+                                     out / "dicom", predecessor=predecessor, decoded=scored.decoded,
+                                     heatmap_studies=self.config.model.heatmap_studies)
+        scored.decoded.clear()  # written: the radiographs are not needed again
         outputs = list(result.dicom_outputs or ())
         self.store.finish(study.key, result, outputs, self.destinations, int(result.needs_attention), result.sr_path,
                           worker_id=self.worker_id)

@@ -151,6 +151,10 @@ def _infer(args: argparse.Namespace) -> int:
             raise ValueError("--view-fusion and --zoom apply to a single model's bundle, not an ensemble")
         predictor = EnsemblePredictor(args.bundle, device=args.device, models_dir=args.models_dir,
                                       members_models_dir=args.members_models_dir)
+        if args.heatmaps or args.dicom_out:
+            from mura_monai.ensemble_outputs import heatmap_policy
+
+            heatmap_policy(predictor.settings)  # a bad heatmap_studies is refused before the images are scored
         result = predictor.predict(args.inputs, progress=progress, heatmaps_dir=args.heatmaps, dicom_out=args.dicom_out)
     else:
         if args.heatmaps or args.dicom_out:

@@ -37,3 +37,8 @@ RADIOGRAPH_SOP_CLASSES: tuple[str, ...] = (
     "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
     "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray Image Storage - For Processing
 )
+
+# Which studies get CAM heatmaps and their secondary captures (an ensemble's and the listener's
+# ``heatmap_studies``): every one, those called abnormal, those the worklist puts first (abnormal
+# or uncertain), or none.
+HEATMAP_STUDIES: tuple[str, ...] = ("all", "abnormal", "uncertain", "none")

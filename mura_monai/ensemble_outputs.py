@@ -9,16 +9,60 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from mura_monai.constants import HEATMAP_STUDIES
 from mura_monai.results import StudyResult
 
-__all__ = ["cam_weights", "heatmap_settings", "write_sample_heatmaps", "write_study_outputs"]
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["HEATMAP_STUDIES", "DecodedImage", "cam_weights", "decoded_image", "heatmap_policy", "heatmap_settings",
+           "wants_heatmaps", "write_sample_heatmaps", "write_study_outputs"]
 
 logger = logging.getLogger(__name__)
+
+
+class DecodedImage(NamedTuple):
+    """An image as the scoring pass decoded and preprocessed it, kept for the heatmap pass so that
+    the file is not decoded again: the radiograph ``(H0, W0)`` float32 in [0, 1] the overlay is
+    drawn on, and each member's network input in member order (``None`` for a member the heatmap
+    pass skips)."""
+
+    radiograph: np.ndarray
+    prepared: list[torch.Tensor | None]
+
+
+def decoded_image(members: Sequence, loaded: dict, prepared: Sequence[torch.Tensor | None] | None = None) -> DecodedImage:
+    """What the heatmap pass needs of an image ``members[0].load`` read; ``prepared`` the members'
+    inputs when the caller has them already (else each member prepares its own)."""
+    image = loaded["image"]
+    radiograph = np.asarray(image, dtype=np.float32).reshape(np.asarray(image).shape[-2:])
+    return DecodedImage(radiograph, list(prepared) if prepared is not None else [m.prepare(loaded) for m in members])
+
+
+def heatmap_policy(settings: Mapping, override: str | None = None) -> str:
+    """The ``heatmap_studies`` in force (an explicit ``override`` first, then the ensemble's
+    ``inference.json``, else ``all``), refused with the allowed values when it is none of them:
+    a typo must not silently drop every heatmap. Heatmaps can be limited because a backward pass
+    per member and image costs more than the scoring, and a normal study's is rarely looked at."""
+    policy = override if override is not None else settings.get("heatmap_studies", "all")
+    if policy not in HEATMAP_STUDIES:
+        raise ValueError(f"heatmap_studies must be one of {', '.join(HEATMAP_STUDIES)}; got {policy!r}")
+    return str(policy)
+
+
+def wants_heatmaps(study: StudyResult, policy: str) -> bool:
+    """``uncertain`` follows the worklist: the studies it puts first (abnormal or doubtful)."""
+    if policy == "abnormal":
+        return study.abnormal
+    if policy == "uncertain":
+        return study.needs_attention
+    return policy == "all"
 
 
 def cam_weights(fitted) -> list[float]:
@@ -42,23 +86,34 @@ def _folder_name(study: str) -> str:
 
 
 def write_study_outputs(predictor, study: StudyResult, heatmaps_dir: str | Path | None, dicom_out: str | Path | None,
-                        predecessor=None) -> StudyResult:
+                        predecessor=None, *, decoded: Mapping[str, DecodedImage] | None = None,
+                        heatmap_studies: str | None = None) -> StudyResult:
     """Heatmap PNGs (``heatmaps_dir/<study>/NN_<image>.png``) and, for DICOM studies, an SR and
     one secondary capture per image under ``dicom_out``; returns the result with their paths.
     ``predecessor`` is the SR of an earlier analysis of the same study, which the new one
-    references (the listener re-analyses a study that gained images)."""
+    references (the listener re-analyses a study that gained images).
+
+    ``decoded`` holds images the scoring pass kept (``member_probabilities(keep=...)``, by path):
+    those are not decoded again. ``heatmap_studies`` (default: the ensemble's setting) says which
+    studies get heatmaps at all; one that gets none still gets its SR, without secondary captures."""
     from mura_monai.explain import explain_prepared, write_overlay_png
 
+    policy = heatmap_policy(predictor.settings, heatmap_studies)
+    if not wants_heatmaps(study, policy):
+        return _write_dicom(predictor, study, {}, dicom_out, predecessor)
     weights = cam_weights(predictor.fitted)
     method, alpha = heatmap_settings(predictor.settings)
     overlays: dict[str, np.ndarray] = {}
     images = []
     for n, image in enumerate(study.images, start=1):
-        loaded = predictor.members[0].load(image.path)  # decoded once, prepared per member
-        # a member the fit left out gets no backward pass: its weight would be zero anyway
-        prepared = [(m.loaded.network, m.prepare(loaded), w) for m, w in zip(predictor.members, weights) if w > 0]
-        radiograph = np.asarray(loaded["image"], dtype=np.float32).reshape(np.asarray(loaded["image"]).shape[-2:])
-        explained = explain_prepared(prepared, radiograph, method=method, alpha=alpha)
+        kept = decoded.get(str(image.path)) if decoded is not None else None
+        if kept is None:
+            loaded = predictor.members[0].load(image.path)  # decoded once, prepared per member
+            # a member the fit left out gets no backward pass: its weight would be zero anyway
+            kept = decoded_image(predictor.members, loaded,
+                                 [m.prepare(loaded) if w > 0 else None for m, w in zip(predictor.members, weights)])
+        prepared = [(m.loaded.network, x, w) for m, x, w in zip(predictor.members, kept.prepared, weights) if w > 0]
+        explained = explain_prepared(prepared, kept.radiograph, method=method, alpha=alpha)
         if heatmaps_dir is not None:
             path = Path(heatmaps_dir) / _folder_name(study.study) / f"{n:02d}_{Path(image.path).stem}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -67,7 +122,12 @@ def write_study_outputs(predictor, study: StudyResult, heatmaps_dir: str | Path 
         if image.sop_instance_uid:
             overlays[image.sop_instance_uid] = explained["overlay"]
         images.append(image)
-    study = dataclasses.replace(study, images=tuple(images))
+    return _write_dicom(predictor, dataclasses.replace(study, images=tuple(images)), overlays, dicom_out, predecessor)
+
+
+def _write_dicom(predictor, study: StudyResult, overlays: Mapping[str, np.ndarray], dicom_out: str | Path | None,
+                 predecessor) -> StudyResult:
+    """The SR, and a secondary capture for each image with an overlay."""
     if dicom_out is None:
         return study
     dicom_images = [image for image in study.images if image.sop_instance_uid]

@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 _SETTINGS = (
     "combine", "calibration", "operating_point", "aggregation", "weights", "min_studies_per_class",
     "target_sensitivity", "target_specificity", "uncertainty_margin", "uncertain_level", "batch_size",
-    "heatmap_method", "heatmap_alpha", "cv_folds", "selection_tolerance",
+    "heatmap_method", "heatmap_alpha", "heatmap_studies", "cv_folds", "selection_tolerance",
 )
 
 
@@ -149,7 +149,7 @@ class EnsemblePredictor:
     # -- running the members -----------------------------------------------------------
     def member_probabilities(
         self, paths: Sequence[Path], progress: bool = False, unreadable: list | None = None,
-        batch_size: int | None = None,
+        batch_size: int | None = None, keep: dict | None = None,
     ) -> tuple[list[ImageSource], np.ndarray]:
         """The images read (study, body part and its source, SOP instance) and the members'
         probabilities ``(N, M)``; each file is decoded once for all members.
@@ -160,6 +160,13 @@ class EnsemblePredictor:
 
         ``batch_size`` (default: the bundle's ``batch_size``) is how many images go through the
         networks together: the listener sizes it to the studies it analyses at once.
+
+        ``keep``, a dict, receives each image read as
+        :class:`~mura_monai.ensemble_outputs.DecodedImage` (radiograph and every member's input)
+        under ``str(path)``, for :func:`~mura_monai.ensemble_outputs.write_study_outputs` to draw
+        the heatmaps without decoding the file again. Only on request: a full-size radiograph is
+        some 30 MB as float32 and all of them stay until the caller drops the dict (the listener
+        holds one batch's, which ``[model] batch_images`` bounds unless one study is larger).
         """
         from tqdm import tqdm
 
@@ -190,8 +197,13 @@ class EnsemblePredictor:
                 continue
             record = image_source(path, loaded["image"])
             records.append(record)
-            for member, batch in zip(self.members, pending):
-                batch.append(member.prepare(loaded))
+            prepared = [member.prepare(loaded) for member in self.members]
+            for x, batch in zip(prepared, pending):
+                batch.append(x)
+            if keep is not None:
+                from mura_monai.ensemble_outputs import decoded_image
+
+                keep[str(path)] = decoded_image(self.members, loaded, prepared)
             if record.body_part == UNKNOWN and self.router is not None:
                 pending_router.append(self.router.prepare(loaded))
                 pending_index.append(len(records) - 1)

@@ -83,11 +83,12 @@ class ModelRunner:
             if model != self.name and model not in predictor.member_names:
                 raise KeyError(model)
             unreadable: list = []
-            records, P = predictor.member_probabilities([i.path for i in images], unreadable=unreadable)
+            decoded: dict = {}
+            records, P = predictor.member_probabilities([i.path for i in images], unreadable=unreadable, keep=decoded)
             if not records:
                 raise ValueError("no decodable radiograph among the images")
             result = predictor.studies(records, P)[0]  # the images of one study
-            heatmap = self._heatmap(predictor, model, result)
+            heatmap = self._heatmap(predictor, model, result, decoded[result.images[0].path])
         by_path = {str(i.path): i for i in images}
         ensemble = model == self.name
         probability = result.probability if ensemble else result.members[model]
@@ -107,23 +108,22 @@ class ModelRunner:
         return params, heatmap
 
     @staticmethod
-    def _heatmap(predictor, model: str, result: StudyResult) -> bytes | None:
-        """The first image's heatmap: the ensemble's weighted CAM, or the member's own."""
+    def _heatmap(predictor, model: str, result: StudyResult, first) -> bytes | None:
+        """The first image's heatmap (``first``: that image as the scoring decoded it): the
+        ensemble's weighted CAM, or the member's own. Asked for here, so drawn whatever the
+        ensemble's ``heatmap_studies`` leaves out of the worker's outputs."""
         from mura_monai.ensemble_outputs import heatmap_settings, write_study_outputs
         from mura_monai.explain import explain_prepared, write_overlay_png
 
         with tempfile.TemporaryDirectory(prefix="mura-review-") as tmp:
             if model not in predictor.member_names:
-                first = write_study_outputs(predictor, dataclasses.replace(result, images=result.images[:1]), tmp, None)
-                path = first.images[0].heatmap
+                written = write_study_outputs(predictor, dataclasses.replace(result, images=result.images[:1]), tmp, None,
+                                              decoded={result.images[0].path: first}, heatmap_studies="all")
+                path = written.images[0].heatmap
             else:
-                import numpy as np
-
-                member = predictor.members[predictor.member_names.index(model)]
-                loaded = predictor.members[0].load(result.images[0].path)
-                radiograph = np.asarray(loaded["image"], dtype=np.float32).reshape(np.asarray(loaded["image"]).shape[-2:])
+                index = predictor.member_names.index(model)
                 method, alpha = heatmap_settings(predictor.settings)
-                explained = explain_prepared([(member.loaded.network, member.prepare(loaded), 1.0)], radiograph,
-                                             method=method, alpha=alpha)
+                explained = explain_prepared([(predictor.members[index].loaded.network, first.prepared[index], 1.0)],
+                                             first.radiograph, method=method, alpha=alpha)
                 path = str(write_overlay_png(Path(tmp) / "heatmap.png", explained["overlay"]))
             return Path(path).read_bytes() if path else None

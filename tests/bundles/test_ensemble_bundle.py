@@ -195,3 +195,25 @@ def test_router_names_the_body_part_when_dicom_and_path_do_not(fitted, tmp_path)
                                   members_models_dir=fitted["members"], overrides={"router": router})
     (study,) = predictor.predict([tmp_path / "image.dcm"])["studies"]
     assert study["body_part_source"] == "router" and study["body_part"] in BODY_PARTS
+
+
+def test_infer_refuses_an_unknown_heatmap_studies_before_scoring(fitted, tmp_path, capsys, monkeypatch):
+    from mura_monai.ensemble_predictor import EnsemblePredictor
+
+    scored = []
+    score = EnsemblePredictor.member_probabilities
+    monkeypatch.setattr(EnsemblePredictor, "member_probabilities",
+                        lambda self, paths, **kwargs: scored.append(paths) or score(self, paths, **kwargs))
+    bundle = tmp_path / "bundle"
+    shutil.copytree(ENSEMBLE / "configs", bundle / "configs")
+    config = json.loads((bundle / "configs" / "inference.json").read_text())
+    assert config["heatmap_studies"] == "all"  # the bundle's default: today's behaviour
+    config.update(heatmap_studies="abnormals", bundles_dir=str(REPO / "bundles"))
+    (bundle / "configs" / "inference.json").write_text(json.dumps(config))
+    study_dir = next(p.parent for p in sorted((fitted["root"].parent / "dicom" / "valid").rglob("*.dcm")))
+    rc = main(["infer", "--bundle", str(bundle), "--members-models-dir", str(fitted["members"]),
+               "--models-dir", str(fitted["models"]), "--device", "cpu", str(study_dir),
+               "--dicom-out", str(tmp_path / "dicom"), "--output", str(tmp_path / "infer.json")])
+    assert rc == 2
+    assert "heatmap_studies must be one of all, abnormal, uncertain, none; got 'abnormals'" in capsys.readouterr().err
+    assert scored == [] and not (tmp_path / "infer.json").exists() and not (tmp_path / "dicom").exists()
