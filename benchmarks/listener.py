@@ -12,6 +12,17 @@ members at 64 px and Orthanc as the PACS: seconds from storescu's exit (every in
 the SR and SCs stored in Orthanc, against ``stable_age_s`` + the bare scoring and heatmap time of
 the same study in-process.
 
+Full size: a 3-image CR study made of pydicom-data's real radiographs (RG1 uncompressed and JPEG
+2000, RG3 JPEG 2000; 1955x1841 and 1760x1760) through the members at their bundles' own input sizes
+(DenseNet-169 at 320, ResNet-50 at 224), random weights, exported and validated:
+- ``bare_forward_s``: both members' eager no-grad forward on the study's prepared images (batch 3);
+- ``analysis_s``: the worker's analysis in-process (decode, score, heatmaps, SR and SCs) ``before``
+  (eager PyTorch, every image decoded again for its heatmap, heatmaps for every study: the pipeline
+  of issue 21) and ``after`` (the default backend, one decode, heatmaps for all and for flagged
+  studies only, this study being called normal);
+- ``last_ack_to_sr_in_pacs_s``: the real service and Orthanc, from storescu's exit to the SR in the
+  PACS, against the goal ``stable_age_s + 1.5 x bare_forward_s``.
+
     python benchmarks/listener.py [--instances 100]
 """
 from __future__ import annotations
@@ -26,6 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pydicom
 from pydicom.uid import generate_uid
 
@@ -135,6 +147,133 @@ def latency(base: Path, stable_age_s: float) -> dict:
             "overhead_s": round(arrived - stable_age_s - bare_s, 2), "arrived": modalities}
 
 
+FULL_SIZE_FILES = ("RG1_UNCR.dcm", "RG1_J2KR.dcm", "RG3_J2KR.dcm")
+
+
+def _full_size_study(source_dir: Path, folder: Path) -> list[Path]:
+    """pydicom-data's three CR radiographs as one study of one patient, as a CR modality sends them."""
+    folder.mkdir(parents=True)
+    study, paths = generate_uid(), []
+    first = pydicom.dcmread(source_dir / FULL_SIZE_FILES[0], stop_before_pixels=True)
+    for i, name in enumerate(FULL_SIZE_FILES):
+        ds = pydicom.dcmread(source_dir / name)
+        for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyDate"):
+            if keyword in first:
+                setattr(ds, keyword, first.data_element(keyword).value)
+        ds.StudyInstanceUID, ds.SOPInstanceUID = study, generate_uid()
+        ds.SeriesInstanceUID, ds.InstanceNumber = generate_uid(), i + 1
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        paths.append(folder / f"{i:02d}.dcm")
+        ds.save_as(paths[-1])
+    return paths
+
+
+def _full_size_ensemble(base: Path) -> dict:
+    """The two demo members at their own input sizes, exported, and a fitted ensemble whose
+    thresholds call the random-weight members' study normal and certain (so that ``uncertain``
+    draws no heatmap)."""
+    from benchmarks.inference import _write_members
+    from mura_monai.ensemble import fit_ensemble_parameters
+    from mura_monai.export import export_bundle
+
+    members = _write_members(base, 0)
+    for name in ("densenet169_wbce", "resnet50"):
+        export_bundle(REPO / "bundles" / name, members / name)
+    rng = np.random.default_rng(0)
+    fitted = fit_ensemble_parameters(rng.random((60, 2)), np.repeat([0, 1], 30), [f"s{i}" for i in range(60)],
+                                     ["XR_WRIST"] * 60, ["densenet169_wbce", "resnet50"])
+    for part in fitted.thresholds.values():
+        for point in part:
+            part[point] = 1.0  # nothing is above: normal
+    fitted.save(base / "models" / "ensemble.json")
+    return {"members": members, "models": base / "models"}
+
+
+def _analysis(predictor, files: list[Path], out: Path, one_decode: bool, heatmap_studies: str) -> float:
+    """The worker's analysis of one study in-process: score, then heatmaps, SR and SCs."""
+    from mura_monai.ensemble_outputs import write_study_outputs
+
+    start = time.perf_counter()
+    decoded: dict | None = {} if one_decode else None
+    records, P = predictor.member_probabilities(files, keep=decoded)
+    (result,) = predictor.studies(records, P)
+    write_study_outputs(predictor, result, None, out, decoded=decoded, heatmap_studies=heatmap_studies)
+    return time.perf_counter() - start
+
+
+def full_size(base: Path, source_dir: Path, stable_age_s: float) -> dict:
+    import torch
+
+    from mura_monai.ensemble_predictor import EnsemblePredictor
+    from tests.ensemble_support import ENSEMBLE
+
+    files = _full_size_study(source_dir, base / "full" / "study")
+    ensemble = _full_size_ensemble(base / "full" / "ensemble")
+
+    def predictor(backend):
+        return EnsemblePredictor(ENSEMBLE, device="cpu", models_dir=ensemble["models"],
+                                 members_models_dir=ensemble["members"], backend=backend)
+
+    eager, default = predictor("torch"), predictor(None)
+    prepared = [torch.stack([m.prepare(eager.members[0].load(f)) for f in files]) for m in eager.members]
+
+    def bare() -> float:
+        start = time.perf_counter()
+        with torch.no_grad():
+            for member, x in zip(eager.members, prepared):
+                member.loaded.network(x)
+        return time.perf_counter() - start
+
+    bare()  # warm-up
+    bare_s = min(bare() for _ in range(3))
+    runs = {"before": (eager, False, "all"), "after_all": (default, True, "all"), "after_uncertain": (default, True, "uncertain")}
+    analysis = {}
+    for label, (chosen, one_decode, policy) in runs.items():
+        _analysis(chosen, files, base / "full" / f"warm_{label}", one_decode, policy)  # warm-up
+        analysis[label] = round(min(_analysis(chosen, files, base / "full" / f"{label}{k}", one_decode, policy)
+                                    for k in range(2)), 2)
+    service = {policy: _service_latency(base / "full" / f"svc_{policy}", files, ensemble, stable_age_s,
+                                        {"heatmap_studies": policy}) for policy in ("all", "uncertain")}
+    return {"images": [f"{f} ({pydicom.dcmread(source_dir / f, stop_before_pixels=True).Rows}x"
+                       f"{pydicom.dcmread(source_dir / f, stop_before_pixels=True).Columns})" for f in FULL_SIZE_FILES],
+            "input_sizes": {n: m.input_size for n, m in zip(eager.member_names, eager.members)},
+            "backends_after": [m.backend.name for m in default.members],
+            "bare_forward_s": round(bare_s, 3), "analysis_s": analysis,
+            "stable_age_s": stable_age_s, "goal_s": round(stable_age_s + 1.5 * bare_s, 2),
+            "last_ack_to_sr_in_pacs_s": service}
+
+
+def _service_latency(base: Path, files: list[Path], ensemble: dict, stable_age_s: float, model: dict) -> dict:
+    """The real service and Orthanc: seconds from storescu's exit to the SR (and everything) in the PACS."""
+    from tests.ensemble_support import ENSEMBLE
+
+    pacs = OrthancServer(base / "orthanc").start()
+    config = write_config(base / "svc", stable_age_s=stable_age_s, model_bundle=str(ENSEMBLE), model_device="cpu",
+                          model_models_dir=str(ensemble["models"]), model_members_models_dir=str(ensemble["members"]),
+                          **{f"model_{k}": v for k, v in model.items()},
+                          destinations=[{"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}])
+    port = int(next(line.split("=")[1] for line in config.read_text().splitlines() if line.startswith("port")))
+    log_path = base / "svc" / "listener.log"
+    log = open(log_path, "wb")
+    service = subprocess.Popen([sys.executable, "-m", "listener", "--config", str(config)], cwd=REPO, stdout=log, stderr=log)
+    try:
+        _wait_echo(port)
+        while b"worker ready" not in log_path.read_bytes():  # models loaded before timing
+            time.sleep(0.2)
+        subprocess.run([STORESCU, "-xv", "-aet", "MODALITY", "-aec", "MURA_AI", "127.0.0.1", str(port), *map(str, files)],
+                       check=True, capture_output=True)
+        acked = time.perf_counter()
+        expected = 1 + (len(files) if model.get("heatmap_studies", "all") == "all" else 0)
+        ids = pacs.wait_for_instances(expected, timeout_s=600)
+        arrived = time.perf_counter() - acked
+        modalities = sorted(pydicom.dcmread(io.BytesIO(pacs.instance_file(i)), stop_before_pixels=True).Modality for i in ids)
+    finally:
+        service.send_signal(signal.SIGTERM)
+        service.wait(timeout=120)
+        pacs.stop()
+    return {"heatmap_studies": model.get("heatmap_studies", "all"), "seconds": round(arrived, 2), "arrived": modalities}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=100)
@@ -150,6 +289,7 @@ def main() -> None:
             "source_image": source.name,
             "receive": throughput(base, _instances(source, base / "instances", args.instances)),
             "latency": latency(base, args.stable_age),
+            "full_size": full_size(base, source.parent, args.stable_age),
         }
     out = REPO / "benchmarks" / "results" / "listener.json"
     out.write_text(json.dumps(result, indent=2))
