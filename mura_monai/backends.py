@@ -99,7 +99,8 @@ def choose_backend(requested: str, models_dir: str | Path, device: torch.device,
     skipped = []
     for name in candidates:
         if name == "torch":
-            return BackendChoice("torch", "fastest validated" if not skipped else "; ".join(skipped))
+            # first in the order (CUDA): no export was looked at, so none was validated
+            return BackendChoice("torch", "; ".join(skipped) or f"fastest on {device.type}")
         why = _unusable(name, models_dir, record, ckpt_sha)
         if why is None:
             return BackendChoice(name, "asked for" if requested != "auto" else "fastest validated",
