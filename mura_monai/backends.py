@@ -160,6 +160,8 @@ class OnnxRuntimeRunner:
     def __init__(self, path: Path, device: torch.device, threads: int = 0) -> None:
         import onnxruntime
 
+        if int(threads) < 0:  # ONNX Runtime accepts a negative count without a word
+            raise ValueError(f"onnx_threads must be 0 (torch's thread count) or more, got {threads}")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = int(threads) or torch.get_num_threads()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
