@@ -33,6 +33,8 @@ def test_the_example_config_loads_and_relative_paths_follow_the_file(tmp_path):
     ("[store]\nurl = 'db.example.org'\n", "unsupported scheme"),
     ("[store]\nlease_s = 0\n", "lease_s must be positive"),
     ("[store]\npool = 3\n", "unknown key"),
+    ("[model]\nbackend = 'tensorrt'\n", "backend must be one of auto, torch, torchscript, onnxruntime; got 'tensorrt'"),
+    ("[model]\nonnx_threads = -1\n", "onnx_threads must be 0 .* or more; got -1"),
 ])
 def test_bad_configs_name_the_key(tmp_path, text, message):
     path = tmp_path / "listener.toml"
