@@ -70,6 +70,9 @@ def evaluate_bundle(
         **values,
     )
     workflow.initialize()
+    # resolved (and kept for the run) now: a backend that cannot run is refused before the valid
+    # split is read and cached, which takes minutes on MURA itself
+    workflow.parser.get_parsed_content("validate#evaluator#network")
     workflow.run()
     workflow.finalize()
     return json.loads((Path(output_dir) / "metrics.json").read_text())
