@@ -33,8 +33,6 @@ def test_the_example_config_loads_and_relative_paths_follow_the_file(tmp_path):
     ("[store]\nurl = 'db.example.org'\n", "unsupported scheme"),
     ("[store]\nlease_s = 0\n", "lease_s must be positive"),
     ("[store]\npool = 3\n", "unknown key"),
-    ("[model]\nbackend = 'tensorrt'\n", "backend must be one of auto, torch, torchscript, onnxruntime; got 'tensorrt'"),
-    ("[model]\nonnx_threads = -1\n", "onnx_threads must be 0 .* or more; got -1"),
 ])
 def test_bad_configs_name_the_key(tmp_path, text, message):
     path = tmp_path / "listener.toml"
@@ -44,6 +42,18 @@ def test_bad_configs_name_the_key(tmp_path, text, message):
     assert str(path) in str(info.value) and "\n" not in str(info.value) and "secret" not in str(info.value)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[model]\nbackend = 'tensorrt'\n", "backend must be one of auto, torch, torchscript, onnxruntime; got 'tensorrt'"),
+    ("[model]\nonnx_threads = -1\n", "onnx_threads must be 0 .* or more; got -1"),
+])
+def test_a_bad_backend_setting_is_named_with_what_is_allowed(tmp_path, text, message):
+    path = tmp_path / "listener.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
 
 
 def test_instances_after_an_analysis_reopen_the_study_for_a_new_version(store_url):
