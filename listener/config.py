@@ -51,6 +51,8 @@ class ModelSettings:
     max_attempts: int = 3                 # analysis attempts before a study is marked failed
     batch_images: int = 16                # the most images that go through the networks together
     batch_studies: int = 8                # the most waiting studies one worker takes at once
+    backend: str = "auto"                 # what runs the members: auto | torch | torchscript | onnxruntime
+    onnx_threads: int = 0                 # ONNX Runtime's intra-op threads; 0: as many as torch uses
 
 
 @dataclass
@@ -113,6 +115,8 @@ class StoreSettings:
 
 
 _STORE_SCHEMES = ("postgresql", "postgresql+psycopg")
+# "auto" and mura_monai.backends.BACKENDS, spelt out so that reading the config does not import torch
+_BACKENDS = ("auto", "torch", "torchscript", "onnxruntime")
 
 
 @dataclass
@@ -221,6 +225,11 @@ def _check(config: ListenerConfig, path: Path) -> None:
                           f"got {config.model.heatmap_studies!r}")
     if config.model.batch_images < 1 or config.model.batch_studies < 1:
         raise ConfigError(f"{path}: [model] batch_images and batch_studies must be at least 1")
+    if config.model.backend not in _BACKENDS:
+        raise ConfigError(f"{path}: [model] backend must be one of {', '.join(_BACKENDS)}; got {config.model.backend!r}")
+    if config.model.onnx_threads < 0:
+        raise ConfigError(f"{path}: [model] onnx_threads must be 0 (as many as torch uses) or more; "
+                          f"got {config.model.onnx_threads}")
     _check_store(config.store, path)
 
 

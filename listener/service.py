@@ -68,7 +68,7 @@ def _worker_main(config_path: str, stop, log_format: str, claim_prefix: str | No
     if device:
         config.model.device = device
     store = open_store(config)
-    state = {"state": "loading"}
+    state: dict[str, object] = {"state": "loading"}
     heartbeat = Heartbeat(store, role_id or f"{default_id()}/worker", "worker", _device_name(config.model.device),
                           details=lambda: dict(state)).start()
     metrics = None
@@ -79,7 +79,9 @@ def _worker_main(config_path: str, stop, log_format: str, claim_prefix: str | No
             metrics.serve(metrics_port)
         worker_id = f"{claim_prefix}{os.getpid()}" if claim_prefix else None
         worker = Worker(config, store, worker_id=worker_id, metrics=metrics)
-        state.update(state="ready", worker_id=worker.worker_id)
+        predictor = worker.predictor  # status shows what scores: auto may have fallen back to torch
+        state.update(state="ready", worker_id=worker.worker_id,
+                     backends={n: m.backend_used()["name"] for n, m in zip(predictor.member_names, predictor.members)})
         logging.getLogger("listener.worker").info("worker ready",
                                                   extra={"bundle": str(config.resolve(config.model.bundle))})
         worker.run(stop)

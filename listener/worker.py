@@ -45,15 +45,25 @@ logger = logging.getLogger("listener.worker")
 
 
 def load_predictor(config: ListenerConfig):
-    """The ensemble of ``[model]``, as the worker and the review app's ``/infer`` run it."""
+    """The ensemble of ``[model]``, as the worker and the review app's ``/infer`` run it.
+
+    Each member's backend is logged: ``auto`` falls back to PyTorch when an export is missing
+    or stale, and the administrator should see that at start, not infer it from the latency.
+    """
     from mura_monai.ensemble_predictor import EnsemblePredictor
 
     model = config.model
-    return EnsemblePredictor(
+    predictor = EnsemblePredictor(
         config.resolve(model.bundle), device=model.device,
         models_dir=config.resolve(model.models_dir) if model.models_dir else None,
         members_models_dir=config.resolve(model.members_models_dir) if model.members_models_dir else None,
+        backend=model.backend, member_overrides={"onnx_threads": model.onnx_threads},
     )
+    for name, member in zip(predictor.member_names, predictor.members):
+        used = member.backend_used()
+        logger.info("member %s scores with the %s backend (%s)", name, used["name"], used["reason"],
+                    extra={"member": name, "backend": used["name"], "backend_reason": used["reason"]})
+    return predictor
 
 
 def worker_prefix(config: ListenerConfig) -> str:

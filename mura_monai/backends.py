@@ -24,8 +24,9 @@ import torch
 
 from mura_monai.export import EXPORT_FILES, file_sha256, not_exportable_reason, read_export_record
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "BackendChoice", "BackendError", "OnnxRuntimeRunner", "TorchRunner",
-           "TorchScriptRunner", "choose_backend", "installed", "make_runner"]
+__all__ = ["AUTO_ORDER", "BACKENDS", "BackendChoice", "BackendError", "BackendNetwork", "OnnxRuntimeRunner",
+           "TorchRunner", "TorchScriptRunner", "choose_backend", "evaluation_network", "installed", "make_runner",
+           "scoring_backend"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,10 @@ class BackendChoice:
     name: str
     reason: str
     path: Path | None = None
+
+    def to_json(self) -> dict:
+        """What the infer JSON and metrics.json record of the backend that scored."""
+        return {"name": self.name, "reason": self.reason}
 
 
 def installed(backend: str) -> bool:
@@ -99,7 +104,8 @@ def choose_backend(requested: str, models_dir: str | Path, device: torch.device,
     skipped = []
     for name in candidates:
         if name == "torch":
-            return BackendChoice("torch", "fastest validated" if not skipped else "; ".join(skipped))
+            # first in the order (CUDA): no export was looked at, so none was validated
+            return BackendChoice("torch", "; ".join(skipped) or f"fastest on {device.type}")
         why = _unusable(name, models_dir, record, ckpt_sha)
         if why is None:
             return BackendChoice(name, "asked for" if requested != "auto" else "fastest validated",
@@ -159,6 +165,8 @@ class OnnxRuntimeRunner:
     def __init__(self, path: Path, device: torch.device, threads: int = 0) -> None:
         import onnxruntime
 
+        if int(threads) < 0:  # ONNX Runtime accepts a negative count without a word
+            raise ValueError(f"onnx_threads must be 0 (torch's thread count) or more, got {threads}")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = int(threads) or torch.get_num_threads()
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -182,3 +190,51 @@ def make_runner(choice: BackendChoice, network: torch.nn.Module, device: torch.d
     if choice.name == "onnxruntime":
         return OnnxRuntimeRunner(choice.path, device, threads)
     return TorchRunner(network, device, amp, channels_last)
+
+
+class BackendNetwork(torch.nn.Module):
+    """An evaluator's ``network`` that scores with the chosen backend.
+
+    A bundle's ``evaluating`` workflow hands its evaluator one module; the handlers around it
+    (checkpoint loading, model size, hooks on the classifier) need the eager network, so that stays
+    the bundle's ``@network`` and is held here (``eval()`` reaches it) while the runner makes the
+    logits. With the torch backend the eager network scores as before, under the evaluator's own
+    autocast. ``eager_too`` runs the eager network beside an exported one, for a handler whose
+    hooks must see every batch (:class:`~mura_monai.engines.EmbeddingReportWriter`).
+    """
+
+    def __init__(self, network: torch.nn.Module, choice: BackendChoice, runner=None) -> None:
+        super().__init__()
+        self.network = network
+        self.choice = choice
+        self.runner = runner if choice.name != "torch" else None
+        self.eager_too = False
+
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
+        if self.runner is None:
+            return self.network(x, **kwargs)
+        if self.eager_too:
+            self.network(x, **kwargs)
+        # an export was validated at float32: the evaluator's autocast must not reach a TorchScript graph
+        with torch.autocast(x.device.type, enabled=False):
+            return self.runner(x, **kwargs).to(x.device)
+
+
+def evaluation_network(network: torch.nn.Module, ckpt_dir: str | Path, device: torch.device, backend: str = "auto",
+                       threads: int = 0) -> BackendNetwork:
+    """The evaluator's network of a bundle's ``evaluate.json`` (its ``backend`` and ``onnx_threads``).
+
+    Raises:
+        BackendError: as :func:`choose_backend`.
+    """
+    choice = choose_backend(str(backend), ckpt_dir, device, network)
+    runner = make_runner(choice, network, device, threads=int(threads)) if choice.name != "torch" else None
+    logger.info("the evaluation scores with the %s backend (%s)", choice.name, choice.reason)
+    return BackendNetwork(network, choice, runner)
+
+
+def scoring_backend(engine) -> BackendChoice | None:
+    """The backend an Ignite engine scores with, when its network is a :class:`BackendNetwork`
+    (None: an engine that runs a plain module, like a training's validation)."""
+    network = getattr(engine, "network", None)
+    return network.choice if isinstance(network, BackendNetwork) else None

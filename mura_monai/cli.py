@@ -18,6 +18,17 @@ logger = logging.getLogger("mura_monai")
 
 # mura_monai.multiview.VIEW_FUSIONS, spelt out so that --help does not import torch
 VIEW_FUSION_CHOICES = ("mean", "max", "median", "learned", "early_mean", "early_max")
+# "auto" and mura_monai.backends.BACKENDS, spelt out for the same reason
+BACKEND_CHOICES = ("auto", "torch", "torchscript", "onnxruntime")
+
+
+def _add_backend_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=BACKEND_CHOICES,
+                        help="what runs the networks: auto takes the fastest export validated against this "
+                             "checkpoint, else torch; a backend named here that cannot run is an error "
+                             "(default: each bundle's config, auto)")
+    parser.add_argument("--onnx-threads", type=int, metavar="N",
+                        help="ONNX Runtime's intra-op threads (0: as many as torch uses; default: each bundle's config)")
 
 
 def _setup_argparser() -> argparse.ArgumentParser:
@@ -52,6 +63,7 @@ def _setup_argparser() -> argparse.ArgumentParser:
                        help="fitted learned view fusion: an evaluation's view_fusion.json (default: MODELS_DIR/view_fusion.json)")
     infer.add_argument("--zoom", action="store_true",
                        help="Huschauer's zoom to attention: predict again on the attended region at full resolution")
+    _add_backend_options(infer)
 
     evaluate = sub.add_parser("evaluate", help="evaluate a trained bundle on the valid split of a MURA root")
     evaluate.add_argument("--bundle", type=Path, required=True, help="bundle folder with models/model.pt")
@@ -66,6 +78,7 @@ def _setup_argparser() -> argparse.ArgumentParser:
                           help="ensemble: folder holding one checkpoint folder per member (default: each member's models/)")
     evaluate.add_argument("--zoom", action="store_true",
                           help="evaluate with Huschauer's zoom to attention, beside the same model without it")
+    _add_backend_options(evaluate)
 
     fit = sub.add_parser("fit-ensemble", help="fit an ensemble's combination, calibration and thresholds on a valid split")
     fit.add_argument("--bundle", type=Path, required=True,
@@ -146,10 +159,12 @@ def _infer(args: argparse.Namespace) -> int:
     from mura_monai.inference import BundlePredictor
 
     progress = sys.stderr.isatty()
+    threads = _onnx_threads(args)
     if is_ensemble_bundle(args.bundle):
         if args.view_fusion or args.zoom:
             raise ValueError("--view-fusion and --zoom apply to a single model's bundle, not an ensemble")
-        predictor = EnsemblePredictor(args.bundle, device=args.device, models_dir=args.models_dir,
+        predictor = EnsemblePredictor(args.bundle, backend=args.backend, member_overrides=threads, device=args.device,
+                                      models_dir=args.models_dir,
                                       members_models_dir=args.members_models_dir)
         if args.heatmaps or args.dicom_out:
             from mura_monai.ensemble_outputs import heatmap_policy
@@ -160,9 +175,9 @@ def _infer(args: argparse.Namespace) -> int:
         if args.heatmaps or args.dicom_out:
             raise ValueError("--heatmaps and --dicom-out need an ensemble bundle (e.g. bundles/ensemble)")
         options = {"view_fusion": args.view_fusion, "view_fusion_file": str(args.view_fusion_file or "") or None,
-                   "zoom": True if args.zoom else None}
+                   "zoom": True if args.zoom else None, **threads}
         predictor = BundlePredictor(args.bundle, device=args.device, models_dir=args.models_dir,
-                                    overrides={k: v for k, v in options.items() if v is not None})
+                                    overrides={k: v for k, v in options.items() if v is not None}, backend=args.backend)
         result = predictor.predict(args.inputs, progress=progress)
     for refused in result.get("refused", []):  # the reader's reasons never hold patient data
         print(f"refused {refused['path']}: {refused['reason']}", file=sys.stderr)
@@ -182,6 +197,15 @@ def _infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _onnx_threads(args: argparse.Namespace) -> dict:
+    """``--onnx-threads`` as a config override, when given."""
+    if args.onnx_threads is None:
+        return {}
+    if args.onnx_threads < 0:
+        raise ValueError(f"--onnx-threads must be 0 (as many as torch uses) or more, got {args.onnx_threads}")
+    return {"onnx_threads": args.onnx_threads}
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from mura_monai.ensemble_outputs import write_sample_heatmaps
     from mura_monai.evaluation import evaluate
@@ -189,7 +213,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     evaluated = evaluate(args.bundle, args.dataset_dir, args.output_dir, device=args.device, models_dir=args.models_dir,
                          members_models_dir=args.members_models_dir, n_bootstrap=args.n_bootstrap, zoom=args.zoom,
-                         progress=sys.stderr.isatty())
+                         progress=sys.stderr.isatty(), backend=args.backend,
+                         onnx_threads=_onnx_threads(args).get("onnx_threads"))
     metrics = evaluated.metrics
     predictions = json.loads((args.output_dir / "predictions.json").read_text())
     samples = write_sample_heatmaps(evaluated.explainers, predictions, args.output_dir / "heatmaps", n=args.sample_heatmaps)

@@ -256,6 +256,7 @@ class EnsemblePredictor:
             "aggregation": fitted.aggregation,
             "members_used": fitted.used_members,
             **({"chosen": fitted.selection["chosen"]} if fitted.selection else {}),
+            "backends": {name: member.backend_used() for name, member in zip(self.member_names, self.members)},
         }
 
     def studies(self, records: Sequence[ImageSource], P: np.ndarray) -> list[StudyResult]:

@@ -37,10 +37,19 @@ def evaluate_bundle(
     models_dir: str | Path | None = None,
     overrides: dict | None = None,
 ) -> dict:
-    """Evaluate the bundle's ``models/model.pt`` on the valid split; returns metrics.json's content."""
+    """Evaluate the bundle's ``models/model.pt`` on the valid split; returns metrics.json's content.
+
+    ``overrides`` may set ``backend`` and ``onnx_threads``, which a bundle's ``evaluate.json``
+    hands to :func:`~mura_monai.backends.evaluation_network`; one whose evaluate.json has no
+    ``backend`` key is refused rather than evaluated on eager PyTorch unsaid.
+    """
     bundle_dir = Path(bundle_dir).resolve()
     dataset_dir = find_mura_root(dataset_dir)
     configs = bundle_configs(bundle_dir, "train", "evaluate")
+    asked = sorted({"backend", "onnx_threads"} & set(overrides or {}))
+    if asked and "backend" not in json.loads(Path(configs[1]).read_text()):
+        raise ValueError(f"{bundle_dir.name}'s configs/evaluate.json has no backend key: it cannot take "
+                         f"{' or '.join(asked)}")
     ckpt_dir = Path(models_dir).resolve() if models_dir else bundle_dir / "models"
     if not (ckpt_dir / "model.pt").is_file():
         raise FileNotFoundError(f"bundle has no trained model: {ckpt_dir / 'model.pt'} (train it first)")
@@ -61,6 +70,9 @@ def evaluate_bundle(
         **values,
     )
     workflow.initialize()
+    # resolved (and kept for the run) now: a backend that cannot run is refused before the valid
+    # split is read and cached, which takes minutes on MURA itself
+    workflow.parser.get_parsed_content("validate#evaluator#network")
     workflow.run()
     workflow.finalize()
     return json.loads((Path(output_dir) / "metrics.json").read_text())
@@ -122,6 +134,7 @@ def evaluate_zoom(predictor, dataset_dir: str | Path, output_dir: str | Path, n_
                  "mean_box_fraction": float(np.mean([r["zoom_box_fraction"] for r in records]))},
         "without_zoom": {"study": first["study"], "image": first["image"]},
         "training": read_training_summary(predictor.ckpt_dir),
+        "backend": predictor.backend_used(),
     }
     return write_evaluation(records, output_dir, threshold, aggregation, n_bootstrap, extra=extra)
 
@@ -137,27 +150,35 @@ class Evaluated:
 
 def evaluate(bundle_dir: str | Path, dataset_dir: str | Path, output_dir: str | Path, *, device: str = "auto",
              models_dir: str | Path | None = None, members_models_dir: str | Path | None = None,
-             n_bootstrap: int = 1000, zoom: bool = False, progress: bool = False) -> Evaluated:
+             n_bootstrap: int = 1000, zoom: bool = False, progress: bool = False, backend: str | None = None,
+             onnx_threads: int | None = None) -> Evaluated:
     """Any bundle of the project on a MURA root's valid split: an ensemble through its predictor,
     a single model through its own ``evaluating`` workflow, or with zoom to attention beside
-    itself without it. ``predictions.json`` and ``metrics.json`` land in ``output_dir``."""
+    itself without it. ``predictions.json`` and ``metrics.json`` land in ``output_dir``.
+
+    ``backend`` and ``onnx_threads`` (None: each bundle's config) say what scores the images
+    (:mod:`mura_monai.backends`), so that an export is evaluated as it is served.
+    """
     from mura_monai.ensemble_outputs import cam_weights
     from mura_monai.ensemble_predictor import EnsemblePredictor, is_ensemble_bundle
     from mura_monai.inference import BundlePredictor
 
+    threads = {"onnx_threads": int(onnx_threads)} if onnx_threads is not None else {}
     if is_ensemble_bundle(bundle_dir):
         if zoom:
             raise ValueError("--zoom applies to a single model's bundle, not an ensemble")
         ensemble = EnsemblePredictor(bundle_dir, device=device, models_dir=models_dir,
-                                     members_models_dir=members_models_dir)
+                                     members_models_dir=members_models_dir, backend=backend, member_overrides=threads)
         metrics = evaluate_ensemble(ensemble, dataset_dir, output_dir, n_bootstrap=n_bootstrap, progress=progress)
         return Evaluated(metrics, [(m.loaded.network, m.loaded.preprocessing, w)
                                    for m, w in zip(ensemble.members, cam_weights(ensemble.fitted)) if w > 0])
     if zoom:
-        single = BundlePredictor(bundle_dir, device=device, models_dir=models_dir, overrides={"zoom": True})
+        single = BundlePredictor(bundle_dir, device=device, models_dir=models_dir, overrides={"zoom": True, **threads},
+                                 backend=backend)
         metrics = evaluate_zoom(single, dataset_dir, output_dir, n_bootstrap=n_bootstrap, progress=progress)
         return Evaluated(metrics, [(single.loaded.network, single.loaded.preprocessing, 1.0)])
     metrics = evaluate_bundle(bundle_dir, dataset_dir, output_dir, device=device, models_dir=models_dir,
-                              overrides={"n_bootstrap": n_bootstrap})
-    single = BundlePredictor(bundle_dir, device=device, models_dir=models_dir)
+                              overrides={"n_bootstrap": n_bootstrap, **({"backend": backend} if backend else {}), **threads})
+    # the report's heatmaps need the eager network only (a backward pass): no exported graph is loaded again
+    single = BundlePredictor(bundle_dir, device=device, models_dir=models_dir, backend="torch")
     return Evaluated(metrics, [(single.loaded.network, single.loaded.preprocessing, 1.0)])

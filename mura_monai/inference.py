@@ -235,6 +235,19 @@ class BundlePredictor:
     def threshold(self) -> float:
         return self.loaded.threshold
 
+    def backend_used(self) -> dict:
+        """The backend that scores the images (``name``, ``reason``), as the infer JSON and
+        metrics.json record it. Early view fusion scores on the eager network whatever was
+        chosen, since it needs the classifier's input, which no exported graph gives."""
+        chosen = self.backend
+        if self.view_fusion not in EARLY_FUSIONS or chosen.name == "torch":
+            return chosen.to_json()
+        reason = (f"{self.view_fusion} view fusion needs the classifier's input features, which only the eager "
+                  f"network gives ({chosen.name} was chosen: {chosen.reason})")
+        if self.zoom:
+            reason += f"; the zoomed second look runs on {chosen.name}"
+        return {"name": "torch", "reason": reason}
+
     def load(self, path: Path) -> dict:
         """Read one radiograph with the bundle's loader (the first preprocessing transform).
 
@@ -333,6 +346,7 @@ class BundlePredictor:
             "bundle": self.bundle_dir.resolve().name,
             "bundle_dir": str(self.bundle_dir.resolve()),
             "view_fusion": self.view_fusion,
+            "backend": self.backend_used(),
             "studies": [s.to_json() for s in group_studies(images, self.loaded.threshold, self.loaded.aggregation, fused)],
             "refused": refused_records(unreadable),
         }

@@ -354,6 +354,7 @@ def _view_fusion_section(directory: Path) -> str:
                      format_value(row["specificity"])])
     note = ("Late rules combine the views' probabilities; learned fits weights on the study's max, mean and min "
             "logits; early rules pool the views' features before the classifier (trained on single images).")
+    note += "".join(f" {method}: not evaluated: {why}." for method, why in doc.get("not_evaluated", {}).items())
     return f"<h2>Fusing a study's views</h2><p>{html.escape(note)}</p>{_table(rows, 'view-fusion')}\n"
 
 

@@ -1,6 +1,7 @@
 """Glue between MONAI's Ignite engines and MURA's study-level evaluation."""
 from __future__ import annotations
 
+from mura_monai.backends import evaluation_network
 from mura_monai.engines.checkpoints import BEST_MODEL_FILE, attach_resume, last_checkpoint
 from mura_monai.engines.distributed import distributed_device, init_distributed, is_main_process, rank_shard
 from mura_monai.engines.feature_svm import FeatureSVMTrainer, extract_features, fit_bagged_svm, gather_rows
@@ -20,4 +21,5 @@ __all__ = [
     "resolve_device", "OverrideRefused", "check_overrides",
     "EmbeddingHeadFitter", "EmbeddingReportWriter", "pk_sampler", "recall_at_k",
     "FeatureSVMTrainer", "extract_features", "fit_bagged_svm", "gather_rows",
+    "evaluation_network",
 ]

@@ -26,6 +26,7 @@ from ignite.engine import Engine, Events
 from monai.utils import CommonKeys
 from pytorch_metric_learning.samplers import MPerClassSampler
 
+from mura_monai.backends import BackendNetwork
 from mura_monai.engines.feature_svm import extract_features, gather_rows
 from mura_monai.engines.prediction_buffer import batch_records
 from mura_monai.metrics import evaluate_predictions
@@ -107,6 +108,10 @@ class EmbeddingReportWriter:
         network: the evaluated :class:`~mura_monai.networks.siamese.SiameseNet`.
         ks: the k of recall@k.
         threshold, aggregation: as the bundle's, for the heads' study metrics.
+
+    An evaluation scored by an exported graph (``--backend onnxruntime``) runs the eager network
+    beside it: the embeddings come from a hook on the head, and metrics.json's ``embedding``
+    section is complete only with them.
     """
 
     def __init__(self, output_dir: str | Path, network: torch.nn.Module, ks=(1, 5, 10), threshold: float = 0.5,
@@ -138,8 +143,11 @@ class EmbeddingReportWriter:
     def _collect(self, _engine: Engine) -> None:
         self._collecting = True
 
-    def _reset(self, _engine: Engine) -> None:
+    def _reset(self, engine: Engine) -> None:
         self.embeddings, self.records = [], []
+        if isinstance(getattr(engine, "network", None), BackendNetwork):
+            # an exported graph hides the embedding: the eager network runs beside it for the hook
+            engine.network.eager_too = True
 
     def _add_batch(self, engine: Engine) -> None:
         self._collecting = False

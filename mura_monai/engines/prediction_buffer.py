@@ -17,6 +17,7 @@ from ignite.engine import Engine, Events
 from ignite.metrics import Metric
 from monai.utils import CommonKeys
 
+from mura_monai.backends import scoring_backend
 from mura_monai.engines.training_summary import model_size, read_training_summary
 from mura_monai.metrics import aggregate_studies, binary_metrics, evaluate_predictions
 
@@ -140,6 +141,9 @@ class MetricsReportWriter:
             epochs, model size) and the size of its ``model.pt`` go under ``"training"``, which
             ``mura-monai compare`` tabulates.
         network: the evaluated network, for its size when the checkpoint has no summary.
+
+    An evaluator scoring through :func:`~mura_monai.backends.evaluation_network` has its backend
+    recorded under ``"backend"`` (name and reason): an exported graph's figures are its own.
     """
 
     def __init__(
@@ -172,6 +176,9 @@ class MetricsReportWriter:
     def write(self, engine: Engine | None = None) -> dict:
         training = self._training()
         extra = self.extra | ({"training": training} if training else {})
+        backend = scoring_backend(engine)
+        if backend is not None:  # the evaluating workflow's evaluator (evaluate.json), not a training's validation
+            extra["backend"] = backend.to_json()
         self.document = write_evaluation(
             self.buffer.records, self.output_dir, self.threshold, self.aggregation, self.n_bootstrap, self.seed, extra
         )

@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 
+from mura_monai.backends import scoring_backend
 from mura_monai.engines.prediction_buffer import PredictionBuffer
-from mura_monai.multiview import VIEW_FUSION_FILE, compare_view_fusions, last_linear
+from mura_monai.multiview import EARLY_FUSIONS, VIEW_FUSION_FILE, compare_view_fusions, last_linear
 
 __all__ = ["ViewFusionWriter", "VIEW_FUSION_FILE", "view_fusion_table"]
 
@@ -33,12 +34,17 @@ def view_fusion_table(doc: dict) -> str:
         name += " (out of fold)" if row.get("scored") else ""
         lines.append(f"| {name} | {row['auc']:.3f}{interval(row, 'auc')} | {row['kappa']:.3f}{interval(row, 'kappa')} "
                      f"| {row['sensitivity']:.3f} | {row['specificity']:.3f} |")
+    lines += [f"\n{method}: not evaluated: {why}" for method, why in doc.get("not_evaluated", {}).items()]
     return "\n".join(lines) + "\n"
 
 
 class ViewFusionWriter:
     """Writes ``view_fusion.json`` (every rule's study metrics and the learned rule's weights)
     and ``view_fusion.md`` when an evaluation ends.
+
+    An early rule that could not be scored is named under ``"not_evaluated"`` with the reason
+    (e.g. an evaluation on an exported graph, whose classifier input no hook can see), so that a
+    missing row never reads as a rule that was left out of the comparison by design.
 
     Args:
         output_dir: folder for the files.
@@ -77,15 +83,24 @@ class ViewFusionWriter:
         self.buffer.reset()
         self.features = []
 
-    def write(self, _engine: Engine | None = None) -> dict:
+    def write(self, engine: Engine | None = None) -> dict:
         records = self.buffer.records
         features = torch.cat(self.features) if self.features else None
+        skipped = None
         if features is not None and features.shape[0] != len(records):
-            logger.warning("early fusion skipped: %d feature rows for %d images (the classifier layer ran more "
-                           "than once per image)", features.shape[0], len(records))
+            skipped = (f"{features.shape[0]} feature rows for {len(records)} images (the classifier layer ran more "
+                       "than once per image)")
             features = None
+        backend = scoring_backend(engine)
+        if features is None and self.head is not None and backend is not None and backend.name != "torch":
+            # the exported graph hides the classifier's input, and the hook on the eager one never ran
+            skipped = (f"the {backend.name} backend scored the images and only the eager network gives the "
+                       "classifier's input features (evaluate with --backend torch for the early rules)")
         doc = compare_view_fusions(records, features, self.head if features is not None else None,
                                    self.threshold, self.n_bootstrap, self.seed)
+        if skipped:
+            logger.warning("early view fusion not evaluated: %s", skipped)
+            doc["not_evaluated"] = {method: skipped for method in EARLY_FUSIONS}
         self.output_dir.mkdir(parents=True, exist_ok=True)
         (self.output_dir / VIEW_FUSION_FILE).write_text(json.dumps(doc, indent=2, allow_nan=True))
         (self.output_dir / "view_fusion.md").write_text(view_fusion_table(doc))

@@ -45,6 +45,18 @@ def test_bad_configs_name_the_key(tmp_path, text, message):
         load_config(tmp_path / "absent.toml")
 
 
+@pytest.mark.parametrize("text, message", [
+    ("[model]\nbackend = 'tensorrt'\n", "backend must be one of auto, torch, torchscript, onnxruntime; got 'tensorrt'"),
+    ("[model]\nonnx_threads = -1\n", "onnx_threads must be 0 .* or more; got -1"),
+])
+def test_a_bad_backend_setting_is_named_with_what_is_allowed(tmp_path, text, message):
+    path = tmp_path / "listener.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
 def test_instances_after_an_analysis_reopen_the_study_for_a_new_version(store_url):
     store = Store(store_url)
     key = store.record_instance("1.1", "9", "MOD", "cr", "a", now=0)

@@ -289,13 +289,17 @@ def test_roles_apart_two_front_ends_two_workers_one_exporter(tmp_path, ensemble,
         report = status_report(configs[0])
         assert sorted((s["state"], s["images"], s["version"]) for s in report["studies"]) == sorted(
             ("sent", len(files), 1) for files in studies)
-        deadline = time.monotonic() + 60  # a worker beats from its process once spawned
+        deadline = time.monotonic() + 60  # a worker beats from its process once spawned, and again once ready
         while sorted(r["role"] for r in report["roles"] if r["state"] == "running") != [
-                "exporter", "scp", "scp", "worker", "worker"]:
+                "exporter", "scp", "scp", "worker", "worker"] or any(
+                r["details"].get("state") != "ready" for r in report["roles"] if r["role"] == "worker"):
             assert time.monotonic() < deadline, report["roles"]
             time.sleep(0.5)
             report = status_report(configs[1], "--roles")
         assert {r["device"] for r in report["roles"] if r["role"] == "worker"} == {"cpu"}
+        # the members were never exported: auto fell back to torch, and status says so
+        assert [r["details"]["backends"] for r in report["roles"] if r["role"] == "worker"] == [
+            {"densenet169_wbce": "torch", "resnet50": "torch"}] * 2
         assert {r["id"] for r in report["roles"] if r["role"] == "worker"} == {"w1/worker", "w2/worker"}
     finally:
         codes = [process.stop() for process in processes]
