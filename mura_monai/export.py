@@ -217,6 +217,10 @@ def validate_exports(bundle_dir: str | Path, models_dir: str | Path | None = Non
     ckpt = models_dir / "model.pt"
     if not ckpt.is_file():
         raise FileNotFoundError(f"bundle has no trained model: {ckpt} (train it first)")
+    for fmt in formats:
+        if not (models_dir / EXPORT_FILES[fmt]).is_file():
+            raise FileNotFoundError(f"no {fmt} export to validate: {models_dir / EXPORT_FILES[fmt]} "
+                                    "(run `mura-monai export` first)")
     parser, settings = _parser(bundle_dir, models_dir)
     network = _eager_network(parser, ckpt)
     reason = not_exportable_reason(network)
@@ -242,8 +246,6 @@ def validate_exports(bundle_dir: str | Path, models_dir: str | Path | None = Non
     formats_done = record.setdefault("formats", {})
     for fmt in formats:
         path = models_dir / EXPORT_FILES[fmt]
-        if not path.is_file():
-            raise FileNotFoundError(f"no {fmt} export to validate: {path} (run `mura-monai export` first)")
         entry: dict = {"file": path.name, "sha256": file_sha256(path)}
         try:
             entry.update(_onnx_facts(path) if fmt == "onnx" else {"torch": torch.__version__})
