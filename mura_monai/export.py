@@ -217,15 +217,15 @@ def validate_exports(bundle_dir: str | Path, models_dir: str | Path | None = Non
     ckpt = models_dir / "model.pt"
     if not ckpt.is_file():
         raise FileNotFoundError(f"bundle has no trained model: {ckpt} (train it first)")
-    for fmt in formats:
-        if not (models_dir / EXPORT_FILES[fmt]).is_file():
-            raise FileNotFoundError(f"no {fmt} export to validate: {models_dir / EXPORT_FILES[fmt]} "
-                                    "(run `mura-monai export` first)")
     parser, settings = _parser(bundle_dir, models_dir)
     network = _eager_network(parser, ckpt)
     reason = not_exportable_reason(network)
     if reason:  # files someone made of it anyway are not a faithful export, whatever they answer on noise
         raise ExportError(f"{bundle_dir.name} is not exported: {reason}; it runs on the torch backend")
+    for fmt in formats:  # named before any input is prepared or run
+        if not (models_dir / EXPORT_FILES[fmt]).is_file():
+            raise FileNotFoundError(f"no {fmt} export to validate: {models_dir / EXPORT_FILES[fmt]} "
+                                    "(run `mura-monai export` first)")
     x = _validation_inputs(parser, images)
     with torch.no_grad():
         reference = [_probabilities(network(b)) for b in _batches(x)]
