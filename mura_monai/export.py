@@ -147,7 +147,9 @@ def export_bundle(bundle_dir: str | Path, models_dir: str | Path | None = None,
         if "onnx" in formats:
             onnx_export(filepath=str(models_dir / EXPORT_FILES["onnx"]), **common, converter_kwargs={
                 "input_names": ["image"], "output_names": ["logits"], "opset_version": int(opset), "dynamo": True,
-                "dynamic_axes": {"image": {0: "batch"}, "logits": {0: "batch"}}})
+                # torch.export's own spelling (the image's first dimension, named): dynamic_axes is
+                # only converted to it, and that conversion is deprecated
+                "dynamic_shapes": [{0: "batch"}]})
     logger.info("exported %s of %s to %s", ", ".join(formats), bundle_dir.name, models_dir)
     if not validate:
         return read_export_record(models_dir) or {}
@@ -157,10 +159,9 @@ def export_bundle(bundle_dir: str | Path, models_dir: str | Path | None = None,
 @contextlib.contextmanager
 def _quiet_exporters() -> Iterator[None]:
     """The exporters' chatter kept out of the user's output: MONAI logs the whole argument list to
-    stdout, torch's exporter prints its progress, that torchvision's detection operators are not
-    registered (no network here uses them) and that ``dynamic_axes`` (what ``python -m
-    monai.bundle onnx_export --converter_kwargs`` can pass) is the older spelling of dynamic
-    shapes, and ONNX Script logs every constant it did not fold. Warnings of other kinds still show."""
+    stdout, torch's exporter prints its progress and that torchvision's detection operators are
+    not registered (no network here uses them), and ONNX Script logs every constant it did not
+    fold. Warnings of other kinds still show."""
     quiet = {"monai.bundle.scripts": logging.WARNING, "onnxscript": logging.WARNING, "onnx_ir": logging.WARNING,
              "torch.onnx._internal.exporter._registration": logging.ERROR}
     loggers = [logging.getLogger(name) for name in quiet]
@@ -169,7 +170,6 @@ def _quiet_exporters() -> Iterator[None]:
         for log in loggers:
             log.setLevel(max(log.getEffectiveLevel(), quiet[log.name]))
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*'dynamic_axes' is not recommended", category=UserWarning)
             warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)", category=FutureWarning)
             yield
     finally:
