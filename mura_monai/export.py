@@ -14,6 +14,8 @@ back to PyTorch instead of running stale weights.
 Two networks are not exported: the attention-guided fusion net crops each image where its
 attention lies (a connected-component search in SciPy) and the routed classifier sends each image
 to the network of its body part; both are decisions on data that a traced graph would freeze.
+Nor is a network trained with patient metadata, whose age and sex input MONAI's exporters do not
+pass.
 """
 from __future__ import annotations
 
