@@ -72,8 +72,10 @@ def _unusable(backend: str, models_dir: Path, record: dict | None, ckpt_sha: str
         return f"{path.name} was validated against another model.pt ({remedy} again)"
     if entry.get("sha256") != file_sha256(path):
         return f"{path.name} changed after its validation ({remedy} again)"
+    if entry.get("max_abs_diff") is None:
+        return f"{path.name} did not run in its validation: {entry.get('error', 'no result recorded')}"
     if not entry.get("validated"):
-        return f"{path.name} differs from model.pt by {entry.get('max_abs_diff'):.2e} in probability"
+        return f"{path.name} differs from model.pt by {entry['max_abs_diff']:.2e} in probability"
     return None
 
 

@@ -120,6 +120,24 @@ def _setup_argparser() -> argparse.ArgumentParser:
     bench.add_argument("--n-bootstrap", type=int, default=1000, help="paired bootstrap resamples (default 1000)")
     bench.add_argument("--restart", action="store_true", help="start again instead of resuming what OUTPUT_DIR holds")
 
+    export = sub.add_parser("export", help="TorchScript and ONNX files of a trained bundle (MONAI's exporters), "
+                                           "each validated against its checkpoint (models/export.json)")
+    export.add_argument("--bundle", type=Path, required=True,
+                        help="bundle folder with models/model.pt; an ensemble bundle exports every member")
+    export.add_argument("--models-dir", type=Path,
+                        help="checkpoint folder, where the files go (default: the bundle's models/); "
+                             "for an ensemble, where ensemble.json is")
+    export.add_argument("--members-models-dir", type=Path, metavar="DIR",
+                        help="ensemble: folder holding one checkpoint folder per member (default: each member's models/)")
+    export.add_argument("--format", type=_export_formats, default=EXPORT_FORMAT_NAMES, metavar="FORMAT[,FORMAT]",
+                        help="torchscript, onnx or both (default torchscript,onnx)")
+    export.add_argument("--opset", type=int, help="ONNX opset (default 18)")
+    export.add_argument("--validate-only", action="store_true",
+                        help="validate the files already there (e.g. made by python -m monai.bundle onnx_export) "
+                             "instead of exporting")
+    export.add_argument("--images", nargs="+", type=Path, metavar="FILE",
+                        help="validate on these radiographs (default: seeded noise of the network's input shape)")
+
     sub.add_parser("export-labels", help=f"moved: {_EXPORT_MOVED}")
     return parser
 
@@ -127,6 +145,17 @@ def _setup_argparser() -> argparse.ArgumentParser:
 # mura_monai.benchmark.BENCHMARK_BUNDLES, spelt out so that --help does not import torch
 BENCHMARK_BUNDLE_NAMES = ("densenet169_wbce", "resnet50", "vgg19", "fusionnet_agcnn", "siamese_triplet",
                           "resnet_svm", "efficientnet_b0_router")
+
+
+# mura_monai.export.EXPORT_FORMATS, spelt out so that --help does not import torch
+EXPORT_FORMAT_NAMES = ("torchscript", "onnx")
+
+
+def _export_formats(text: str) -> tuple[str, ...]:
+    formats = tuple(dict.fromkeys(f.strip() for f in text.split(",") if f.strip()))
+    if not formats or set(formats) - set(EXPORT_FORMAT_NAMES):
+        raise argparse.ArgumentTypeError(f"give torchscript, onnx or torchscript,onnx, not {text!r}")
+    return formats
 
 
 def _bundle_list(text: str) -> list[str]:
@@ -273,8 +302,59 @@ def _benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    """Exit 0 when every export asked for agrees with its checkpoint, 1 when one does not or
+    when the bundle asked for has no faithful export (an ensemble member that has none runs on
+    torch and is only named: the ensemble still runs)."""
+    from mura_monai.ensemble_predictor import ensemble_member_specs, is_ensemble_bundle
+    from mura_monai.export import OPSET, ExportError, export_bundle, validate_exports
+
+    if args.validate_only and args.opset is not None:
+        raise ValueError("--opset applies to an export, not to --validate-only")
+    for image in args.images or ():
+        if not image.is_file():
+            raise FileNotFoundError(f"image not found: {image}")
+    if is_ensemble_bundle(args.bundle):
+        specs = ensemble_member_specs(args.bundle, args.models_dir, args.members_models_dir)
+        targets = [(s.bundle_dir, s.models_dir, True) for s in specs]
+    elif args.members_models_dir:
+        raise ValueError("--members-models-dir applies to an ensemble bundle")
+    else:
+        targets = [(args.bundle, args.models_dir, False)]
+    rows, records = [], []
+    for bundle_dir, models_dir, member in targets:
+        try:
+            if args.validate_only:
+                record = validate_exports(bundle_dir, models_dir, formats=args.format, images=args.images or ())
+            else:
+                record = export_bundle(bundle_dir, models_dir, formats=args.format, images=args.images or (),
+                                       opset=OPSET if args.opset is None else args.opset)
+        except ExportError as exc:
+            if not member:
+                print(f"mura-monai export: error: {exc}", file=sys.stderr)
+                return 1
+            print(exc)
+            continue
+        folder = Path(models_dir).resolve() if models_dir else Path(bundle_dir).resolve() / "models"
+        records.append(folder / "export.json")
+        for fmt in args.format:
+            entry = record["formats"][fmt]
+            diff = "-" if entry["max_abs_diff"] is None else f"{entry['max_abs_diff']:.1e}"
+            rows.append((record["bundle"], fmt, diff, "yes" if entry["validated"] else "no",
+                         str(folder / entry["file"]), entry.get("error")))
+    if rows:
+        widths = [max(len(row[i]) for row in [("bundle", "format", "max prob diff", "validated"), *rows]) for i in range(4)]
+        for row in [("bundle", "format", "max prob diff", "validated", "file", None), *rows]:
+            print("  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4])
+            if row[5]:
+                print(f"  {row[5]}")
+        for path in records:
+            print(f"record: {path}")
+    return 0 if all(row[3] == "yes" for row in rows) else 1
+
+
 _COMMANDS = {"benchmark": _benchmark, "synth": _synth, "infer": _infer, "evaluate": _evaluate, "fit-ensemble": _fit_ensemble,
-             "compare": _compare}
+             "compare": _compare, "export": _export}
 # The library never imports the service: exporting the review's labels is the listener's command.
 _EXPORT_MOVED = "mura-listener export-labels --config listener.toml OUT"
 

@@ -33,7 +33,7 @@ from mura_monai.inference import BundlePredictor, collect_inputs, image_source, 
 from mura_monai.metrics import AGGREGATIONS, group_by_study
 from mura_monai.results import SCHEMA_VERSION, Algorithm, ImageResult, ImageSource, MemberVersion, StudyResult
 
-__all__ = ["EnsemblePredictor", "MemberSpec", "is_ensemble_bundle"]
+__all__ = ["EnsemblePredictor", "MemberSpec", "ensemble_member_specs", "is_ensemble_bundle"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +83,31 @@ def _member_specs(members: Sequence[dict], bundles_dir: Path, members_models_dir
     return specs
 
 
+def _resolve_members(parser, fitted: FittedEnsemble | None) -> list[MemberSpec]:
+    """The configured members, or those ``fitted`` was fitted on where they differ (an ensemble
+    fitted with ``fit-ensemble --members`` is used with the members it was fitted on)."""
+    members = parser.get_parsed_content("members")
+    if fitted is not None:
+        configured = {m["name"]: m for m in members}
+        if list(configured) != list(fitted.members):
+            members = [configured.get(name, {"name": name, "weight": 1.0}) for name in fitted.members]
+    return _member_specs(
+        members, Path(parser.get_parsed_content("bundles_dir")), parser.get_parsed_content("members_models_dir"),
+    )
+
+
+def ensemble_member_specs(bundle_dir: str | Path, models_dir: str | Path | None = None,
+                          members_models_dir: str | Path | None = None) -> list[MemberSpec]:
+    """The members an ensemble bundle runs, resolved as :class:`EnsemblePredictor` resolves them,
+    without loading a network: for work on each member's own files (``mura-monai export``).
+    An ensemble not fitted yet runs its configured members."""
+    parser = read_inference_config(Path(bundle_dir).resolve(), Path(models_dir).resolve() if models_dir is not None else None)
+    if members_models_dir is not None:
+        parser["members_models_dir"] = str(Path(members_models_dir).resolve())
+    fitted_path = Path(parser.get_parsed_content("fitted_path"))
+    return _resolve_members(parser, FittedEnsemble.load(fitted_path) if fitted_path.is_file() else None)
+
+
 class EnsemblePredictor:
     """An ensemble bundle loaded for inference, fitting and evaluation.
 
@@ -121,15 +146,7 @@ class EnsemblePredictor:
         self.settings = {key: parser.get_parsed_content(key) for key in _SETTINGS if key in parser.get()}
         self.fitted_path = Path(parser.get_parsed_content("fitted_path"))
         self.fitted = FittedEnsemble.load(self.fitted_path) if fitted else None
-        members = parser.get_parsed_content("members")
-        if self.fitted is not None and "members" not in (overrides or {}):
-            # an ensemble fitted on other members (fit-ensemble --members) is used with the members it was fitted on
-            configured = {m["name"]: m for m in members}
-            if list(configured) != list(self.fitted.members):
-                members = [configured.get(name, {"name": name, "weight": 1.0}) for name in self.fitted.members]
-        self.specs = _member_specs(
-            members, Path(parser.get_parsed_content("bundles_dir")), parser.get_parsed_content("members_models_dir"),
-        )
+        self.specs = _resolve_members(parser, self.fitted if "members" not in (overrides or {}) else None)
         self.members = [BundlePredictor(s.bundle_dir, device=device, models_dir=s.models_dir, backend=backend,
                                         overrides=member_overrides) for s in self.specs]
         router = parser.get_parsed_content("router")

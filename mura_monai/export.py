@@ -14,6 +14,8 @@ back to PyTorch instead of running stale weights.
 Two networks are not exported: the attention-guided fusion net crops each image where its
 attention lies (a connected-component search in SciPy) and the routed classifier sends each image
 to the network of its body part; both are decisions on data that a traced graph would freeze.
+Nor is a network trained with patient metadata, whose age and sex input MONAI's exporters do not
+pass.
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ import io
 import json
 import logging
 import platform
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -45,6 +48,9 @@ EXPORT_RECORD = "export.json"
 OPSET = 18
 # the largest difference in abnormality probability an export may show against its checkpoint
 TOLERANCE = 1e-4
+# the batch of the example input the exporters trace: torch.export fixes a dimension whose example
+# size is 1 (its 0/1 specialisation), which left the SVM head's ONNX output at batch 1
+EXAMPLE_BATCH = 2
 _NOT_EXPORTABLE = {
     "AttentionGuidedCNN": "its local branch crops each image where the global branch's attention lies "
                           "(a connected-component search), a decision on the data that tracing would freeze",
@@ -90,7 +96,7 @@ def _parser(bundle_dir: Path, models_dir: Path):
 
 def _input_shape(parser) -> list[int]:
     size = int(parser.get_parsed_content("image_size"))
-    return [1, int(parser.get_parsed_content("in_channels")), size, size]
+    return [EXAMPLE_BATCH, int(parser.get_parsed_content("in_channels")), size, size]
 
 
 def _key_in_checkpoint(ckpt: Path) -> str:
@@ -137,18 +143,40 @@ def export_bundle(bundle_dir: str | Path, models_dir: str | Path | None = None,
         # the recorded settings and folders, as config overrides the exporters pass to the parser
         "bundle_root": str(bundle_dir), "ckpt_dir": str(models_dir), "device": "cpu", **settings,
     }
-    # the exporters print the whole argument list and torch's exporter its progress: kept out of the user's output
-    with contextlib.redirect_stdout(io.StringIO()):
+    with _quiet_exporters():
         if "torchscript" in formats:
             ckpt_export(filepath=str(models_dir / EXPORT_FILES["torchscript"]), **common)
         if "onnx" in formats:
             onnx_export(filepath=str(models_dir / EXPORT_FILES["onnx"]), **common, converter_kwargs={
                 "input_names": ["image"], "output_names": ["logits"], "opset_version": int(opset), "dynamo": True,
-                "dynamic_axes": {"image": {0: "batch"}, "logits": {0: "batch"}}})
+                # torch.export's own spelling (the image's first dimension, named): dynamic_axes is
+                # only converted to it, and that conversion is deprecated
+                "dynamic_shapes": [{0: "batch"}]})
     logger.info("exported %s of %s to %s", ", ".join(formats), bundle_dir.name, models_dir)
     if not validate:
         return read_export_record(models_dir) or {}
     return validate_exports(bundle_dir, models_dir, formats=formats, images=images)
+
+
+@contextlib.contextmanager
+def _quiet_exporters() -> Iterator[None]:
+    """The exporters' chatter kept out of the user's output: MONAI logs the whole argument list to
+    stdout, torch's exporter prints its progress and that torchvision's detection operators are
+    not registered (no network here uses them), and ONNX Script logs every constant it did not
+    fold. Warnings of other kinds still show."""
+    quiet = {"monai.bundle.scripts": logging.WARNING, "onnxscript": logging.WARNING, "onnx_ir": logging.WARNING,
+             "torch.onnx._internal.exporter._registration": logging.ERROR}
+    loggers = [logging.getLogger(name) for name in quiet]
+    levels = [log.level for log in loggers]
+    try:
+        for log in loggers:
+            log.setLevel(max(log.getEffectiveLevel(), quiet[log.name]))
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)", category=FutureWarning)
+            yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
 
 
 def _validation_inputs(parser, images: Sequence[str | Path]) -> torch.Tensor:
@@ -180,7 +208,10 @@ def validate_exports(bundle_dir: str | Path, models_dir: str | Path | None = Non
     and write ``models/export.json``: per format its file's SHA-256, the largest difference, and
     whether it is within ``tolerance``. Runs on the CPU, where every backend can run.
 
+    An export that fails to load or run is recorded as not validated, with its ``error``.
+
     Raises:
+        ExportError: for a network that has no faithful export (files made of it are not checked).
         FileNotFoundError: naming a missing checkpoint or export file.
     """
     bundle_dir = Path(bundle_dir).resolve()
@@ -190,6 +221,13 @@ def validate_exports(bundle_dir: str | Path, models_dir: str | Path | None = Non
         raise FileNotFoundError(f"bundle has no trained model: {ckpt} (train it first)")
     parser, settings = _parser(bundle_dir, models_dir)
     network = _eager_network(parser, ckpt)
+    reason = not_exportable_reason(network)
+    if reason:  # files someone made of it anyway are not a faithful export, whatever they answer on noise
+        raise ExportError(f"{bundle_dir.name} is not exported: {reason}; it runs on the torch backend")
+    for fmt in formats:  # named before any input is prepared or run
+        if not (models_dir / EXPORT_FILES[fmt]).is_file():
+            raise FileNotFoundError(f"no {fmt} export to validate: {models_dir / EXPORT_FILES[fmt]} "
+                                    "(run `mura-monai export` first)")
     x = _validation_inputs(parser, images)
     with torch.no_grad():
         reference = [_probabilities(network(b)) for b in _batches(x)]
@@ -210,27 +248,38 @@ def validate_exports(bundle_dir: str | Path, models_dir: str | Path | None = Non
     formats_done = record.setdefault("formats", {})
     for fmt in formats:
         path = models_dir / EXPORT_FILES[fmt]
-        if not path.is_file():
-            raise FileNotFoundError(f"no {fmt} export to validate: {path} (run `mura-monai export` first)")
-        run = _torchscript_runner(path) if fmt == "torchscript" else _onnx_runner(path)
-        diff = max(float(np.abs(run(b) - ref).max()) for b, ref in zip(_batches(x), reference))
-        entry = {"file": path.name, "sha256": file_sha256(path), "max_abs_diff": diff, "validated": diff <= tolerance,
-                 "validated_on": "cpu"}
-        if fmt == "onnx":
-            import onnx
-            import onnxruntime
-
-            model = onnx.load(str(path), load_external_data=False)
-            entry.update(opset=max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
-                         onnxruntime=onnxruntime.__version__, dynamic_batch=True)
-        else:
-            entry["torch"] = torch.__version__
+        entry: dict = {"file": path.name, "sha256": file_sha256(path)}
+        try:
+            entry.update(_onnx_facts(path) if fmt == "onnx" else {"torch": torch.__version__})
+            run = _torchscript_runner(path) if fmt == "torchscript" else _onnx_runner(path)
+            diff = max(float(np.abs(run(b) - ref).max()) for b, ref in zip(_batches(x), reference))
+        except Exception as exc:  # noqa: BLE001 (a file that does not load or run is an export that failed)
+            # e.g. an ONNX graph exported without a dynamic batch, given the batch of 3
+            diff, entry["error"] = None, f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
+        entry.update(max_abs_diff=diff, validated=diff is not None and diff <= tolerance, validated_on="cpu")
         formats_done[fmt] = entry
-        log = logger.info if entry["validated"] else logger.warning
-        log("%s export of %s: largest probability difference %.2e (%s)", fmt, bundle_dir.name, diff,
-            "validated" if entry["validated"] else f"NOT validated: above {tolerance:g}")
+        if diff is None:
+            logger.warning("%s export of %s did not run: %s", fmt, bundle_dir.name, entry["error"])
+        else:
+            log = logger.info if entry["validated"] else logger.warning
+            log("%s export of %s: largest probability difference %.2e (%s)", fmt, bundle_dir.name, diff,
+                "validated" if entry["validated"] else f"NOT validated: above {tolerance:g}")
     (models_dir / EXPORT_RECORD).write_text(json.dumps(record, indent=2))
     return record
+
+
+def _onnx_facts(path: Path) -> dict:
+    """What the file itself says (its opset, whether its batch dimension is open), not what was
+    asked of the exporter: a file made by hand with other arguments is recorded as it is."""
+    import onnx
+    import onnxruntime
+
+    model = onnx.load(str(path), load_external_data=False)
+    ends = [model.graph.input[0], model.graph.output[0]] if model.graph.input and model.graph.output else []
+    dynamic = bool(ends) and all(v.type.tensor_type.shape.dim and v.type.tensor_type.shape.dim[0].dim_param
+                                 for v in ends)
+    return {"opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
+            "onnxruntime": onnxruntime.__version__, "dynamic_batch": dynamic}
 
 
 def _torchscript_runner(path: Path):

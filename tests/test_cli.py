@@ -14,7 +14,7 @@ from mura_monai.cli import main
 SCRIPT = Path(sys.executable).parent / "mura-monai"
 
 
-@pytest.mark.parametrize("command", ["synth", "infer", "evaluate"])
+@pytest.mark.parametrize("command", ["synth", "infer", "evaluate", "export"])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main([command, "--help"])

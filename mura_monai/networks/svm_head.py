@@ -154,7 +154,9 @@ class BaggedSVMHead(FittedBuffers):
         # autocast (AMP on GPUs) leaves float64 operations alone
         x = (features.reshape(features.shape[0], -1).double() - self.mean) / self.scale
         dots = torch.einsum("bef,esf->bes", x[:, self.feature_index], self.support_vectors.double())
-        kernel = (self.gamma[None, :, None] * dots + self.coef0).pow(int(self.degree))
+        # the degree as the tensor it is stored in: int(self.degree) would be a data-dependent
+        # scalar to torch.export, which the ONNX exporter cannot turn into Pow's exponent
+        kernel = (self.gamma[None, :, None] * dots + self.coef0).pow(self.degree)
         members = (kernel * self.dual_coef).sum(-1) + self.intercept
         return members.mean(dim=1)
 

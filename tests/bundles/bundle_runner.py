@@ -20,9 +20,16 @@ METRIC_KEYS = {"auc", "kappa", "accuracy", "sensitivity", "specificity", "precis
 def bundle_run(bundle: str | Path, run_id: str, configs: str, *overrides: str, launcher: list[str] | None = None,
                timeout: int = 600) -> subprocess.CompletedProcess:
     """Run ``run_id`` of a bundle in a subprocess; fails the test with the output's tail on a non-zero exit."""
+    return monai_bundle(bundle, "run", run_id, "--meta_file", "configs/metadata.json", "--config_file", configs,
+                        *overrides, launcher=launcher, timeout=timeout)
+
+
+def monai_bundle(bundle: str | Path, *args: str, launcher: list[str] | None = None,
+                 timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle ARGS`` from the bundle's folder (any of MONAI's bundle commands);
+    fails the test with the output's tail on a non-zero exit."""
     bundle = BUNDLES / bundle if not Path(bundle).is_absolute() else Path(bundle)
-    cmd = [*(launcher or [sys.executable, "-m"]), "monai.bundle", "run", run_id, "--meta_file", "configs/metadata.json",
-           "--config_file", configs, *overrides]
+    cmd = [*(launcher or [sys.executable, "-m"]), "monai.bundle", *args]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.run(cmd, cwd=bundle, capture_output=True, text=True, env=env, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -154,3 +161,81 @@ def assert_members_reproduce_training(bundle: str, ckpt: Path, **overrides) -> d
         assert reproduced[member] == pytest.approx(float(summary["best_metric"]), abs=1e-6, nan_ok=True), member
     assert any(m == m for m in reproduced.values()), f"no member had a validation metric to reproduce: {reproduced}"
     return reproduced
+
+
+def valid_images(root: Path, n: int = 2) -> list[Path]:
+    """The first ``n`` radiographs of the root's valid split: real inputs for an export's checks."""
+    return sorted((Path(root) / "MURA-v1.1" / "valid").glob("XR_*/patient*/study*/*.png"))[:n]
+
+
+def export_copy(bundle: str, ckpt: Path, root: Path, dest: Path) -> Path:
+    """``export_bundle`` on a copy of a trained checkpoint folder, validated on real radiographs;
+    returns the copy. A copy, so that the module's other tests keep scoring with torch (a
+    validated export beside model.pt makes ``backend: auto`` pick ONNX Runtime)."""
+    import shutil
+
+    from mura_monai.export import export_bundle
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in ("model.pt", "model_settings.json"):
+        shutil.copy(Path(ckpt) / name, dest / name)
+    export_bundle(BUNDLES / bundle, dest, images=valid_images(root))
+    return dest
+
+
+def assert_exports_agree(bundle: str, models: Path, root: Path) -> dict:
+    """What ``export.json`` claims holds: both files validated against this model.pt within 1e-4,
+    the ONNX file at the recorded opset with an open batch dimension; and scoring real
+    radiographs through ``BundlePredictor`` gives the torch backend's probabilities on
+    TorchScript and on ONNX Runtime, which ``auto`` then picks. Returns the record."""
+    import onnx
+    import torch
+
+    from mura_monai.backends import choose_backend
+    from mura_monai.export import EXPORT_FORMATS, OPSET, file_sha256, read_export_record
+    from mura_monai.inference import BundlePredictor
+
+    record = read_export_record(models)
+    assert record is not None and record["checkpoint"]["sha256"] == file_sha256(Path(models) / "model.pt")
+    for fmt in EXPORT_FORMATS:
+        entry = record["formats"][fmt]
+        assert entry["validated"] is True and 0.0 <= entry["max_abs_diff"] <= 1e-4, (fmt, entry)
+        assert entry["sha256"] == file_sha256(Path(models) / entry["file"])
+    graph = onnx.load(str(Path(models) / "model.onnx"), load_external_data=False)
+    assert [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")] == [OPSET]
+    assert record["formats"]["onnx"]["opset"] == OPSET and record["formats"]["onnx"]["dynamic_batch"] is True
+    for end in (graph.graph.input[0], graph.graph.output[0]):  # a batch dimension frozen by the example would be a number
+        assert end.type.tensor_type.shape.dim[0].dim_param == "batch", end
+    images = valid_images(root)
+    probabilities = {}
+    for backend in ("torch", "torchscript", "onnxruntime"):
+        predictor = BundlePredictor(BUNDLES / bundle, device="cpu", models_dir=models, backend=backend)
+        assert predictor.backend.name == backend
+        probabilities[backend] = [r["probability"] for r in predictor.predict_images(images)]
+    assert len(probabilities["torch"]) == len(images) == 2
+    assert probabilities["torchscript"] == pytest.approx(probabilities["torch"], abs=1e-4)
+    assert probabilities["onnxruntime"] == pytest.approx(probabilities["torch"], abs=1e-4)
+    auto = choose_backend("auto", models, torch.device("cpu"), predictor.loaded.network)
+    assert (auto.name, auto.reason) == ("onnxruntime", "fastest validated")
+    return record
+
+
+def assert_export_refused(bundle: str, ckpt: Path) -> str:
+    """A network with no faithful export: ``export_bundle`` refuses it in one line and writes
+    nothing, ``backend: auto`` scores with torch for that reason, and ONNX Runtime asked for by
+    name is refused. Returns the refusal."""
+    from mura_monai.backends import BackendError
+    from mura_monai.export import ExportError, export_bundle
+    from mura_monai.inference import BundlePredictor
+
+    with pytest.raises(ExportError) as refused:
+        export_bundle(BUNDLES / bundle, ckpt)
+    line = str(refused.value)
+    assert "\n" not in line and line.startswith(f"{bundle} is not exported: ") and line.endswith("torch backend")
+    assert not [p.name for p in Path(ckpt).iterdir() if p.name in ("model.ts", "model.onnx", "export.json")]
+    predictor = BundlePredictor(BUNDLES / bundle, device="cpu", models_dir=ckpt, backend="auto")
+    assert predictor.backend.name == "torch" and predictor.backend.reason.startswith("not exported: ")
+    assert predictor.backend.reason.removeprefix("not exported: ") in line
+    with pytest.raises(BackendError, match="backend onnxruntime cannot run"):
+        BundlePredictor(BUNDLES / bundle, device="cpu", models_dir=ckpt, backend="onnxruntime")
+    return line

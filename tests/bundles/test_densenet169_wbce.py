@@ -18,7 +18,9 @@ from tests.bundles.bundle_runner import (
     TRAIN,
     assert_design_metrics,
     assert_evaluation_reproduces_training,
+    assert_exports_agree,
     bundle_run,
+    export_copy,
     read_json,
     torchrun,
 )
@@ -158,6 +160,11 @@ def test_infer_reads_real_cr_radiographs(trained, tmp_path):
     assert all(0.0 <= img["probability"] <= 1.0 for img in images)
 
 
+def test_export_validates_and_every_backend_scores_as_torch(trained, tmp_path):
+    models = export_copy("densenet169_wbce", trained["ckpt"], trained["root"], tmp_path / "models")
+    assert_exports_agree("densenet169_wbce", models, trained["root"])
+
+
 def test_infer_names_a_missing_input(trained, tmp_path, capsys):
     missing = tmp_path / "no_such_study"
     assert cli_main(["infer", "--bundle", str(BUNDLE), "--models-dir", str(trained["ckpt"]), str(missing)]) == 2
@@ -182,6 +189,12 @@ def test_metadata_option_trains_evaluates_and_infers_with_age_and_sex(trained, t
 
     predictor = BundlePredictor(BUNDLE, models_dir=ckpt)
     assert predictor.uses_metadata
+    # MONAI's exporters pass the image alone: a metadata network stays on torch, and says why
+    assert predictor.backend.name == "torch" and "age and sex" in predictor.backend.reason
+    from mura_monai.export import ExportError, export_bundle
+
+    with pytest.raises(ExportError, match="densenet169_wbce is not exported: it takes age and sex"):
+        export_bundle(BUNDLE, ckpt)
     dicom = sorted((trained["root"].parent / "dicom").rglob("*.dcm"))[0]
     prepared = predictor.prepare(predictor.load(dicom))
     from mura_monai.data.patient_metadata import metadata_vector

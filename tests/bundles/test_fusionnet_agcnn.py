@@ -16,6 +16,7 @@ from tests.bundles.bundle_runner import (
     TRAIN,
     assert_design_metrics,
     assert_evaluation_reproduces_training,
+    assert_export_refused,
     bundle_run,
     read_json,
     torchrun,
@@ -120,6 +121,40 @@ def test_zoom_evaluates_beside_the_same_model_without_it(trained, tmp_path):
         r0, c0, r1, c1 = image["zoom_box"]
         assert 0 <= r0 < r1 and 0 <= c0 < c1
         assert image["probability"] == pytest.approx((image["probability_first"] + image["probability_zoomed"]) / 2)
+
+
+def test_export_is_refused_and_an_ensemble_exports_its_other_members(trained, tmp_path, capsys):
+    line = assert_export_refused(BUNDLE, trained["ckpt"])
+    assert "connected-component search" in line
+    # asked for by name, the command exits 1 with the refusal in one line and no traceback
+    assert cli_main(["export", "--bundle", str(BUNDLES / BUNDLE), "--models-dir", str(trained["ckpt"])]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip() == f"mura-monai export: error: {line}" and captured.out == ""
+
+    # as an ensemble member it is named and passed over (it runs on torch), and the others are exported
+    from mura_monai.model_settings import save_model_settings
+    from tests.ensemble_support import ENSEMBLE, random_member
+
+    ensemble = tmp_path / "ensemble"
+    (ensemble / "configs").mkdir(parents=True)
+    config = read_json(ENSEMBLE / "configs" / "inference.json")
+    config["members"] = [{"name": name, "bundle": str(BUNDLES / name)} for name in (BUNDLE, "resnet50")]
+    (ensemble / "configs" / "inference.json").write_text(json.dumps(config))
+    shutil.copy(ENSEMBLE / "configs" / "metadata.json", ensemble / "configs")
+    members = tmp_path / "members"
+    members.mkdir()
+    (members / BUNDLE).symlink_to(trained["ckpt"], target_is_directory=True)
+    random_member("resnet50", members / "resnet50", seed=0)
+    save_model_settings(members / "resnet50", image_size=32)
+    assert cli_main(["export", "--bundle", str(ensemble), "--members-models-dir", str(members),
+                     "--format", "torchscript"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == line
+    assert out[1].split() == ["bundle", "format", "max", "prob", "diff", "validated", "file"]
+    bundle, fmt, _, validated, path = out[2].split()
+    assert (bundle, fmt, validated, path) == ("resnet50", "torchscript", "yes", str(members / "resnet50" / "model.ts"))
+    assert out[3:] == [f"record: {members / 'resnet50' / 'export.json'}"]
+    assert not (members / "resnet50" / "model.onnx").exists()  # only the format asked for
 
 
 def test_resume_continues_the_fusion_stage(trained, tmp_path):

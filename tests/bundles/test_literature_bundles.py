@@ -6,6 +6,7 @@ a study through `mura-monai infer`, and trains under torchrun with 2 CPU process
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -19,8 +20,12 @@ from tests.bundles.bundle_runner import (
     TRAIN,
     assert_design_metrics,
     assert_evaluation_reproduces_training,
+    assert_export_refused,
+    assert_exports_agree,
     assert_members_reproduce_training,
     bundle_run,
+    export_copy,
+    monai_bundle,
     read_json,
     torchrun,
 )
@@ -124,3 +129,93 @@ def test_router_pipeline_trains_router_and_every_part(trained):
     table = (out / "patel_et_al_table.md").read_text()
     assert "| TP | FN | FP | TN |" in table and "Router (bone detector) accuracy" in table
     assert all(part in table for part in doc["per_body_part"])
+
+
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    """The trained bundle exported once, into a copy of its checkpoint folder."""
+    return export_copy(trained["name"], trained["ckpt"], trained["root"], tmp_path_factory.mktemp("exported") / "models")
+
+
+@pytest.mark.parametrize("trained", ["resnet50", "vgg19"], indirect=True)
+def test_export_validates_and_every_backend_scores_as_torch(trained, exported):
+    assert_exports_agree(trained["name"], exported, trained["root"])
+
+
+@pytest.mark.parametrize("trained", ["efficientnet_b0_router"], indirect=True)
+def test_router_pipeline_is_not_exported_and_scores_on_torch(trained):
+    assert "body part its router predicts" in assert_export_refused(trained["name"], trained["ckpt"])
+
+
+def _rows(out: str) -> list[tuple[str, ...]]:
+    """(bundle, format, validated, file) of each row of the export command's table."""
+    lines = out.splitlines()
+    assert lines[0].split() == ["bundle", "format", "max", "prob", "diff", "validated", "file"], out
+    return [(r[0], r[1], r[3], r[4]) for r in (line.split() for line in lines[1:] if not line.startswith("record: "))]
+
+
+@pytest.mark.parametrize("trained", ["vgg19"], indirect=True)
+def test_export_command_prints_a_row_per_file_and_exits_by_validation(trained, exported, capsys):
+    bundle = str(BUNDLES / "vgg19")
+    assert cli_main(["export", "--bundle", bundle, "--models-dir", str(exported), "--validate-only"]) == 0
+    out = capsys.readouterr().out
+    assert _rows(out) == [("vgg19", "torchscript", "yes", str(exported / "model.ts")),
+                          ("vgg19", "onnx", "yes", str(exported / "model.onnx"))]
+    assert out.splitlines()[-1] == f"record: {exported / 'export.json'}"
+    # exporting again, one format: its row only, and the record still holds the other format's validation
+    assert cli_main(["export", "--bundle", bundle, "--models-dir", str(exported), "--format", "torchscript"]) == 0
+    assert _rows(capsys.readouterr().out) == [("vgg19", "torchscript", "yes", str(exported / "model.ts"))]
+    assert set(read_json(exported / "export.json")["formats"]) == {"torchscript", "onnx"}
+    # a folder without the files, and an option that does not apply: exit 2, one line naming it
+    for args, named in ((["--models-dir", str(trained["ckpt"]), "--validate-only"], str(trained["ckpt"] / "model.ts")),
+                        (["--models-dir", str(exported), "--validate-only", "--opset", "17"], "--opset")):
+        assert cli_main(["export", "--bundle", bundle, *args]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and named in err
+    with pytest.raises(SystemExit) as bad_format:
+        cli_main(["export", "--bundle", bundle, "--format", "onnx,tflite"])
+    assert bad_format.value.code == 2 and "tflite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("trained", ["vgg19"], indirect=True)
+def test_files_made_by_monais_bundle_cli_validate_and_a_retrained_checkpoint_falls_back_to_torch(trained, tmp_path, capsys):
+    """The model-zoo way: MONAI's own ckpt_export and onnx_export from the bundle folder, with the
+    checkpoint's recorded settings as overrides; `mura-monai export --validate-only` then vouches
+    for the files, and only for the model.pt they were made of."""
+    from mura_monai.backends import BackendError, choose_backend
+    from mura_monai.inference import BundlePredictor
+
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("model.pt", "model_settings.json"):
+        shutil.copy(trained["ckpt"] / name, models / name)
+    settings = read_json(models / "model_settings.json")
+    size = settings["image_size"]
+    common = ["network_def", "--ckpt_file", str(models / "model.pt"), "--meta_file", "configs/metadata.json",
+              "--config_file", "configs/inference.json", "--use_trace", "True", "--input_shape", f"[2, 1, {size}, {size}]",
+              "--image_size", str(size), "--classifier_width", str(settings["classifier_width"])]
+    monai_bundle("vgg19", "ckpt_export", *common, "--filepath", str(models / "model.ts"))
+    monai_bundle("vgg19", "onnx_export", *common, "--filepath", str(models / "model.onnx"), "--converter_kwargs",
+                 "{'input_names': ['image'], 'output_names': ['logits'], 'opset_version': 18, 'dynamo': True, "
+                 "'dynamic_shapes': [{0: 'batch'}]}")
+    args = ["export", "--bundle", str(BUNDLES / "vgg19"), "--models-dir", str(models), "--validate-only"]
+    assert cli_main(args) == 0
+    assert [row[2] for row in _rows(capsys.readouterr().out)] == ["yes", "yes"]
+    onnx_record = read_json(models / "export.json")["formats"]["onnx"]
+    assert onnx_record["opset"] == 18 and onnx_record["dynamic_batch"] is True
+    assert choose_backend("auto", models, torch.device("cpu")).name == "onnxruntime"
+
+    # retrained after the export: one weight changed and saved
+    state = torch.load(models / "model.pt", weights_only=True)
+    bias = [key for key, value in state.items() if key.endswith("bias") and tuple(value.shape) == (1,)][-1]
+    state[bias] += 1.0
+    torch.save(state, models / "model.pt")
+    predictor = BundlePredictor(BUNDLES / "vgg19", device="cpu", models_dir=models)
+    assert predictor.backend.name == "torch" and "another model.pt" in predictor.backend.reason
+    with pytest.raises(BackendError, match="model.onnx was validated against another model.pt"):
+        BundlePredictor(BUNDLES / "vgg19", device="cpu", models_dir=models, backend="onnxruntime")
+    # validated again against the new weights, the stale files fail: exit 1, and auto still keeps to torch
+    assert cli_main(args) == 1
+    assert [row[2] for row in _rows(capsys.readouterr().out)] == ["no", "no"]
+    choice = choose_backend("auto", models, torch.device("cpu"), predictor.loaded.network)
+    assert choice.name == "torch" and "model.onnx differs from model.pt by" in choice.reason

@@ -16,8 +16,10 @@ from tests.bundles.bundle_runner import (
     TRAIN,
     assert_design_metrics,
     assert_evaluation_reproduces_training,
+    assert_exports_agree,
     assert_infer_matches_evaluation,
     bundle_run,
+    export_copy,
     one_thread,  # noqa: F401 (autouse: one intra-op thread)
     read_json,
     torchrun,
@@ -74,6 +76,18 @@ def test_evaluating_writes_design_metrics_with_the_validation_auc_of_training(tr
 
 def test_mura_monai_infer_scores_a_study_as_the_evaluation_did(trained, evaluated, tmp_path):
     assert_infer_matches_evaluation(NAME, trained["ckpt"], trained["root"], evaluated, tmp_path)
+
+
+def test_export_keeps_the_float64_svm_kernel_and_every_backend_scores_as_torch(trained, tmp_path):
+    import onnx
+
+    models = export_copy(NAME, trained["ckpt"], trained["root"], tmp_path / "models")
+    assert_exports_agree(NAME, models, trained["root"])
+    # the degree-5 kernel runs in double in ONNX Runtime too, as scikit-learn evaluates it
+    graph = onnx.load(str(models / "model.onnx"), load_external_data=False).graph
+    to_double = [n for n in graph.node if n.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.DOUBLE
+                                                                        for a in n.attribute)]
+    assert to_double and any(n.op_type == "Pow" for n in graph.node)
 
 
 def test_ddp_training_on_two_cpu_processes_fits_the_same_table(trained, tmp_path):

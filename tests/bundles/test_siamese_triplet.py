@@ -19,8 +19,10 @@ from tests.bundles.bundle_runner import (
     TRAIN,
     assert_design_metrics,
     assert_evaluation_reproduces_training,
+    assert_exports_agree,
     assert_infer_matches_evaluation,
     bundle_run,
+    export_copy,
     one_thread,  # noqa: F401 (autouse: one intra-op thread)
     read_json,
     torchrun,
@@ -81,6 +83,12 @@ def test_evaluation_reports_kappa_recall_at_k_and_both_classifiers(trained, eval
 
 def test_mura_monai_infer_scores_a_study_as_the_evaluation_did(trained, evaluated, tmp_path):
     assert_infer_matches_evaluation(NAME, trained["ckpt"], trained["root"], evaluated, tmp_path)
+
+
+def test_export_of_the_knn_head_validates_and_every_backend_scores_as_torch(trained, tmp_path):
+    # the k-NN head's references are buffers: the exported graph carries every training embedding
+    models = export_copy(NAME, trained["ckpt"], trained["root"], tmp_path / "models")
+    assert_exports_agree(NAME, models, trained["root"])
 
 
 @pytest.mark.parametrize("loss", ["focal"])  # batch-hard shares the focal loss's miner and path
