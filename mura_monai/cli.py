@@ -343,8 +343,9 @@ def _export(args: argparse.Namespace) -> int:
             rows.append((record["bundle"], fmt, diff, "yes" if entry["validated"] else "no",
                          str(folder / entry["file"]), entry.get("error")))
     if rows:
-        widths = [max(len(row[i]) for row in [("bundle", "format", "max prob diff", "validated"), *rows]) for i in range(4)]
-        for row in [("bundle", "format", "max prob diff", "validated", "file", None), *rows]:
+        header = ("bundle", "format", "max prob diff", "validated", "file", None)
+        widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]
+        for row in [header, *rows]:
             print("  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths)) + "  " + row[4])
             if row[5]:
                 print(f"  {row[5]}")
