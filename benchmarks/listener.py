@@ -121,30 +121,10 @@ def latency(base: Path, stable_age_s: float) -> dict:
     (result,) = predictor.predict(files)["studies"]
     write_study_outputs(predictor, StudyResult.from_json(result), base / "bare" / "heat", base / "bare" / "dicom")
     bare_s = time.perf_counter() - start
-    pacs = OrthancServer(base / "orthanc").start()
-    config = write_config(base / "svc", stable_age_s=stable_age_s, model_bundle=str(ENSEMBLE), model_device="cpu",
-                          model_models_dir=str(ensemble["models"]), model_members_models_dir=str(ensemble["members"]),
-                          destinations=[{"ae_title": pacs.aet, "host": "127.0.0.1", "port": pacs.dicom_port}])
-    port = int(next(line.split("=")[1] for line in config.read_text().splitlines() if line.startswith("port")))
-    log = open(base / "svc" / "listener.log", "wb")
-    service = subprocess.Popen([sys.executable, "-m", "listener", "--config", str(config)], cwd=REPO, stdout=log, stderr=log)
-    try:
-        _wait_echo(port)
-        while b"worker ready" not in (base / "svc" / "listener.log").read_bytes():  # models loaded before timing
-            time.sleep(0.2)
-        subprocess.run([STORESCU, "-xv", "-aet", "MODALITY", "-aec", "MURA_AI", "127.0.0.1", str(port), *map(str, files)],
-                       check=True, capture_output=True)
-        acked = time.perf_counter()
-        ids = pacs.wait_for_instances(len(files) + 1, timeout_s=600)
-        arrived = time.perf_counter() - acked
-        modalities = sorted(pydicom.dcmread(io.BytesIO(pacs.instance_file(i)), stop_before_pixels=True).Modality for i in ids)
-    finally:
-        service.send_signal(signal.SIGTERM)
-        service.wait(timeout=120)
-        pacs.stop()
+    service = _service_latency(base, files, ensemble, stable_age_s, {})
     return {"images": len(files), "stable_age_s": stable_age_s, "bare_score_and_outputs_s": round(bare_s, 2),
-            "last_ack_to_results_in_pacs_s": round(arrived, 2),
-            "overhead_s": round(arrived - stable_age_s - bare_s, 2), "arrived": modalities}
+            "last_ack_to_results_in_pacs_s": service["seconds"],
+            "overhead_s": round(service["seconds"] - stable_age_s - bare_s, 2), "arrived": service["arrived"]}
 
 
 FULL_SIZE_FILES = ("RG1_UNCR.dcm", "RG1_J2KR.dcm", "RG3_J2KR.dcm")

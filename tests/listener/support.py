@@ -87,3 +87,20 @@ class Listener:
     def stop(self, sig=signal.SIGTERM) -> int:
         self.process.send_signal(sig)
         return self.process.wait(timeout=120)
+
+
+def receive_files(store, spool, files: list[Path], now: float) -> str:
+    """Instance files put in the spool and recorded as the SCP would, their study then stable;
+    returns the study's key (what a worker's claim names)."""
+    import shutil
+
+    import pydicom
+
+    for path in files:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        final = spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, final)
+        key = store.record_instance(ds.SOPInstanceUID, ds.StudyInstanceUID, "MODALITY", ds.SOPClassUID, final, now=now)
+    store.promote_stable(1, now=now + 5)
+    return key

@@ -4,12 +4,10 @@ still gets the result, outputs and state it would get alone, failing or losing i
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import pytest
 
 from listener.config import ListenerConfig, ModelSettings, StoreSettings
@@ -19,7 +17,7 @@ from listener.worker import Worker, _Scored
 from mura_monai.ensemble_predictor import EnsemblePredictor
 from mura_monai.results import StudyResult
 from tests.ensemble_support import ENSEMBLE, fitted_ensemble, one_member_ensemble
-from tests.listener.support import load
+from tests.listener.support import load, receive_files
 
 _RESULT = StudyResult(study="1.2.3", body_part="XR_WRIST", probability=0.2, abnormal=False, threshold=0.5)
 
@@ -149,17 +147,6 @@ def _studies(ensemble) -> list[list[Path]]:
     return [sorted(folder.glob("*.dcm")) for folder in folders]
 
 
-def _receive(store, spool, files, now):
-    for path in files:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        final = spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, final)
-        key = store.record_instance(ds.SOPInstanceUID, ds.StudyInstanceUID, "MODALITY", ds.SOPClassUID, final, now=now)
-    store.promote_stable(1, now=now + 5)
-    return key
-
-
 def _findings(result: StudyResult) -> dict:
     return {"body_part": result.body_part, "abnormal": result.abnormal, "uncertain": result.uncertain,
             "threshold": result.threshold, "images": sorted(i.sop_instance_uid for i in result.images),
@@ -170,8 +157,8 @@ def test_a_batch_gives_each_study_the_result_it_gets_alone(store_url, pair, tmp_
     chosen = _studies(pair)[:4]
     alone, alone_store, alone_spool, _ = _worker(tmp_path / "alone", None, pair, batch_studies=1, batch_images=1)
     batch, batch_store, batch_spool, recorded = _worker(tmp_path / "batch", store_url, pair)
-    keys = [_receive(alone_store, alone_spool, files, now=i) for i, files in enumerate(chosen)]
-    assert [_receive(batch_store, batch_spool, files, now=i) for i, files in enumerate(chosen)] == keys
+    keys = [receive_files(alone_store, alone_spool, files, now=i) for i, files in enumerate(chosen)]
+    assert [receive_files(batch_store, batch_spool, files, now=i) for i, files in enumerate(chosen)] == keys
     assert [alone.run_once() for _ in range(5)] == [1, 1, 1, 1, 0]  # one image per forward pass
     assert batch.run_once() == 4 and not batch.run_once()
     assert recorded.calls == [(sum(map(len, chosen)), 16)]  # one pass over every image, in batches of 16
@@ -193,7 +180,7 @@ def test_batches_keep_within_batch_studies_and_batch_images(store_url, small, tm
     large = next(files for files in studies if len(files) >= 3)
     singles = [files[:1] for files in studies if files is not large][:4]
     worker, store, spool, recorded = _worker(tmp_path, store_url, small, batch_studies=2, batch_images=2)
-    keys = [_receive(store, spool, files, now=i) for i, files in enumerate([*singles[:2], large, *singles[2:]])]
+    keys = [receive_files(store, spool, files, now=i) for i, files in enumerate([*singles[:2], large, *singles[2:]])]
     assert [worker.run_once() for _ in range(4)] == [2, 1, 2, 0]
     assert recorded.calls == [(2, 2), (len(large), 2), (2, 2)]  # the large study alone (scored by itself), whole
     assert [store.study(key).state for key in keys] == ["analysed"] * 5
@@ -205,14 +192,14 @@ def test_a_study_that_fails_in_a_batch_fails_alone(store_url, small, tmp_path, m
 
     studies = _studies(small)
     worker, store, spool, _ = _worker(tmp_path, store_url, small)
-    good = _receive(store, spool, studies[0][:1], now=0)
+    good = receive_files(store, spool, studies[0][:1], now=0)
     bad_file = spool.instances / "x" / "bad.dcm"
     bad_file.parent.mkdir(parents=True)
     bad_file.write_bytes(b"\x00" * 128 + b"DICM" + b"garbage")
     bad = store.record_instance("1.2.3.4", "1.2.3", "MODALITY", "1.2.840.10008.5.1.4.1.1.1", bad_file, now=1)
-    breaks = _receive(store, spool, studies[1][:1], now=2)
-    lost = _receive(store, spool, studies[2][:1], now=3)
-    last = _receive(store, spool, studies[3][:1], now=4)
+    breaks = receive_files(store, spool, studies[1][:1], now=2)
+    lost = receive_files(store, spool, studies[2][:1], now=3)
+    last = receive_files(store, spool, studies[3][:1], now=4)
     store.promote_stable(0, now=10)
     rival = Store(store_url)
     write = outputs.write_study_outputs
@@ -241,7 +228,7 @@ def test_a_study_that_fails_in_a_batch_fails_alone(store_url, small, tmp_path, m
 def test_a_batch_that_cannot_be_scored_together_is_scored_study_by_study(store_url, small, tmp_path):
     studies = _studies(small)
     worker, store, spool, recorded = _worker(tmp_path, store_url, small)
-    keys = [_receive(store, spool, files[:1], now=i) for i, files in enumerate(studies[:3])]
+    keys = [receive_files(store, spool, files[:1], now=i) for i, files in enumerate(studies[:3])]
     recorded.poisoned = store.instances(keys[1])[0]["path"]
     assert worker.run_once() == 3
     assert [c[0] for c in recorded.calls] == [3, 1, 1, 1]

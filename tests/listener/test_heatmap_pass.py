@@ -4,7 +4,6 @@ studies get heatmaps and secondary captures, while every study gets its SR."""
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from mura_monai.ensemble_outputs import write_study_outputs
 from mura_monai.ensemble_predictor import EnsemblePredictor
 from tests.dicom_out.dciodvfy import dciodvfy_errors
 from tests.ensemble_support import ENSEMBLE
-from tests.listener.support import load
+from tests.listener.support import load, receive_files
 
 
 @pytest.fixture(scope="module")
@@ -41,17 +40,6 @@ def _worker(folder: Path, ensemble: dict, predictor=None, **model) -> tuple[Work
                   **{f"model_{k}": v for k, v in model.items()})
     store = Store(config.spool_dir / "queue.sqlite3")
     return Worker(config, store, predictor=predictor), store, Spool(config.spool_dir)
-
-
-def _receive(store: Store, spool: Spool, files: list[Path], now: float) -> str:
-    for path in files:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
-        final = spool.instance_path(ds.StudyInstanceUID, ds.SOPInstanceUID)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, final)
-        key = store.record_instance(ds.SOPInstanceUID, ds.StudyInstanceUID, "MODALITY", ds.SOPClassUID, final, now=now)
-    store.promote_stable(1, now=now + 5)
-    return key
 
 
 def _decodes(monkeypatch) -> Counter:
@@ -75,9 +63,9 @@ def test_the_worker_decodes_each_file_once_and_draws_what_a_fresh_decode_draws(t
     worker, store, spool = _worker(tmp_path / "svc", ensemble, predictor)
     studies = [files for files in _studies(ensemble) if len(files) >= 2][:3]
     counts = _decodes(monkeypatch)
-    batched = [_receive(store, spool, files, now=i) for i, files in enumerate(studies[:2])]
+    batched = [receive_files(store, spool, files, now=i) for i, files in enumerate(studies[:2])]
     assert worker.run_once() == 2  # scored together: the batch's path
-    alone = _receive(store, spool, studies[2], now=10)
+    alone = receive_files(store, spool, studies[2], now=10)
     assert worker.run_once() == 1  # scored by itself: the single-study path
     instances = [i["path"] for key in [*batched, alone] for i in store.instances(key)]
     assert counts == Counter({str(path): 1 for path in instances})
@@ -152,7 +140,7 @@ def test_a_worker_told_none_sends_an_sr_alone_that_dciodvfy_accepts(tmp_path, en
     assert worker.config.model.heatmap_studies == "none"
     files = next(files for files in _studies(ensemble) if len(files) >= 2)
     counts = _decodes(monkeypatch)
-    key = _receive(store, spool, files, now=0)
+    key = receive_files(store, spool, files, now=0)
     assert worker.run_once() == 1
     study = store.study(key)
     assert study.state == "analysed" and [Path(p).name for p in study.result.dicom_outputs] == ["sr.dcm"]
