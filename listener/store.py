@@ -236,18 +236,38 @@ class Store:
         """Wake whoever waits on ``channel`` (:meth:`wait`), outside any transaction."""
         self._notify(self._db(), channel)
 
+    def _wait_for_commit(self, timeout_s: float, stop: threading.Event | None) -> bool:
+        db = self._db()
+        last = getattr(self._local, "data_version", None)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            version = db.execute("PRAGMA data_version").fetchone()[0]
+            self._local.data_version = version
+            if last is not None and version != last:
+                return True
+            last = version
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            if stop is not None:
+                if stop.wait(min(0.05, remaining)):
+                    return False
+            else:
+                time.sleep(min(0.05, remaining))
+
     def wait(self, channel: str, timeout_s: float, stop: threading.Event | None = None) -> bool:
         """Block until something is notified on ``channel`` (True) or ``timeout_s`` passes (False).
 
         PostgreSQL: a connection of this thread's own LISTENs from the first call on, so a
-        notification sent between two calls is not lost. SQLite: no notifications, so this
-        sleeps (or waits on ``stop``) for the timeout and says False; callers poll at their old
-        interval. Notifications are a hint, never the only way to find work."""
+        notification sent between two calls is not lost. SQLite has no notifications, but its
+        ``PRAGMA data_version`` changes whenever another connection commits: this reads it every
+        50 ms (one counter, no disk) and says True on a change since this thread's last call, on
+        any channel, so that a worker or exporter in another process finds new work within 50 ms
+        instead of at its poll interval. Notifications are a hint, never the only way to find work."""
         if stop is not None and stop.is_set():
             return False
         if self.dialect == "sqlite":
-            stop.wait(timeout_s) if stop is not None else time.sleep(timeout_s)
-            return False
+            return self._wait_for_commit(timeout_s, stop)
         try:
             conn = self._listening(channel)
             deadline = time.monotonic() + timeout_s

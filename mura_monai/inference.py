@@ -189,6 +189,7 @@ class BundlePredictor:
         if self.zoom_combine not in ZOOM_COMBINES:
             raise ValueError(f"zoom_combine must be one of {list(ZOOM_COMBINES)}, got {self.zoom_combine!r}")
         self.input_size = int(_setting(parser, "image_size", 224))
+        self.in_channels = int(_setting(parser, "in_channels", 1))
         self.uses_metadata = bool(getattr(getattr(network, "module", network), "uses_metadata", False))
         transforms = list(self.loaded.preprocessing.transforms)
         self._loader, self._rest = transforms[0], Compose(transforms[1:])
@@ -267,6 +268,12 @@ class BundlePredictor:
         # __torch_function__, which made each forward and Grad-CAM pass on it several times slower
         return convert_to_tensor(self._rest({"image": loaded["image"].clone()})["image"], dtype=torch.float32,
                                  track_meta=False)
+
+    def warm_up(self) -> None:
+        """One forward pass on a blank image, so that the first study a service scores does not
+        pay for the backend's first run (ONNX Runtime plans its memory, oneDNN picks its kernels)."""
+        self.forward([torch.zeros(self.in_channels, self.input_size, self.input_size)], capture=False)
+        self._features.clear()
 
     def forward(self, batch: Sequence[torch.Tensor], capture: bool = True,
                 metadata: Sequence[np.ndarray] | None = None) -> list[float]:

@@ -34,6 +34,8 @@ done
 
 echo "== 3/6 fit the ensemble on the valid split (members and combination chosen by out-of-fold study AUC, thresholds per body part)"
 mura-monai fit-ensemble --bundle "$ENSEMBLE" --dataset-dir "$ROOT" --members-models-dir "$MODELS" --models-dir "$MODELS/ensemble"
+echo "   exporting the members (TorchScript and ONNX, each checked against its checkpoint): inference then runs on ONNX Runtime"
+mura-monai export --bundle "$ENSEMBLE" --members-models-dir "$MODELS" --models-dir "$MODELS/ensemble"
 
 echo "== 4/6 evaluate the ensemble and its members on the valid split"
 mura-monai evaluate --bundle "$ENSEMBLE" --members-models-dir "$MODELS" --models-dir "$MODELS/ensemble" \

@@ -410,6 +410,13 @@ def test_a_notification_wakes_a_waiter_on_postgresql(store_url):
         stop = threading.Event()
         stop.set()
         assert waiter.wait("work", 30, stop) is False  # a set stop event returns at once
+        # no notifications, but another connection's commit changes the file's data_version
+        thread = threading.Thread(target=lambda: writer.record_instance("1.1", "9", "MOD", "cr", "a", now=0))
+        started = time.monotonic()
+        thread.start()
+        assert waiter.wait("instances", 30.0) and time.monotonic() - started < 5.0
+        thread.join()
+        assert waiter.wait("work", 0.2) is False  # seen once: no change since
         return
     for channel in ("instances", "work", "outbox"):
         assert waiter.wait(channel, 0) is False  # listening from here on: nothing sent before can be lost
@@ -482,7 +489,7 @@ def test_the_worker_and_exporter_loops_wake_on_notifications(store_url, caplog):
     """Poll intervals far longer than the test: only a notification can make them this quick."""
     store = Store(store_url)
     if store.dialect == "sqlite":
-        pytest.skip("SQLite has no notifications: the loops poll at their interval, as before")
+        pytest.skip("the loops' LISTEN connections are PostgreSQL's; SQLite's wake-up by data_version is tested above")
     config = ListenerConfig()  # no [[destinations]]: what the worker queues, the exporter gives up at once
     analysed = threading.Event()
 
