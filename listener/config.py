@@ -10,7 +10,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-from mura_monai.constants import HEATMAP_STUDIES
+from mura_monai.constants import BACKEND_CHOICES, HEATMAP_STUDIES
 
 __all__ = ["ROLES", "ConfigError", "Destination", "ListenerConfig", "ListenerSettings", "ModelSettings", "OidcSettings",
            "ReviewSettings", "StoreSettings", "load_config"]
@@ -115,8 +115,7 @@ class StoreSettings:
 
 
 _STORE_SCHEMES = ("postgresql", "postgresql+psycopg")
-# "auto" and mura_monai.backends.BACKENDS, spelt out so that reading the config does not import torch
-_BACKENDS = ("auto", "torch", "torchscript", "onnxruntime")
+_BACKENDS = BACKEND_CHOICES
 
 
 @dataclass

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from mura_monai.constants import BACKENDS
 from mura_monai.export import EXPORT_FILES, file_sha256, not_exportable_reason, read_export_record
 
 __all__ = ["AUTO_ORDER", "BACKENDS", "BackendChoice", "BackendError", "BackendNetwork", "OnnxRuntimeRunner",
@@ -30,7 +31,6 @@ __all__ = ["AUTO_ORDER", "BACKENDS", "BackendChoice", "BackendError", "BackendNe
 
 logger = logging.getLogger(__name__)
 
-BACKENDS: tuple[str, ...] = ("torch", "torchscript", "onnxruntime")
 # fastest first, as benchmarks/inference.py measured them; ONNX Runtime's CUDA provider is a
 # separate package (onnxruntime-gpu), so on CUDA the order holds what the CPU wheel can do
 AUTO_ORDER: dict[str, tuple[str, ...]] = {"cpu": ("onnxruntime", "torchscript", "torch"), "cuda": ("torch",)}

@@ -11,6 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+from mura_monai.constants import BACKEND_CHOICES  # torch-free: --help does not load torch
+
 __all__ = ["main"]
 
 logger = logging.getLogger("mura_monai")
@@ -18,8 +20,6 @@ logger = logging.getLogger("mura_monai")
 
 # mura_monai.multiview.VIEW_FUSIONS, spelt out so that --help does not import torch
 VIEW_FUSION_CHOICES = ("mean", "max", "median", "learned", "early_mean", "early_max")
-# "auto" and mura_monai.backends.BACKENDS, spelt out for the same reason
-BACKEND_CHOICES = ("auto", "torch", "torchscript", "onnxruntime")
 
 
 def _add_backend_options(parser: argparse.ArgumentParser) -> None:

@@ -42,3 +42,8 @@ RADIOGRAPH_SOP_CLASSES: tuple[str, ...] = (
 # ``heatmap_studies``): every one, those called abnormal, those the worklist puts first (abnormal
 # or uncertain), or none.
 HEATMAP_STUDIES: tuple[str, ...] = ("all", "abnormal", "uncertain", "none")
+
+# What can score a bundle's images (mura_monai.backends), and what a config or a command line may
+# ask for; here, beside the other names, so that reading a config does not import torch.
+BACKENDS: tuple[str, ...] = ("torch", "torchscript", "onnxruntime")
+BACKEND_CHOICES: tuple[str, ...] = ("auto", *BACKENDS)
