@@ -217,8 +217,8 @@ def full_size(base: Path, source_dir: Path, stable_age_s: float) -> dict:
     warm = _full_size_study(source_dir, base / "full" / "warm_study")
     service = {policy: _service_latency(base / "full" / f"svc_{policy}", files, ensemble, stable_age_s,
                                         {"heatmap_studies": policy}, warm) for policy in ("all", "uncertain")}
-    return {"images": [f"{f} ({pydicom.dcmread(source_dir / f, stop_before_pixels=True).Rows}x"
-                       f"{pydicom.dcmread(source_dir / f, stop_before_pixels=True).Columns})" for f in FULL_SIZE_FILES],
+    headers = {f: pydicom.dcmread(source_dir / f, stop_before_pixels=True) for f in FULL_SIZE_FILES}
+    return {"images": [f"{f} ({ds.Rows}x{ds.Columns})" for f, ds in headers.items()],
             "input_sizes": {n: m.input_size for n, m in zip(eager.member_names, eager.members)},
             "backends_after": [m.backend.name for m in default.members],
             "bare_forward_s": round(bare_s, 3), "analysis_s": analysis,

@@ -106,10 +106,9 @@ def _key_in_checkpoint(ckpt: Path) -> str:
 
 
 def _eager_network(parser, ckpt: Path) -> torch.nn.Module:
-    network = parser.get_parsed_content("network_def")
-    state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
-    return network.eval()
+    from mura_monai.inference import load_weights
+
+    return load_weights(parser.get_parsed_content("network_def"), ckpt, "cpu")
 
 
 def export_bundle(bundle_dir: str | Path, models_dir: str | Path | None = None,
@@ -251,7 +250,7 @@ def validate_exports(bundle_dir: str | Path, models_dir: str | Path | None = Non
         entry: dict = {"file": path.name, "sha256": file_sha256(path)}
         try:
             entry.update(_onnx_facts(path) if fmt == "onnx" else {"torch": torch.__version__})
-            run = _torchscript_runner(path) if fmt == "torchscript" else _onnx_runner(path)
+            run = _runner(fmt, path)
             diff = max(float(np.abs(run(b) - ref).max()) for b, ref in zip(_batches(x), reference))
         except Exception as exc:  # noqa: BLE001 (a file that does not load or run is an export that failed)
             # e.g. an ONNX graph exported without a dynamic batch, given the batch of 3
@@ -282,18 +281,10 @@ def _onnx_facts(path: Path) -> dict:
             "onnxruntime": onnxruntime.__version__, "dynamic_batch": dynamic}
 
 
-def _torchscript_runner(path: Path):
-    module = torch.jit.load(str(path), map_location="cpu").eval()
+def _runner(fmt: str, path: Path):
+    """The export as the backend that serves it runs it (on the CPU), its logits made probabilities."""
+    from mura_monai.backends import OnnxRuntimeRunner, TorchScriptRunner
 
-    def run(x: torch.Tensor) -> np.ndarray:
-        with torch.no_grad():
-            return _probabilities(module(x))
-    return run
-
-
-def _onnx_runner(path: Path):
-    import onnxruntime
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda x: _probabilities(session.run(None, {name: x.numpy()})[0])
+    cpu = torch.device("cpu")
+    run = TorchScriptRunner(path, cpu) if fmt == "torchscript" else OnnxRuntimeRunner(path, cpu)
+    return lambda x: _probabilities(run(x))

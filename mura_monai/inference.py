@@ -39,7 +39,7 @@ from mura_monai.zoom import ZOOM_COMBINES, zoom_boxes
 from mura_monai.zoom import combine as combine_zoom
 
 __all__ = ["BundlePredictor", "body_part_of", "body_part_source", "collect_inputs", "group_studies", "image_record",
-           "image_source", "read_inference_config", "refused_records", "study_body_part"]
+           "image_source", "load_weights", "read_inference_config", "refused_records", "study_body_part"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +127,14 @@ def _setting(parser: ConfigParser, key: str, default):
     return parser.get_parsed_content(key) if key in parser.get() else default
 
 
+def load_weights(network: torch.nn.Module, ckpt_path: Path, map_location) -> torch.nn.Module:
+    """A checkpoint's weights in ``network``, in eval mode: a bare state dict, or one saved as
+    ``{"model": state}`` beside other objects."""
+    state = torch.load(ckpt_path, map_location=map_location, weights_only=True)
+    network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    return network.eval()
+
+
 @dataclass
 class _Loaded:
     network: torch.nn.Module
@@ -165,10 +173,7 @@ class BundlePredictor:
         if not ckpt_path.is_file():
             raise FileNotFoundError(f"bundle has no trained model: {ckpt_path} (train it first)")
         torch_device = parser.get_parsed_content("torch_device")
-        network = parser.get_parsed_content("network")
-        state = torch.load(ckpt_path, map_location=torch_device, weights_only=True)
-        network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
-        network.eval()
+        network = load_weights(parser.get_parsed_content("network"), ckpt_path, torch_device)
         self.loaded = _Loaded(
             network=network,
             preprocessing=parser.get_parsed_content("preprocessing"),
@@ -273,7 +278,6 @@ class BundlePredictor:
         """One forward pass on a blank image, so that the first study a service scores does not
         pay for the backend's first run (ONNX Runtime plans its memory, oneDNN picks its kernels)."""
         self.forward([torch.zeros(self.in_channels, self.input_size, self.input_size)], capture=False)
-        self._features.clear()
 
     def forward(self, batch: Sequence[torch.Tensor], capture: bool = True,
                 metadata: Sequence[np.ndarray] | None = None) -> list[float]:
