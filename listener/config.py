@@ -53,6 +53,7 @@ class ModelSettings:
     batch_studies: int = 8                # the most waiting studies one worker takes at once
     backend: str = "auto"                 # what runs the members: auto | torch | torchscript | onnxruntime
     onnx_threads: int = 0                 # ONNX Runtime's intra-op threads; 0: as many as torch uses
+    prescore_images: int = 32             # instances of receiving studies scored ahead and kept; 0: off
 
 
 @dataclass
@@ -226,6 +227,8 @@ def _check(config: ListenerConfig, path: Path) -> None:
         raise ConfigError(f"{path}: [model] batch_images and batch_studies must be at least 1")
     if config.model.backend not in _BACKENDS:
         raise ConfigError(f"{path}: [model] backend must be one of {', '.join(_BACKENDS)}; got {config.model.backend!r}")
+    if config.model.prescore_images < 0:
+        raise ConfigError(f"{path}: [model] prescore_images must be 0 (off) or more; got {config.model.prescore_images}")
     if config.model.onnx_threads < 0:
         raise ConfigError(f"{path}: [model] onnx_threads must be 0 (as many as torch uses) or more; "
                           f"got {config.model.onnx_threads}")

@@ -29,7 +29,7 @@ __all__ = ["DATABASE_ERRORS", "DIALECTS", "INTEGRITY_ERRORS", "SCHEMA_HEAD", "SC
 
 DIALECTS = ("sqlite", "postgresql")
 SCHEMES = ("postgresql", "postgresql+psycopg")  # what [store] url may name; empty is SQLite in the spool
-SCHEMA_HEAD = "0003"   # the newest revision in listener/migrations/versions (a test keeps the two equal)
+SCHEMA_HEAD = "0004"   # the newest revision in listener/migrations/versions (a test keeps the two equal)
 
 # a write refused by a constraint or by the audit table's triggers, whichever the backend
 INTEGRITY_ERRORS: tuple[type[Exception], ...] = (sqlite3.IntegrityError, psycopg.IntegrityError)

@@ -158,15 +158,24 @@ class ListenerService:
             process.join()
 
     def _assemble(self) -> None:
+        """Promotes each study when its ``stable_age_s`` has passed: sleeps until the next one is
+        due (a study that starts meanwhile is due later than that), and at most a quarter of
+        ``stable_age_s`` or a second, so that studies recorded by another front-end are seen."""
         stable = self.config.listener.stable_age_s
-        while not self.stop.wait(min(1.0, max(stable / 4, 0.05))):
+        longest = min(1.0, max(stable / 4, 0.05))
+        wait_s = longest
+        while not self.stop.wait(wait_s):
+            wait_s = longest
             try:
                 promoted = self.store.promote_stable(stable)
+                due = self.store.next_stable_at(stable)
             except DATABASE_ERRORS as exc:  # the database away (a restart): try again next round
                 logger.error("store unavailable", extra={"error": f"{type(exc).__name__}: {str(exc)[:200]}"})
                 continue
             for _ in promoted:
                 logger.info("study complete", extra={"stable_age_s": stable})
+            if due is not None:  # a hair after it, so that the study's last_received <= now - stable
+                wait_s = min(longest, max(due - time.time() + 0.002, 0.01))
 
     def run(self) -> int:
         settings = self.config.listener

@@ -255,8 +255,9 @@ class Store:
             else:
                 time.sleep(min(0.05, remaining))
 
-    def wait(self, channel: str, timeout_s: float, stop: threading.Event | None = None) -> bool:
-        """Block until something is notified on ``channel`` (True) or ``timeout_s`` passes (False).
+    def wait(self, channel: str | Sequence[str], timeout_s: float, stop: threading.Event | None = None) -> bool:
+        """Block until something is notified on ``channel`` (or on any of several) (True) or
+        ``timeout_s`` passes (False).
 
         PostgreSQL: a connection of this thread's own LISTENs from the first call on, so a
         notification sent between two calls is not lost. SQLite has no notifications, but its
@@ -269,7 +270,8 @@ class Store:
         if self.dialect == "sqlite":
             return self._wait_for_commit(timeout_s, stop)
         try:
-            conn = self._listening(channel)
+            for name in (channel,) if isinstance(channel, str) else channel:
+                conn = self._listening(name)
             deadline = time.monotonic() + timeout_s
             while True:  # in slices, so that a set ``stop`` is seen within half a second
                 remaining = deadline - time.monotonic()
@@ -348,12 +350,32 @@ class Store:
                 self._notify(db, "work")
         return keys
 
+    def next_stable_at(self, stable_age_s: float) -> float | None:
+        """When the next study still receiving becomes complete (epoch seconds), or None: the
+        assembly sleeps until then instead of polling, so that a study is promoted within a few
+        milliseconds of its ``stable_age_s`` rather than up to a quarter of it later."""
+        row = self._db().execute("SELECT MIN(last_received) FROM studies WHERE state=?", (StudyState.RECEIVED,)).fetchone()
+        return None if row[0] is None else float(row[0]) + stable_age_s
+
+    def receiving_instances(self, limit: int = 256) -> list[dict]:
+        """Instances of studies still receiving or waiting for a worker, oldest first, with their
+        study's ``state``: what a worker with nothing to do may score ahead
+        (:meth:`listener.worker.Worker.prescore`), so that a study's analysis finds most of its
+        images scored when ``stable_age_s`` has passed."""
+        rows = self._db().execute(
+            "SELECT instances.*, studies.state FROM instances JOIN studies ON studies.study_key=instances.study_key "
+            "WHERE studies.state IN (?, ?) ORDER BY instances.received_at, instances.sop_instance_uid LIMIT ?",
+            (StudyState.RECEIVED, StudyState.WAITING, limit))
+        return [dict(r) for r in rows]
+
     def recover(self, workers: str | None = None, now: float | None = None) -> int:
         """At start: studies whose worker is gone are queued again; returns how many.
 
         Gone are the workers whose lease ran out, the claims without a lease (made before
         leases), and, given ``workers``, every worker whose id starts with it: the caller's own,
-        which it knows are dead. A live claim of another host's worker stays with that worker."""
+        which it knows are dead. A live claim of another host's worker stays with that worker.
+        Heatmap captures that one of the caller's dead workers was still to draw will not come:
+        their studies are settled on the SR they have."""
         now = time.time() if now is None else now
         mine, params = "", [StudyState.WAITING, now, StudyState.ANALYSING, now]
         if workers:
@@ -364,6 +386,11 @@ class Store:
                                f"AND (lease_until IS NULL OR lease_until <= ?{mine})", params).rowcount
             if count:
                 self._notify(db, "work")
+            if workers:
+                for row in db.execute("UPDATE studies SET captures_to_come=0, claimed_by=NULL WHERE captures_to_come=1 "
+                                      "AND substr(claimed_by, 1, ?) = ? RETURNING study_key",
+                                      (len(workers), workers)).fetchall():
+                    self._settle_study(db, row[0], now)
         return count
 
     def claim(self, worker_id: str = "worker", lease_s: float = 60.0, now: float | None = None) -> Study | None:
@@ -405,20 +432,28 @@ class Store:
         return row
 
     def finish(self, key: str, result: StudyResult, outputs: Sequence[str | Path], destinations: list[str], priority: int,
-               sr_path: str | Path | None, now: float | None = None, worker_id: str | None = None) -> int:
+               sr_path: str | Path | None, now: float | None = None, worker_id: str | None = None,
+               captures_to_come: bool = False) -> int:
         """Store a finished analysis and put its files in the outbox for every destination;
         returns the new version. A study that received instances meanwhile goes back to
         ``received`` so that it is analysed again with them. Given ``worker_id``, raises
-        :class:`LeaseLost` (and writes nothing) unless that worker still holds the study."""
+        :class:`LeaseLost` (and writes nothing) unless that worker still holds the study.
+        ``captures_to_come``: the heatmap captures follow (:meth:`add_outputs`), and the study is
+        not ``sent`` before they are."""
         now = time.time() if now is None else now
         with self._write() as db:
             row = self._hold(db, key, "version, last_received, claimed_at", worker_id)
             version = row["version"] + 1
             newer = row["claimed_at"] is not None and row["last_received"] > row["claimed_at"]
-            state = StudyState.RECEIVED if newer else (StudyState.ANALYSED if outputs and destinations else StudyState.SENT)
+            to_come = captures_to_come and bool(destinations)
+            state = StudyState.RECEIVED if newer else (
+                StudyState.ANALYSED if (outputs and destinations) or to_come else StudyState.SENT)
+            # a worker drawing captures keeps its name on the study (without a lease), so that its
+            # restarted service can tell the captures of a dead worker will never come (recover)
             db.execute("UPDATE studies SET state=?, version=?, priority=?, result=?, sr_path=?, reason=NULL, updated_at=?, "
-                       "claimed_by=NULL, lease_until=NULL WHERE study_key=?",
-                       (state, version, priority, json.dumps(result.to_json()), str(sr_path) if sr_path else None, now, key))
+                       "claimed_by=?, lease_until=NULL, captures_to_come=? WHERE study_key=?",
+                       (state, version, priority, json.dumps(result.to_json()), str(sr_path) if sr_path else None, now,
+                        worker_id if to_come else None, int(to_come), key))
             exports = [(key, version, d, str(p), priority, now, now) for d in destinations for p in outputs]
             db.executemany(
                 "INSERT INTO outbox (study_key, version, destination, path, priority, created_at, next_attempt_at) "
@@ -426,6 +461,31 @@ class Store:
             if exports:
                 self._notify(db, "outbox")
         return version
+
+    def add_outputs(self, key: str, version: int, result: StudyResult, outputs: Sequence[str | Path],
+                    destinations: list[str], priority: int, now: float | None = None) -> bool:
+        """The files that :meth:`finish` said were to come (the heatmap captures, drawn after the
+        SR left), queued for every destination, and the stored result replaced by ``result``
+        (which names them); none when they could not be drawn. False, and nothing written, when
+        the study has moved on to another version since (re-opened by new instances, or
+        corrected by a reviewer): its captures would illustrate a result that is no longer the
+        study's. A study with nothing left to send is ``sent`` now."""
+        now = time.time() if now is None else now
+        with self._write() as db:
+            row = self._hold(db, key, "version", None)
+            if row is None or row["version"] != version:
+                return False
+            db.execute("UPDATE studies SET result=?, updated_at=?, captures_to_come=0 WHERE study_key=?",
+                       (json.dumps(result.to_json()), now, key))
+            exports = [(key, version, d, str(p), priority, now, now) for d in destinations for p in outputs]
+            db.executemany(
+                "INSERT INTO outbox (study_key, version, destination, path, priority, created_at, next_attempt_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", exports)
+            if exports:
+                self._notify(db, "outbox")
+            else:
+                self._settle_study(db, key, now)
+        return True
 
     def add_revision(self, key: str, outputs: Sequence[str | Path], destinations: list[str], priority: int,
                      sr_path: str | Path, now: float | None = None) -> int:
@@ -435,8 +495,9 @@ class Store:
         now = time.time() if now is None else now
         with self._write() as db:
             version = self._hold(db, key, "version", None)["version"] + 1
-            db.execute("UPDATE studies SET version=?, sr_path=?, updated_at=?, state=CASE WHEN state IN "
-                       "(?, ?, ?) THEN ? ELSE state END WHERE study_key=?",
+            # the captures of the analysis it corrects are dropped when they come (add_outputs)
+            db.execute("UPDATE studies SET version=?, sr_path=?, updated_at=?, captures_to_come=0, state=CASE WHEN state "
+                       "IN (?, ?, ?) THEN ? ELSE state END WHERE study_key=?",
                        (version, str(sr_path), now, StudyState.ANALYSED, StudyState.SENT, StudyState.FAILED,
                         StudyState.ANALYSED, key))
             exports = [(key, version, d, str(p), priority, now, now) for d in destinations for p in outputs]
@@ -539,8 +600,14 @@ class Store:
         The study's row is locked before its outbox is counted, so that two exporters settling
         its last two files at once cannot each see the other's still pending."""
         key = db.execute("SELECT study_key FROM outbox WHERE id=?", (export_id,)).fetchone()[0]
-        if self.dialect == "postgresql":
-            db.execute("SELECT state FROM studies WHERE study_key=? FOR UPDATE", (key,))
+        self._settle_study(db, key, now)
+
+    def _settle_study(self, db, key: str, now: float) -> None:
+        """``sent`` or ``failed`` once nothing of the study is pending and no capture is to come."""
+        row = db.execute(f"SELECT captures_to_come FROM studies WHERE study_key=?{_FOR_UPDATE[self.dialect]}",
+                         (key,)).fetchone()
+        if row is None or row["captures_to_come"]:
+            return
         counts = dict(db.execute("SELECT state, COUNT(*) FROM outbox WHERE study_key=? GROUP BY state", (key,)).fetchall())
         if counts.get(ExportState.PENDING):
             return

@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["HEATMAP_STUDIES", "DecodedImage", "cam_weights", "decoded_image", "heatmap_policy", "heatmap_settings",
-           "wants_heatmaps", "write_sample_heatmaps", "write_study_outputs"]
+           "wants_heatmaps", "write_sample_heatmaps", "write_study_heatmaps", "write_study_outputs",
+           "write_study_sr"]
 
 logger = logging.getLogger(__name__)
 
@@ -95,12 +96,43 @@ def write_study_outputs(predictor, study: StudyResult, heatmaps_dir: str | Path 
 
     ``decoded`` holds images the scoring pass kept (``member_probabilities(keep=...)``, by path):
     those are not decoded again. ``heatmap_studies`` (default: the ensemble's setting) says which
-    studies get heatmaps at all; one that gets none still gets its SR, without secondary captures."""
+    studies get heatmaps at all; one that gets none still gets its SR, without secondary captures.
+    The listener calls the two halves itself (:func:`write_study_sr`, then
+    :func:`write_study_heatmaps`) so that the SR leaves before the heatmaps are drawn."""
+    study = write_study_sr(predictor, study, dicom_out, predecessor)
+    if not wants_heatmaps(study, heatmap_policy(predictor.settings, heatmap_studies)):
+        return study
+    return write_study_heatmaps(predictor, study, heatmaps_dir, dicom_out, decoded=decoded)
+
+
+def _dicom_sources(study: StudyResult) -> list:
+    import pydicom
+
+    return [pydicom.dcmread(image.path) for image in study.images if image.sop_instance_uid]
+
+
+def write_study_sr(predictor, study: StudyResult, dicom_out: str | Path | None, predecessor=None) -> StudyResult:
+    """The SR alone (``dicom_outputs`` = the SR, or none for a study without DICOM images)."""
+    if dicom_out is None:
+        return study
+    sources = _dicom_sources(study)
+    if not sources:
+        logger.info("study %s holds no DICOM images: no SR or secondary capture written", _folder_name(study.study))
+        return dataclasses.replace(study, dicom_outputs=())
+    from mura_monai.dicom_out import write_sr
+
+    sr = write_sr(study, sources, predictor.algorithm, dicom_out, predecessor=predecessor)
+    return dataclasses.replace(study, dicom_outputs=(str(sr),))
+
+
+def write_study_heatmaps(predictor, study: StudyResult, heatmaps_dir: str | Path | None, dicom_out: str | Path | None,
+                         *, decoded: Mapping[str, DecodedImage] | None = None) -> StudyResult:
+    """Every image's heatmap: a PNG under ``heatmaps_dir`` and, for a DICOM image, a secondary
+    capture under ``dicom_out``, appended to the study's ``dicom_outputs``. Costs a backward pass
+    per member and image, which is why callers decide first whether the study wants heatmaps
+    (:func:`wants_heatmaps`)."""
     from mura_monai.explain import explain_prepared, write_overlay_png
 
-    policy = heatmap_policy(predictor.settings, heatmap_studies)
-    if not wants_heatmaps(study, policy):
-        return _write_dicom(predictor, study, {}, dicom_out, predecessor)
     weights = cam_weights(predictor.fitted)
     method, alpha = heatmap_settings(predictor.settings)
     overlays: dict[str, np.ndarray] = {}
@@ -122,25 +154,13 @@ def write_study_outputs(predictor, study: StudyResult, heatmaps_dir: str | Path 
         if image.sop_instance_uid:
             overlays[image.sop_instance_uid] = explained["overlay"]
         images.append(image)
-    return _write_dicom(predictor, dataclasses.replace(study, images=tuple(images)), overlays, dicom_out, predecessor)
-
-
-def _write_dicom(predictor, study: StudyResult, overlays: Mapping[str, np.ndarray], dicom_out: str | Path | None,
-                 predecessor) -> StudyResult:
-    """The SR, and a secondary capture for each image with an overlay."""
-    if dicom_out is None:
+    study = dataclasses.replace(study, images=tuple(images))
+    if dicom_out is None or not overlays:
         return study
-    dicom_images = [image for image in study.images if image.sop_instance_uid]
-    if not dicom_images:
-        logger.info("study %s holds no DICOM images: no SR or secondary capture written", _folder_name(study.study))
-        return dataclasses.replace(study, dicom_outputs=())
-    import pydicom
+    from mura_monai.dicom_out import write_heatmap_captures
 
-    from mura_monai.dicom_out import write_dicom_outputs
-
-    sources = [pydicom.dcmread(image.path) for image in dicom_images]
-    written = write_dicom_outputs(study, sources, overlays, predictor.algorithm, dicom_out, predecessor=predecessor)
-    return dataclasses.replace(study, dicom_outputs=tuple(str(p) for p in written))
+    captures = write_heatmap_captures(_dicom_sources(study), overlays, predictor.algorithm, dicom_out)
+    return dataclasses.replace(study, dicom_outputs=(*(study.dicom_outputs or ()), *map(str, captures)))
 
 
 def heatmap_settings(settings: Mapping) -> tuple[str, float]:

@@ -112,13 +112,13 @@ class ModelRunner:
         """The first image's heatmap (``first``: that image as the scoring decoded it): the
         ensemble's weighted CAM, or the member's own. Asked for here, so drawn whatever the
         ensemble's ``heatmap_studies`` leaves out of the worker's outputs."""
-        from mura_monai.ensemble_outputs import heatmap_settings, write_study_outputs
+        from mura_monai.ensemble_outputs import heatmap_settings, write_study_heatmaps
         from mura_monai.explain import explain_prepared, write_overlay_png
 
         with tempfile.TemporaryDirectory(prefix="mura-review-") as tmp:
             if model not in predictor.member_names:
-                written = write_study_outputs(predictor, dataclasses.replace(result, images=result.images[:1]), tmp, None,
-                                              decoded={result.images[0].path: first}, heatmap_studies="all")
+                written = write_study_heatmaps(predictor, dataclasses.replace(result, images=result.images[:1]), tmp, None,
+                                               decoded={result.images[0].path: first})
                 path = written.images[0].heatmap
             else:
                 index = predictor.member_names.index(model)

@@ -89,9 +89,10 @@ class Listener:
         return self.process.wait(timeout=120)
 
 
-def receive_files(store, spool, files: list[Path], now: float) -> str:
-    """Instance files put in the spool and recorded as the SCP would, their study then stable;
-    returns the study's key (what a worker's claim names)."""
+def receive_files(store, spool, files: list[Path], now: float, stable: bool = True) -> str:
+    """Instance files put in the spool and recorded as the SCP would, their study then stable
+    (unless ``stable`` is false: still receiving); returns the study's key (what a worker's claim
+    names)."""
     import shutil
 
     import pydicom
@@ -102,5 +103,6 @@ def receive_files(store, spool, files: list[Path], now: float) -> str:
         final.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(path, final)
         key = store.record_instance(ds.SOPInstanceUID, ds.StudyInstanceUID, "MODALITY", ds.SOPClassUID, final, now=now)
-    store.promote_stable(1, now=now + 5)
+    if stable:
+        store.promote_stable(1, now=now + 5)
     return key

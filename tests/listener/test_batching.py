@@ -80,7 +80,7 @@ def test_the_leases_of_every_study_in_a_batch_are_renewed(store_url, caplog):
                     leases[key].append(rival.study(key).lease_until or 0.0)
                 time.sleep(0.2)
             store.finish(study.key, _RESULT, ["sr"], ["PACS@h:1"], 0, "sr", worker_id=self.worker_id)
-            return 1, _RESULT
+            return 1, _RESULT, None
 
     worker = Slow(config, store, predictor=object(), worker_id="this-host:1/1")
     with caplog.at_level(logging.INFO, logger="listener.worker"):
@@ -202,7 +202,7 @@ def test_a_study_that_fails_in_a_batch_fails_alone(store_url, small, tmp_path, m
     last = receive_files(store, spool, studies[3][:1], now=4)
     store.promote_stable(0, now=10)
     rival = Store(store_url)
-    write = outputs.write_study_outputs
+    write = outputs.write_study_sr
 
     def writing(predictor, result, *args, **kwargs):
         if breaks.endswith(result.study):
@@ -212,7 +212,7 @@ def test_a_study_that_fails_in_a_batch_fails_alone(store_url, small, tmp_path, m
                 db.execute("UPDATE studies SET claimed_by='rival' WHERE study_key=?", (lost,))
         return write(predictor, result, *args, **kwargs)
 
-    monkeypatch.setattr(outputs, "write_study_outputs", writing)
+    monkeypatch.setattr(outputs, "write_study_sr", writing)
     with caplog.at_level(logging.INFO, logger="listener.worker"):
         assert worker.run_once() == 5
     states = {key: (store.study(key).state, store.study(key).reason) for key in (good, bad, breaks, lost, last)}

@@ -144,8 +144,8 @@ def test_pacs_down_then_up_results_still_arrive(tmp_path, ensemble, pacs):
         _push(listener.port, files)
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:  # the worker's progress, seen through the status command
-            rows = listener.status()
-            if rows and rows[0]["state"] == "analysed":
+            rows = listener.status()  # the SR is queued first, the heatmap captures when drawn
+            if rows and rows[0]["state"] == "analysed" and rows[0]["exports_pending"] == len(files) + 1:
                 break
             time.sleep(0.5)
         assert rows[0]["state"] == "analysed" and rows[0]["exports_pending"] == len(files) + 1

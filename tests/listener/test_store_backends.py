@@ -388,7 +388,7 @@ def test_the_worker_renews_its_lease_and_drops_a_result_it_lost(store_url, caplo
                     db.execute("UPDATE studies SET lease_until=0 WHERE study_key=?", (study.key,))
                 assert rival.claim("rival", lease_s=60).key == study.key
             store.finish(study.key, _RESULT, ["sr"], ["PACS@h:1"], 0, "sr", worker_id=self.worker_id)
-            return 1, _RESULT
+            return 1, _RESULT, None
 
     worker = Slow(config, store, predictor=object(), worker_id="this-host:1/1")
     assert worker.run_once()
@@ -497,7 +497,7 @@ def test_the_worker_and_exporter_loops_wake_on_notifications(store_url, caplog):
         def analyse(self, study):
             self.store.finish(study.key, _RESULT, ["sr"], ["PACS@h:1"], 0, "sr", worker_id=self.worker_id)
             analysed.set()
-            return 1, _RESULT
+            return 1, _RESULT, None
 
     stop = threading.Event()
     worker = Quick(config, Store(store_url), predictor=object(), worker_id="h:1/1")
