@@ -454,13 +454,19 @@ class Store:
                        "claimed_by=?, lease_until=NULL, captures_to_come=? WHERE study_key=?",
                        (state, version, priority, json.dumps(result.to_json()), str(sr_path) if sr_path else None, now,
                         worker_id if to_come else None, int(to_come), key))
-            exports = [(key, version, d, str(p), priority, now, now) for d in destinations for p in outputs]
-            db.executemany(
-                "INSERT INTO outbox (study_key, version, destination, path, priority, created_at, next_attempt_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)", exports)
-            if exports:
-                self._notify(db, "outbox")
+            self._queue(db, key, version, outputs, destinations, priority, now)
         return version
+
+    def _queue(self, db, key: str, version: int, outputs: Sequence[str | Path], destinations: list[str], priority: int,
+               now: float) -> int:
+        """Every output for every destination into the outbox, in the caller's transaction."""
+        exports = [(key, version, d, str(p), priority, now, now) for d in destinations for p in outputs]
+        db.executemany(
+            "INSERT INTO outbox (study_key, version, destination, path, priority, created_at, next_attempt_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)", exports)
+        if exports:
+            self._notify(db, "outbox")
+        return len(exports)
 
     def add_outputs(self, key: str, version: int, result: StudyResult, outputs: Sequence[str | Path],
                     destinations: list[str], priority: int, now: float | None = None) -> bool:
@@ -477,13 +483,7 @@ class Store:
                 return False
             db.execute("UPDATE studies SET result=?, updated_at=?, captures_to_come=0 WHERE study_key=?",
                        (json.dumps(result.to_json()), now, key))
-            exports = [(key, version, d, str(p), priority, now, now) for d in destinations for p in outputs]
-            db.executemany(
-                "INSERT INTO outbox (study_key, version, destination, path, priority, created_at, next_attempt_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)", exports)
-            if exports:
-                self._notify(db, "outbox")
-            else:
+            if not self._queue(db, key, version, outputs, destinations, priority, now):
                 self._settle_study(db, key, now)
         return True
 
@@ -500,12 +500,7 @@ class Store:
                        "IN (?, ?, ?) THEN ? ELSE state END WHERE study_key=?",
                        (version, str(sr_path), now, StudyState.ANALYSED, StudyState.SENT, StudyState.FAILED,
                         StudyState.ANALYSED, key))
-            exports = [(key, version, d, str(p), priority, now, now) for d in destinations for p in outputs]
-            db.executemany(
-                "INSERT INTO outbox (study_key, version, destination, path, priority, created_at, next_attempt_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)", exports)
-            if exports:
-                self._notify(db, "outbox")
+            self._queue(db, key, version, outputs, destinations, priority, now)
         return version
 
     def fail(self, key: str, reason: str, retry: bool, max_attempts: int, now: float | None = None,
