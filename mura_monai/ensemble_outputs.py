@@ -106,9 +106,11 @@ def write_study_outputs(predictor, study: StudyResult, heatmaps_dir: str | Path 
 
 
 def _dicom_sources(study: StudyResult) -> list:
+    """The headers the SR and the captures copy (a full-size radiograph's pixels are megabytes
+    that neither needs: the captures carry the overlay's own)."""
     import pydicom
 
-    return [pydicom.dcmread(image.path) for image in study.images if image.sop_instance_uid]
+    return [pydicom.dcmread(image.path, stop_before_pixels=True) for image in study.images if image.sop_instance_uid]
 
 
 def write_study_sr(predictor, study: StudyResult, dicom_out: str | Path | None, predecessor=None) -> StudyResult:
