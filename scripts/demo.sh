@@ -5,14 +5,16 @@
 # and push a study with dcmtk's storescu. Run it through `make demo`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# relative to the repository (as the Makefile passes it) or absolute: made absolute here, once
 DEMO_DIR=${DEMO_DIR:-demo}
+mkdir -p "$DEMO_DIR" && DEMO_DIR=$(cd "$DEMO_DIR" && pwd)
 PATIENTS=${DEMO_PATIENTS:-200}
 EPOCHS=${DEMO_EPOCHS:-4}
 SIZE=${DEMO_IMAGE_SIZE:-128}
-ROOT="$PWD/$DEMO_DIR/mura"
-DICOM="$PWD/$DEMO_DIR/dicom"
-MODELS="$PWD/$DEMO_DIR/models"
-EVAL="$PWD/$DEMO_DIR/eval"
+ROOT="$DEMO_DIR/mura"
+DICOM="$DEMO_DIR/dicom"
+MODELS="$DEMO_DIR/models"
+EVAL="$DEMO_DIR/eval"
 ENSEMBLE="$PWD/bundles/ensemble"
 MEMBERS=(densenet169_wbce resnet50)
 
@@ -73,6 +75,6 @@ echo "   DICOM studies    $DICOM"
 echo "   checkpoints      $MODELS/{$(IFS=,; echo "${MEMBERS[*]}"),ensemble}"
 echo "   metrics          $EVAL/ensemble/metrics.json"
 echo "   report           $EVAL/ensemble/report.html"
-echo "   inference JSON   $PWD/$DEMO_DIR/out/infer.json"
-echo "   heatmaps         $PWD/$DEMO_DIR/out/heatmaps"
-echo "   DICOM SR + SC    $PWD/$DEMO_DIR/out/dicom"
+echo "   inference JSON   $DEMO_DIR/out/infer.json"
+echo "   heatmaps         $DEMO_DIR/out/heatmaps"
+echo "   DICOM SR + SC    $DEMO_DIR/out/dicom"
