@@ -39,6 +39,7 @@ __all__ = ["audit_log_path", "create_app"]
 
 logger = logging.getLogger("listener.review")
 STATIC = Path(__file__).parent / "static"
+OPENED_AUDIT_S = 300  # one "study opened" audit line per person and study in this window
 
 
 def _error(status: int, detail: str) -> HTTPException:
@@ -127,8 +128,11 @@ def create_app(config: ListenerConfig, settings: ReviewSettings | None = None) -
         fetches each image and heatmap: one audit line says the study was opened)."""
         who = identity_of(request)
         now = time.time()
-        if now - opened.get((who.name, study.id), 0.0) < 300:
+        if now - opened.get((who.name, study.id), 0.0) < OPENED_AUDIT_S:
             return
+        if len(opened) >= 4096:  # what is older than the window no longer holds a line back
+            for key in [key for key, at in opened.items() if now - at >= OPENED_AUDIT_S]:
+                del opened[key]
         opened[(who.name, study.id)] = now
         audit.record("study_opened", who.name, client=request.client.host if request.client else None, study=study.id,
                      how=how)
