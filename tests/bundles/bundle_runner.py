@@ -185,17 +185,19 @@ def export_copy(bundle: str, ckpt: Path, root: Path, dest: Path, images: list[Pa
     return dest
 
 
-def assert_exports_agree(bundle: str, models: Path, root: Path, images: list[Path] | None = None) -> dict:
+def assert_exports_agree(bundle: str, models: Path, root: Path, images: list[Path] | None = None,
+                         predictors: dict | None = None) -> dict:
     """What ``export.json`` claims holds: both formats validated against this model.pt within
     1e-4, each file (a hybrid's every part file) the one validated, each ONNX file at the
     recorded opset with an open batch dimension on every input and output; and scoring real
     radiographs (``images``, by default the first two of the valid split) through
     ``BundlePredictor`` gives the torch backend's probabilities on TorchScript and on ONNX
-    Runtime, which ``auto`` then picks. Returns the record."""
+    Runtime (a hybrid's through its parts), which ``auto`` then picks. Returns the record; the
+    predictors by backend go into ``predictors`` when given."""
     import onnx
     import torch
 
-    from mura_monai.backends import choose_backend
+    from mura_monai.backends import HybridRunner, choose_backend
     from mura_monai.export import EXPORT_FORMATS, OPSET, entry_files, file_sha256, read_export_record
     from mura_monai.inference import BundlePredictor
 
@@ -218,7 +220,11 @@ def assert_exports_agree(bundle: str, models: Path, root: Path, images: list[Pat
     for backend in ("torch", "torchscript", "onnxruntime"):
         predictor = BundlePredictor(BUNDLES / bundle, device="cpu", models_dir=models, backend=backend)
         assert predictor.backend.name == backend
+        if backend != "torch":
+            assert isinstance(predictor.runner, HybridRunner) == ("hybrid" in record)
         probabilities[backend] = [r["probability"] for r in predictor.predict_images(images)]
+        if predictors is not None:
+            predictors[backend] = predictor
     assert len(probabilities["torch"]) == len(images) >= 2
     assert probabilities["torchscript"] == pytest.approx(probabilities["torch"], abs=1e-4)
     assert probabilities["onnxruntime"] == pytest.approx(probabilities["torch"], abs=1e-4)
