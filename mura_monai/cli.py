@@ -120,7 +120,8 @@ def _setup_argparser() -> argparse.ArgumentParser:
     bench.add_argument("--n-bootstrap", type=int, default=1000, help="paired bootstrap resamples (default 1000)")
     bench.add_argument("--restart", action="store_true", help="start again instead of resuming what OUTPUT_DIR holds")
 
-    export = sub.add_parser("export", help="TorchScript and ONNX files of a trained bundle (MONAI's exporters), "
+    export = sub.add_parser("export", help="TorchScript and ONNX files of a trained bundle (MONAI's exporters; "
+                                           "the attention-guided net and the router pipeline: one file per part), "
                                            "each validated against its checkpoint (models/export.json)")
     export.add_argument("--bundle", type=Path, required=True,
                         help="bundle folder with models/model.pt; an ensemble bundle exports every member")

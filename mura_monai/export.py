@@ -238,7 +238,6 @@ def _export_parts(network: torch.nn.Module, bundle_dir: Path, models_dir: Path, 
                                         output_names=list(part.outputs), opset_version=int(opset), use_trace=True,
                                         dynamo=True, dynamic_shapes=[{0: "batch"} for _ in example])
                 onnx.save(graph, str(models_dir / part_file(name, "onnx")))
-            part.module.eval()  # the converters leave it in eval mode already; the network stays as loaded
 
 
 @contextlib.contextmanager

@@ -12,6 +12,11 @@ which output ``forward`` returns and which weights train, so MONAI's trainers, e
 ``CheckpointSaver`` and our ``BundlePredictor`` see an ordinary one-logit network at each
 stage. :class:`~mura_monai.engines.staged_training.StagedTraining` moves through the stages.
 
+The crop is a decision on each image that no traced graph keeps, so an export takes the three
+fixed parts (:meth:`AttentionGuidedCNN.hybrid_parts`) one file each and scores through
+:meth:`AttentionGuidedCNN.hybrid_forward`: the same :meth:`~AttentionGuidedCNN.branch_logits`,
+crop included, on the exported parts (:mod:`mura_monai.export`).
+
 References:
 
 * Han S.J., Lee C.I., Kim S.-J., "Development of medical aid artificial intelligence through
