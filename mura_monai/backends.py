@@ -91,6 +91,8 @@ def _unusable(backend: str, models_dir: Path, record: dict | None, ckpt_sha: str
         return f"{label} was never validated ({remedy})"
     if record.get("checkpoint", {}).get("sha256") != ckpt_sha:
         return f"{label} was validated against another model.pt ({remedy} again)"
+    if parts and list(entry["parts"]) != list(parts):  # e.g. model_settings.json's output_stage changed since
+        return f"{label} was validated as parts {', '.join(entry['parts'])}, not these ({remedy} again)"
     for part, name in files.items():
         validated = entry if part is None else entry["parts"].get(part)
         if validated is None or validated.get("file") != name:
