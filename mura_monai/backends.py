@@ -5,7 +5,13 @@ Scoring is a forward pass and nothing else, so it can run on an exported graph
 activation and runs about 1.5-2x as many images per second as eager PyTorch
 (``benchmarks/results/inference.json``). Everything that needs the network itself keeps the eager
 module, which every predictor still loads: heatmaps (a backward pass), zoom to attention, the
-router, and early view fusion (hooks on the classifier's input).
+ensemble's router, and early view fusion (hooks on the classifier's input).
+
+A network that decides on each image inside its forward pass (the attention-guided net's crop,
+the routed classifier's choice of part model) is exported in parts (:mod:`mura_monai.export`);
+:class:`HybridRunner` runs each part's file in the runner of its format and the decisions
+between them in the eager network's own Python, so that such a bundle scores on TorchScript or
+ONNX Runtime as transparently as a single-file one.
 
 ``backend = "auto"`` takes the first backend of :data:`AUTO_ORDER` for the device that is
 installed and whose export was validated against this very checkpoint; otherwise ``torch``.
@@ -17,17 +23,25 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from mura_monai.constants import BACKENDS
-from mura_monai.export import EXPORT_FILES, file_sha256, not_exportable_reason, read_export_record
+from mura_monai.export import (
+    EXPORT_FILES,
+    file_sha256,
+    files_label,
+    hybrid_files,
+    not_exportable_reason,
+    read_export_record,
+)
 
-__all__ = ["AUTO_ORDER", "BACKENDS", "BackendChoice", "BackendError", "BackendNetwork", "OnnxRuntimeRunner",
-           "TorchRunner", "TorchScriptRunner", "choose_backend", "evaluation_network", "installed", "make_runner",
-           "scoring_backend"]
+__all__ = ["AUTO_ORDER", "BACKENDS", "BackendChoice", "BackendError", "BackendNetwork", "HybridRunner",
+           "OnnxRuntimeRunner", "TorchRunner", "TorchScriptRunner", "choose_backend", "evaluation_network", "installed",
+           "make_runner", "scoring_backend"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,9 +57,12 @@ class BackendError(ValueError):
 
 @dataclass(frozen=True)
 class BackendChoice:
+    """``path``: the export that runs (one file); ``parts``: a hybrid's ``(part, file)`` pairs instead."""
+
     name: str
     reason: str
     path: Path | None = None
+    parts: tuple[tuple[str, Path], ...] = ()
 
     def to_json(self) -> dict:
         """What the infer JSON and metrics.json record of the backend that scored."""
@@ -56,26 +73,36 @@ def installed(backend: str) -> bool:
     return backend != "onnxruntime" or importlib.util.find_spec("onnxruntime") is not None
 
 
-def _unusable(backend: str, models_dir: Path, record: dict | None, ckpt_sha: str | None) -> str | None:
-    """Why an export-based backend cannot run this checkpoint, or None when it can."""
+def _unusable(backend: str, models_dir: Path, record: dict | None, ckpt_sha: str | None,
+              parts: Mapping[str, str] | None = None) -> str | None:
+    """Why an export-based backend cannot run this checkpoint, or None when it can. ``parts``:
+    a hybrid's part files (part -> file name), each of which must be the file validated."""
     if not installed(backend):
         return "onnxruntime is not installed (pip install onnxruntime)"
     fmt = _FORMAT[backend]
-    path = models_dir / EXPORT_FILES[fmt]
+    files = dict(parts) if parts else {None: EXPORT_FILES[fmt]}
     remedy = "run `mura-monai export --bundle <bundle>`"
-    if not path.is_file():
-        return f"no {path} ({remedy})"
+    for name in files.values():
+        if not (models_dir / name).is_file():
+            return f"no {models_dir / name} ({remedy})"
+    label = files_label(list(files.values()))
     entry = (record or {}).get("formats", {}).get(fmt)
-    if entry is None:
-        return f"{path.name} was never validated ({remedy})"
+    if entry is None or ("parts" in entry) != bool(parts):
+        return f"{label} was never validated ({remedy})"
     if record.get("checkpoint", {}).get("sha256") != ckpt_sha:
-        return f"{path.name} was validated against another model.pt ({remedy} again)"
-    if entry.get("sha256") != file_sha256(path):
-        return f"{path.name} changed after its validation ({remedy} again)"
+        return f"{label} was validated against another model.pt ({remedy} again)"
+    if parts and list(entry["parts"]) != list(parts):  # e.g. model_settings.json's output_stage changed since
+        return f"{label} was validated as parts {', '.join(entry['parts'])}, not these ({remedy} again)"
+    for part, name in files.items():
+        validated = entry if part is None else entry["parts"].get(part)
+        if validated is None or validated.get("file") != name:
+            return f"{name} was never validated ({remedy})"
+        if validated.get("sha256") != file_sha256(models_dir / name):
+            return f"{name} changed after its validation ({remedy} again)"
     if entry.get("max_abs_diff") is None:
-        return f"{path.name} did not run in its validation: {entry.get('error', 'no result recorded')}"
+        return f"{label} did not run in its validation: {entry.get('error', 'no result recorded')}"
     if not entry.get("validated"):
-        return f"{path.name} differs from model.pt by {entry['max_abs_diff']:.2e} in probability"
+        return f"{label} differs from model.pt by {entry['max_abs_diff']:.2e} in probability"
     return None
 
 
@@ -108,10 +135,13 @@ def choose_backend(requested: str, models_dir: str | Path, device: torch.device,
         if name == "torch":
             # first in the order (CUDA): no export was looked at, so none was validated
             return BackendChoice("torch", "; ".join(skipped) or f"fastest on {device.type}")
-        why = _unusable(name, models_dir, record, ckpt_sha)
+        parts = hybrid_files(network, _FORMAT[name]) if network is not None else {}
+        why = _unusable(name, models_dir, record, ckpt_sha, parts)
         if why is None:
-            return BackendChoice(name, "asked for" if requested != "auto" else "fastest validated",
-                                 models_dir / EXPORT_FILES[_FORMAT[name]])
+            reason = "asked for" if requested != "auto" else "fastest validated"
+            if parts:
+                return BackendChoice(name, reason, parts=tuple((part, models_dir / file) for part, file in parts.items()))
+            return BackendChoice(name, reason, models_dir / EXPORT_FILES[_FORMAT[name]])
         if requested != "auto":
             raise BackendError(f"backend {name} cannot run: {why}")
         skipped.append(f"{name}: {why}")
@@ -146,15 +176,17 @@ class TorchRunner:
 
 
 class TorchScriptRunner:
-    """``model.ts`` as ``ckpt_export`` wrote it (traced at float32)."""
+    """``model.ts`` as ``ckpt_export`` wrote it (traced at float32); a hybrid's part file takes
+    each of its inputs as an argument and gives a tuple when it has several outputs."""
 
     def __init__(self, path: Path, device: torch.device) -> None:
         self.module = torch.jit.load(str(path), map_location=device).eval()
         self.device = device
 
-    def __call__(self, x: torch.Tensor, **_kwargs) -> torch.Tensor:
+    def __call__(self, *inputs: torch.Tensor, **_kwargs) -> torch.Tensor | tuple[torch.Tensor, ...]:
         with torch.no_grad():
-            return self.module(x.to(self.device)).float()
+            out = self.module(*(x.to(self.device) for x in inputs))
+        return out.float() if isinstance(out, torch.Tensor) else tuple(o.float() for o in out)
 
 
 class OnnxRuntimeRunner:
@@ -164,7 +196,7 @@ class OnnxRuntimeRunner:
     which follows ``OMP_NUM_THREADS``), so that both backends are given the same cores.
     """
 
-    def __init__(self, path: Path, device: torch.device, threads: int = 0) -> None:
+    def __init__(self, path: Path, device: torch.device, threads: int = 0, all_outputs: bool = False) -> None:
         import onnxruntime
 
         if int(threads) < 0:  # ONNX Runtime accepts a negative count without a word
@@ -176,17 +208,57 @@ class OnnxRuntimeRunner:
         if device.type == "cuda":
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
         self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_names = [i.name for i in self.session.get_inputs()]
         self.threads = options.intra_op_num_threads
+        self.all_outputs = bool(all_outputs)
+
+    def __call__(self, *inputs: torch.Tensor, **_kwargs) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The graph's first output (the logits of ``model.onnx``), or with ``all_outputs`` (a
+        hybrid's part file, whose inputs are the arguments in order) a tuple of every output
+        when there are several."""
+        feeds = {name: x.detach().to("cpu", torch.float32).contiguous().numpy() for name, x in zip(self.input_names, inputs)}
+        out = [torch.from_numpy(o) for o in self.session.run(None, feeds)]
+        return tuple(out) if self.all_outputs and len(out) > 1 else out[0]
+
+
+class HybridRunner:
+    """A network exported in parts (:func:`mura_monai.export.export_bundle`): each part's file in
+    a runner of its own, made by ``part_runner`` (the same class serves TorchScript and ONNX
+    Runtime parts), and the network's own ``hybrid_forward`` between them, where its decisions
+    on the data (the crop, the route) are taken in Python as in its eager forward.
+
+    ``device``: where the decisions run and the images go; the part runners take their inputs
+    from there (ONNX Runtime's from the CPU, where its inputs and outputs live).
+    """
+
+    def __init__(self, network: torch.nn.Module, paths: Mapping[str, Path],
+                 part_runner: Callable[[Path], Callable], device: torch.device) -> None:
+        self.network, self.device = network, device
+        self.parts = {part: part_runner(Path(path)) for part, path in paths.items()}
+        self.threads = next((getattr(r, "threads", None) for r in self.parts.values()), None)
+
+    @classmethod
+    def for_backend(cls, backend: str, network: torch.nn.Module, paths: Mapping[str, Path], device: torch.device,
+                    threads: int = 0) -> HybridRunner:
+        """Parts run by ``torchscript`` (:class:`TorchScriptRunner`, on ``device``) or
+        ``onnxruntime`` (:class:`OnnxRuntimeRunner`, the decisions on the CPU)."""
+        if backend == "torchscript":
+            return cls(network, paths, lambda path: TorchScriptRunner(path, device), device)
+        if backend == "onnxruntime":
+            return cls(network, paths, lambda path: OnnxRuntimeRunner(path, device, threads, all_outputs=True),
+                       torch.device("cpu"))
+        raise BackendError(f"no exported parts run on backend {backend!r}")
 
     def __call__(self, x: torch.Tensor, **_kwargs) -> torch.Tensor:
-        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
-        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+        with torch.no_grad():
+            return self.network.hybrid_forward(x.to(self.device), self.parts).float()
 
 
 def make_runner(choice: BackendChoice, network: torch.nn.Module, device: torch.device, amp: bool = True,
                 channels_last: bool | None = None, threads: int = 0):
     """A callable ``runner(x, **kwargs) -> logits`` for the chosen backend."""
+    if choice.parts:
+        return HybridRunner.for_backend(choice.name, network, dict(choice.parts), device, threads)
     if choice.name == "torchscript":
         return TorchScriptRunner(choice.path, device)
     if choice.name == "onnxruntime":

@@ -120,7 +120,8 @@ def _setup_argparser() -> argparse.ArgumentParser:
     bench.add_argument("--n-bootstrap", type=int, default=1000, help="paired bootstrap resamples (default 1000)")
     bench.add_argument("--restart", action="store_true", help="start again instead of resuming what OUTPUT_DIR holds")
 
-    export = sub.add_parser("export", help="TorchScript and ONNX files of a trained bundle (MONAI's exporters), "
+    export = sub.add_parser("export", help="TorchScript and ONNX files of a trained bundle (MONAI's exporters; "
+                                           "the attention-guided net and the router pipeline: one file per part), "
                                            "each validated against its checkpoint (models/export.json)")
     export.add_argument("--bundle", type=Path, required=True,
                         help="bundle folder with models/model.pt; an ensemble bundle exports every member")
@@ -307,7 +308,7 @@ def _export(args: argparse.Namespace) -> int:
     when the bundle asked for has no faithful export (an ensemble member that has none runs on
     torch and is only named: the ensemble still runs)."""
     from mura_monai.ensemble_predictor import ensemble_member_specs, is_ensemble_bundle
-    from mura_monai.export import OPSET, ExportError, export_bundle, validate_exports
+    from mura_monai.export import OPSET, ExportError, entry_files, export_bundle, files_label, validate_exports
 
     if args.validate_only and args.opset is not None:
         raise ValueError("--opset applies to an export, not to --validate-only")
@@ -341,7 +342,7 @@ def _export(args: argparse.Namespace) -> int:
             entry = record["formats"][fmt]
             diff = "-" if entry["max_abs_diff"] is None else f"{entry['max_abs_diff']:.1e}"
             rows.append((record["bundle"], fmt, diff, "yes" if entry["validated"] else "no",
-                         str(folder / entry["file"]), entry.get("error")))
+                         str(folder / files_label(entry_files(entry))), entry.get("error")))
     if rows:
         header = ("bundle", "format", "max prob diff", "validated", "file", None)
         widths = [max(len(row[i]) for row in [header, *rows]) for i in range(4)]

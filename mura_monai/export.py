@@ -11,11 +11,20 @@ largest difference in abnormality probability in ``models/export.json``. A backe
 :data:`TOLERANCE` with *this* checkpoint (its SHA-256): a model retrained after its export falls
 back to PyTorch instead of running stale weights.
 
-Two networks are not exported: the attention-guided fusion net crops each image where its
-attention lies (a connected-component search in SciPy) and the routed classifier sends each image
-to the network of its body part; both are decisions on data that a traced graph would freeze.
-Nor is a network trained with patient metadata, whose age and sex input MONAI's exporters do not
-pass.
+Two networks take a decision on each image inside their forward pass: the attention-guided fusion
+net crops each image where its attention lies (a connected-component search in SciPy) and the
+routed classifier sends each image to the network of its body part. A single traced graph would
+freeze the example image's decision, so they are exported as hybrids: each fixed part of the
+network (``hybrid_parts``: the global branch, the local branch, the fusion layer; the router and
+each body part's network) as a file of its own, ``models/model.<part>.ts`` and
+``models/model.<part>.onnx``, made by the converters MONAI's exporters call
+(``convert_to_torchscript``, ``convert_to_onnx``) with the same settings, since those exporters
+load a whole checkpoint into a whole network of one input. The decision between the parts stays
+in the network's own Python (``hybrid_forward``), which the backend's
+:class:`~mura_monai.backends.HybridRunner` calls on the exported parts. The record validates the
+whole pipeline against the checkpoint, as for a single file, and keeps each part file's SHA-256.
+A network trained with patient metadata is not exported: MONAI's exporters do not pass its age
+and sex input.
 """
 from __future__ import annotations
 
@@ -35,8 +44,9 @@ import torch
 
 from mura_monai.model_settings import load_model_settings
 
-__all__ = ["EXPORT_FILES", "EXPORT_FORMATS", "EXPORT_RECORD", "OPSET", "TOLERANCE", "ExportError", "export_bundle",
-           "file_sha256", "not_exportable_reason", "read_export_record", "validate_exports"]
+__all__ = ["EXPORT_FILES", "EXPORT_FORMATS", "EXPORT_RECORD", "OPSET", "TOLERANCE", "ExportError", "entry_files",
+           "export_bundle", "file_sha256", "files_label", "hybrid_files", "hybrid_parts", "not_exportable_reason",
+           "part_file", "read_export_record", "validate_exports"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +61,9 @@ TOLERANCE = 1e-4
 # the batch of the example input the exporters trace: torch.export fixes a dimension whose example
 # size is 1 (its 0/1 specialisation), which left the SVM head's ONNX output at batch 1
 EXAMPLE_BATCH = 2
+# the part name of a network exported whole, in the file maps of the validation
+_WHOLE = ""
 _NOT_EXPORTABLE = {
-    "AttentionGuidedCNN": "its local branch crops each image where the global branch's attention lies "
-                          "(a connected-component search), a decision on the data that tracing would freeze",
-    "RoutedClassifier": "it sends each image to the network of the body part its router predicts, "
-                        "a decision on the data that tracing would freeze",
     "MetadataFusionNet": "it takes age and sex beside the image, which MONAI's exporters do not pass",
 }
 
@@ -75,6 +83,38 @@ def file_sha256(path: str | Path) -> str:
 def not_exportable_reason(network: torch.nn.Module) -> str | None:
     """Why a network has no faithful exported graph, or None when it has one."""
     return _NOT_EXPORTABLE.get(type(network).__name__)
+
+
+def hybrid_parts(network: torch.nn.Module) -> dict:
+    """A hybrid network's fixed parts (name -> :class:`~mura_monai.networks.parts.ExportPart`),
+    exported one file each; empty for a network exported whole."""
+    parts = getattr(network, "hybrid_parts", None)
+    return dict(parts()) if callable(parts) else {}
+
+
+def part_file(part: str, fmt: str) -> str:
+    """``model.<part>.ts`` / ``model.<part>.onnx``: a body part by its short name (``XR_ELBOW``:
+    ``model.elbow.onnx``)."""
+    return f"model.{part.removeprefix('XR_').lower()}{Path(EXPORT_FILES[fmt]).suffix}"
+
+
+def hybrid_files(network: torch.nn.Module, fmt: str) -> dict[str, str]:
+    """Part name -> its file of ``fmt``, for a hybrid network; empty for one exported whole."""
+    return {part: part_file(part, fmt) for part in hybrid_parts(network)}
+
+
+def entry_files(entry: dict) -> list[str]:
+    """The files a format's record entry vouches for: its one file, or a hybrid's part files."""
+    return [p["file"] for p in entry["parts"].values()] if "parts" in entry else [entry["file"]]
+
+
+def files_label(names: list[str]) -> str:
+    """One name for a list of files: ``model.onnx``, or ``model.{global,local,fusion}.onnx``."""
+    if len(names) == 1:
+        return names[0]
+    suffix = Path(names[0]).suffix
+    stems = [name.removeprefix("model.").removesuffix(suffix) for name in names]
+    return f"model.{{{','.join(stems)}}}{suffix}"
 
 
 def read_export_record(models_dir: str | Path) -> dict | None:
@@ -115,7 +155,9 @@ def export_bundle(bundle_dir: str | Path, models_dir: str | Path | None = None,
                   formats: Sequence[str] = EXPORT_FORMATS, opset: int = OPSET, validate: bool = True,
                   images: Sequence[str | Path] = ()) -> dict:
     """Write ``model.ts`` and/or ``model.onnx`` beside the checkpoint with MONAI's bundle
-    exporters, then validate them (see :func:`validate_exports`); returns the export record.
+    exporters (a hybrid network: ``model.<part>.ts`` and/or ``model.<part>.onnx`` per part, see
+    :func:`_export_parts`), then validate them (see :func:`validate_exports`); returns the export
+    record.
 
     Raises:
         ExportError: for a network that cannot be exported faithfully, or an unknown format.
@@ -132,9 +174,16 @@ def export_bundle(bundle_dir: str | Path, models_dir: str | Path | None = None,
     if not ckpt.is_file():
         raise FileNotFoundError(f"bundle has no trained model: {ckpt} (train it first)")
     parser, settings = _parser(bundle_dir, models_dir)
-    reason = not_exportable_reason(parser.get_parsed_content("network_def"))
+    definition = parser.get_parsed_content("network_def")
+    reason = not_exportable_reason(definition)
     if reason:
         raise ExportError(f"{bundle_dir.name} is not exported: {reason}; it runs on the torch backend")
+    if hybrid_parts(definition):
+        _export_parts(_eager_network(parser, ckpt), bundle_dir, models_dir, parser, formats, opset)
+        logger.info("exported %s of %s in parts to %s", ", ".join(formats), bundle_dir.name, models_dir)
+        if not validate:
+            return read_export_record(models_dir) or {}
+        return validate_exports(bundle_dir, models_dir, formats=formats, images=images)
     common = {
         "net_id": "network_def", "ckpt_file": str(ckpt), "meta_file": str(bundle_dir / "configs" / "metadata.json"),
         "config_file": str(bundle_dir / "configs" / "inference.json"), "key_in_ckpt": _key_in_checkpoint(ckpt),
@@ -157,12 +206,47 @@ def export_bundle(bundle_dir: str | Path, models_dir: str | Path | None = None,
     return validate_exports(bundle_dir, models_dir, formats=formats, images=images)
 
 
+def _export_parts(network: torch.nn.Module, bundle_dir: Path, models_dir: Path, parser, formats: Sequence[str],
+                  opset: int) -> None:
+    """Each part of a hybrid network to its files with the converters MONAI's ``ckpt_export`` and
+    ``onnx_export`` call, with their settings (traced on a uniform random example of the input
+    shape; the TorchScript file holds the bundle's metadata and inference config; ONNX opset
+    ``opset`` by torch's dynamo exporter, every input's first dimension the open ``batch``).
+    Those commands take neither a part's weights (they load the whole checkpoint into the
+    whole network) nor a part of two inputs (the fusion layer), hence the converters."""
+    import onnx
+    from monai.bundle import ConfigParser
+    from monai.data import save_net_with_metadata
+    from monai.networks.utils import convert_to_onnx, convert_to_torchscript
+
+    image = torch.rand(_input_shape(parser))
+    meta = ConfigParser.load_config_file(str(bundle_dir / "configs" / "metadata.json"))
+    config = bundle_dir / "configs" / "inference.json"
+    extra_files = {f"{config.stem}.json": json.dumps(ConfigParser.load_config_file(str(config))).encode()}
+    with _quiet_exporters():
+        for name, part in hybrid_parts(network).items():
+            example = part.example(image)
+            if "torchscript" in formats:
+                traced = convert_to_torchscript(part.module, inputs=example, use_trace=True)
+                about = {"network": type(network).__name__, "part": name, "inputs": list(part.inputs),
+                         "outputs": list(part.outputs)}
+                save_net_with_metadata(traced, str(models_dir / part_file(name, "torchscript")),
+                                       include_config_vals=False, append_timestamp=False,
+                                       meta_values={**meta, "hybrid_part": about}, more_extra_files=extra_files)
+            if "onnx" in formats:
+                graph = convert_to_onnx(part.module, inputs=example, input_names=list(part.inputs),
+                                        output_names=list(part.outputs), opset_version=int(opset), use_trace=True,
+                                        dynamo=True, dynamic_shapes=[{0: "batch"} for _ in example])
+                onnx.save(graph, str(models_dir / part_file(name, "onnx")))
+
+
 @contextlib.contextmanager
 def _quiet_exporters() -> Iterator[None]:
     """The exporters' chatter kept out of the user's output: MONAI logs the whole argument list to
     stdout, torch's exporter prints its progress and that torchvision's detection operators are
     not registered (no network here uses them), and ONNX Script logs every constant it did not
-    fold. Warnings of other kinds still show."""
+    fold; torch warns that two inputs' batch dimensions share one name, which is what a hybrid
+    part of two inputs asks for. Warnings of other kinds still show."""
     quiet = {"monai.bundle.scripts": logging.WARNING, "onnxscript": logging.WARNING, "onnx_ir": logging.WARNING,
              "torch.onnx._internal.exporter._registration": logging.ERROR}
     loggers = [logging.getLogger(name) for name in quiet]
@@ -172,6 +256,8 @@ def _quiet_exporters() -> Iterator[None]:
             log.setLevel(max(log.getEffectiveLevel(), quiet[log.name]))
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)", category=FutureWarning)
+            # a hybrid part of two inputs (the fusion layer) names both batch dimensions "batch", as meant
+            warnings.filterwarnings("ignore", message=".*The axis name: batch will not be used", category=UserWarning)
             yield
     finally:
         for log, level in zip(loggers, levels):
@@ -204,8 +290,10 @@ def validate_exports(bundle_dir: str | Path, models_dir: str | Path | None = Non
                      formats: Sequence[str] = EXPORT_FORMATS, images: Sequence[str | Path] = (),
                      tolerance: float = TOLERANCE) -> dict:
     """Compare each export's abnormality probabilities with the checkpoint's on the same inputs
-    and write ``models/export.json``: per format its file's SHA-256, the largest difference, and
-    whether it is within ``tolerance``. Runs on the CPU, where every backend can run.
+    and write ``models/export.json``: per format its file's SHA-256 (a hybrid's: each part
+    file's, under ``parts``), the largest difference, and whether it is within ``tolerance``.
+    A hybrid is validated whole: its part files run around the network's own decisions, as the
+    backend runs them. Runs on the CPU, where every backend can run.
 
     An export that fails to load or run is recorded as not validated, with its ``error``.
 
@@ -223,10 +311,12 @@ def validate_exports(bundle_dir: str | Path, models_dir: str | Path | None = Non
     reason = not_exportable_reason(network)
     if reason:  # files someone made of it anyway are not a faithful export, whatever they answer on noise
         raise ExportError(f"{bundle_dir.name} is not exported: {reason}; it runs on the torch backend")
+    files = {fmt: hybrid_files(network, fmt) or {_WHOLE: EXPORT_FILES[fmt]} for fmt in formats}
     for fmt in formats:  # named before any input is prepared or run
-        if not (models_dir / EXPORT_FILES[fmt]).is_file():
-            raise FileNotFoundError(f"no {fmt} export to validate: {models_dir / EXPORT_FILES[fmt]} "
-                                    "(run `mura-monai export` first)")
+        for name in files[fmt].values():
+            if not (models_dir / name).is_file():
+                raise FileNotFoundError(f"no {fmt} export to validate: {models_dir / name} "
+                                        "(run `mura-monai export` first)")
     x = _validation_inputs(parser, images)
     with torch.no_grad():
         reference = [_probabilities(network(b)) for b in _batches(x)]
@@ -244,13 +334,18 @@ def validate_exports(bundle_dir: str | Path, models_dir: str | Path | None = Non
         "validated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}",
     })
+    parts = hybrid_parts(network)
+    if parts:
+        record["hybrid"] = {"network": type(network).__name__, "parts": list(parts)}
+    else:
+        record.pop("hybrid", None)
     formats_done = record.setdefault("formats", {})
     for fmt in formats:
-        path = models_dir / EXPORT_FILES[fmt]
-        entry: dict = {"file": path.name, "sha256": file_sha256(path)}
+        paths = {part: models_dir / name for part, name in files[fmt].items()}
+        entry: dict = _file_entries(paths)
         try:
-            entry.update(_onnx_facts(path) if fmt == "onnx" else {"torch": torch.__version__})
-            run = _runner(fmt, path)
+            _describe(fmt, entry, paths)
+            run = _runner(fmt, paths, network)
             diff = max(float(np.abs(run(b) - ref).max()) for b, ref in zip(_batches(x), reference))
         except Exception as exc:  # noqa: BLE001 (a file that does not load or run is an export that failed)
             # e.g. an ONNX graph exported without a dynamic batch, given the batch of 3
@@ -267,24 +362,49 @@ def validate_exports(bundle_dir: str | Path, models_dir: str | Path | None = Non
     return record
 
 
+def _file_entries(paths: dict[str, Path]) -> dict:
+    """A format's record entry before its validation: its file and SHA-256, or for a hybrid
+    (``paths`` by part) each part's under ``parts``."""
+    if set(paths) == {_WHOLE}:
+        return {"file": paths[_WHOLE].name, "sha256": file_sha256(paths[_WHOLE])}
+    return {"parts": {part: {"file": path.name, "sha256": file_sha256(path)} for part, path in paths.items()}}
+
+
+def _describe(fmt: str, entry: dict, paths: dict[str, Path]) -> None:
+    """What the files say of themselves, into their entry: the ONNX opset and open batch per
+    file, the runtime's version once (raises for a file that does not load)."""
+    for part, path in paths.items():
+        facts = _onnx_facts(path) if fmt == "onnx" else {"torch": torch.__version__}
+        if part != _WHOLE:
+            entry.update({key: facts.pop(key) for key in ("onnxruntime", "torch") if key in facts})
+        (entry if part == _WHOLE else entry["parts"][part]).update(facts)
+
+
 def _onnx_facts(path: Path) -> dict:
-    """What the file itself says (its opset, whether its batch dimension is open), not what was
-    asked of the exporter: a file made by hand with other arguments is recorded as it is."""
+    """What the file itself says (its opset, whether the batch dimension of every input and
+    output is open), not what was asked of the exporter: a file made by hand with other
+    arguments is recorded as it is."""
     import onnx
     import onnxruntime
 
     model = onnx.load(str(path), load_external_data=False)
-    ends = [model.graph.input[0], model.graph.output[0]] if model.graph.input and model.graph.output else []
+    ends = [*model.graph.input, *model.graph.output] if model.graph.input and model.graph.output else []
     dynamic = bool(ends) and all(v.type.tensor_type.shape.dim and v.type.tensor_type.shape.dim[0].dim_param
                                  for v in ends)
     return {"opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
             "onnxruntime": onnxruntime.__version__, "dynamic_batch": dynamic}
 
 
-def _runner(fmt: str, path: Path):
-    """The export as the backend that serves it runs it (on the CPU), its logits made probabilities."""
-    from mura_monai.backends import OnnxRuntimeRunner, TorchScriptRunner
+def _runner(fmt: str, paths: dict[str, Path], network: torch.nn.Module):
+    """The export as the backend that serves it runs it (on the CPU), its logits made
+    probabilities: one file, or a hybrid's parts around the network's own decisions."""
+    from mura_monai.backends import HybridRunner, OnnxRuntimeRunner, TorchScriptRunner
 
     cpu = torch.device("cpu")
-    run = TorchScriptRunner(path, cpu) if fmt == "torchscript" else OnnxRuntimeRunner(path, cpu)
+    backend = "torchscript" if fmt == "torchscript" else "onnxruntime"
+    if set(paths) == {_WHOLE}:
+        path = paths[_WHOLE]
+        run = TorchScriptRunner(path, cpu) if fmt == "torchscript" else OnnxRuntimeRunner(path, cpu)
+    else:
+        run = HybridRunner.for_backend(backend, network, paths, cpu)
     return lambda x: _probabilities(run(x))

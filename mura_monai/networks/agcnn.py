@@ -12,6 +12,11 @@ which output ``forward`` returns and which weights train, so MONAI's trainers, e
 ``CheckpointSaver`` and our ``BundlePredictor`` see an ordinary one-logit network at each
 stage. :class:`~mura_monai.engines.staged_training.StagedTraining` moves through the stages.
 
+The crop is a decision on each image that no traced graph keeps, so an export takes the three
+fixed parts (:meth:`AttentionGuidedCNN.hybrid_parts`) one file each and scores through
+:meth:`AttentionGuidedCNN.hybrid_forward`: the same :meth:`~AttentionGuidedCNN.branch_logits`,
+crop included, on the exported parts (:mod:`mura_monai.export`).
+
 References:
 
 * Han S.J., Lee C.I., Kim S.-J., "Development of medical aid artificial intelligence through
@@ -22,6 +27,7 @@ References:
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +38,10 @@ from scipy import ndimage
 from torch import nn
 
 from mura_monai.networks.factory import densenet169, resnet50
+from mura_monai.networks.parts import ExportPart
 
-__all__ = ["AttentionGuidedCNN", "STAGES", "SplitBackbone", "attention_boxes", "attention_heatmap", "crop_boxes",
-           "output_stage"]
+__all__ = ["AttentionGuidedCNN", "BranchPart", "FusionPart", "STAGES", "SplitBackbone", "attention_boxes",
+           "attention_heatmap", "crop_boxes", "output_stage"]
 
 STAGES: tuple[str, ...] = ("global", "local", "fusion")
 BACKBONES = ("resnet50", "densenet169")
@@ -150,6 +157,34 @@ class SplitBackbone(nn.Module):
         return self.net.class_layers.out(pooled) if self.backbone == "densenet169" else self.net.fc(pooled)
 
 
+class BranchPart(nn.Module):
+    """A branch as one computation: ``image -> (feature map, pooled features, logit)``, or
+    ``(pooled features, logit)`` without the map (``with_map=False``: the local branch's map is
+    read by nothing)."""
+
+    def __init__(self, branch: SplitBackbone, with_map: bool = True) -> None:
+        super().__init__()
+        self.branch = branch
+        self.with_map = with_map
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        feature_map = self.branch.feature_map(x)
+        pooled = self.branch.pooled(feature_map)
+        logit = self.branch.classify(pooled)
+        return (feature_map, pooled, logit) if self.with_map else (pooled, logit)
+
+
+class FusionPart(nn.Module):
+    """The fusion layer on the two branches' pooled features: ``(global, local) -> logit``."""
+
+    def __init__(self, fusion: nn.Linear) -> None:
+        super().__init__()
+        self.fusion = fusion
+
+    def forward(self, global_features: torch.Tensor, local_features: torch.Tensor) -> torch.Tensor:
+        return self.fusion(torch.cat([global_features, local_features], dim=1))
+
+
 class AttentionGuidedCNN(nn.Module):
     """Global, local and fusion branches; ``forward`` returns the current stage's logit.
 
@@ -240,18 +275,49 @@ class AttentionGuidedCNN(nn.Module):
                 global_map = self.global_branch.feature_map(x)
         return attention_boxes(attention_heatmap(global_map), tuple(x.shape[-2:]), self.threshold, self.min_crop_fraction)
 
-    def branch_logits(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """All three logits, ``{"global", "local", "fusion"}``, each ``(B, 1)``."""
-        global_map = self.global_branch.feature_map(x)
-        global_features = self.global_branch.pooled(global_map)
-        out = {"global": self.global_branch.classify(global_features)}
+    def parts(self) -> dict[str, nn.Module]:
+        """The fixed computations between which :meth:`branch_logits` crops, each a module of its
+        own weights only: ``global`` (image -> feature map, pooled features, logit), ``local``
+        (crop -> pooled features, logit) and ``fusion`` (both pooled features -> logit)."""
+        return {"global": BranchPart(self.global_branch), "local": BranchPart(self.local_branch, with_map=False),
+                "fusion": FusionPart(self.fusion)}
+
+    def branch_logits(self, x: torch.Tensor,
+                      parts: Mapping[str, Callable[..., torch.Tensor | tuple[torch.Tensor, ...]]] | None = None,
+                      ) -> dict[str, torch.Tensor]:
+        """All three logits, ``{"global", "local", "fusion"}``, each ``(B, 1)``.
+
+        ``parts`` stands for :meth:`parts` (e.g. exported graphs of them); the crop between the
+        global and the local part is this method's either way. Without a ``fusion`` part there
+        is no fusion logit.
+        """
+        run = self.parts() if parts is None else parts
+        global_map, global_features, global_logit = run["global"](x)
+        out = {"global": global_logit}
         if self.stage == "global":  # the local branch is not trained yet: no crop to pay for
             return out
         crops = crop_boxes(x, self.local_boxes(x, global_map), tuple(x.shape[-2:]))
-        local_features = self.local_branch.pooled(self.local_branch.feature_map(crops))
-        out["local"] = self.local_branch.classify(local_features)
-        out["fusion"] = self.fusion(torch.cat([global_features, local_features], dim=1))
+        local_features, out["local"] = run["local"](crops)
+        if "fusion" in run:
+            out["fusion"] = run["fusion"](global_features, local_features)
         return out
+
+    def hybrid_parts(self) -> dict[str, ExportPart]:
+        """The parts the output stage needs (global; global and local; all three), for an
+        export in parts (:mod:`mura_monai.networks.parts`)."""
+        parts = self.parts()
+        global_n, local_n = self.global_branch.n_features, self.local_branch.n_features
+        specs = {
+            "global": ExportPart(parts["global"], ("image",), ("feature_map", "features", "logits")),
+            "local": ExportPart(parts["local"], ("crop",), ("features", "logits")),
+            "fusion": ExportPart(parts["fusion"], ("global_features", "local_features"), ("logits",),
+                                 example=lambda image: (torch.randn(len(image), global_n), torch.randn(len(image), local_n))),
+        }
+        return {name: specs[name] for name in STAGES[: STAGES.index(self.stage) + 1]}
+
+    def hybrid_forward(self, x: torch.Tensor, parts: Mapping[str, Callable]) -> torch.Tensor:
+        """:meth:`forward` on ``parts`` standing for :meth:`hybrid_parts`."""
+        return self.branch_logits(x, parts)[self.stage]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.branch_logits(x)[self.stage]

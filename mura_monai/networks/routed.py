@@ -9,10 +9,13 @@ Musculoskeletal Radiographs".
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+
 import torch
 from torch import nn
 
 from mura_monai.constants import BODY_PARTS
+from mura_monai.networks.parts import ExportPart
 
 __all__ = ["RoutedClassifier"]
 
@@ -43,9 +46,10 @@ class RoutedClassifier(nn.Module):
         self.register_buffer("available", available, persistent=False)
         self.last_route: torch.Tensor | None = None
 
-    def route(self, x: torch.Tensor) -> torch.Tensor:
-        """Body-part index per image, among the parts with a model."""
-        logits = self.router(x)
+    def route(self, x: torch.Tensor, router: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Body-part index per image, among the parts with a model (``router`` stands for the
+        network's own, e.g. an exported graph of it)."""
+        logits = (self.router if router is None else router)(x)
         logits = logits.masked_fill(~self.available.to(logits.device), float("-inf"))
         return logits.argmax(dim=1)
 
@@ -59,14 +63,32 @@ class RoutedClassifier(nn.Module):
             route = self.route(x)
         return [self.parts[BODY_PARTS[i]] for i in route.tolist()]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        route = self.route(x)
+    def hybrid_parts(self) -> dict[str, ExportPart]:
+        """The router (``router``: image -> 7 body-part logits) and each part model (its body
+        part's name: image -> logit), for an export in parts (:mod:`mura_monai.networks.parts`)."""
+        return {"router": ExportPart(self.router, outputs=("body_part_logits",)),
+                **{part: ExportPart(model) for part, model in self.parts.items()}}
+
+    def hybrid_forward(self, x: torch.Tensor, parts: Mapping[str, Callable[[torch.Tensor], torch.Tensor]]) -> torch.Tensor:
+        """:meth:`forward` on ``parts`` standing for :meth:`hybrid_parts`: the routing and the
+        scatter of each part's logits back to its images are this network's either way."""
+        return self.routed(x, parts)
+
+    def routed(self, x: torch.Tensor, parts: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+               ) -> torch.Tensor:
+        """Each image's logit from the model of its routed part (``parts``: ``router`` and the
+        part models by body part, standing for this network's own modules)."""
+        route = self.route(x, None if parts is None else parts["router"])
         self.last_route = route.detach()
         out = None
         for index in route.unique().tolist():
             selected = route == index
-            logits = self.parts[BODY_PARTS[index]](x[selected])
+            part = BODY_PARTS[index]
+            logits = (self.parts[part] if parts is None else parts[part])(x[selected])
             if out is None:
                 out = logits.new_zeros((x.shape[0], *logits.shape[1:]))
             out[selected] = logits
         return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.routed(x)

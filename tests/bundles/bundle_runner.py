@@ -168,31 +168,37 @@ def valid_images(root: Path, n: int = 2) -> list[Path]:
     return sorted((Path(root) / "MURA-v1.1" / "valid").glob("XR_*/patient*/study*/*.png"))[:n]
 
 
-def export_copy(bundle: str, ckpt: Path, root: Path, dest: Path) -> Path:
-    """``export_bundle`` on a copy of a trained checkpoint folder, validated on real radiographs;
-    returns the copy. A copy, so that the module's other tests keep scoring with torch (a
-    validated export beside model.pt makes ``backend: auto`` pick ONNX Runtime)."""
+def export_copy(bundle: str, ckpt: Path, root: Path, dest: Path, images: list[Path] | None = None) -> Path:
+    """``export_bundle`` on a copy of a trained checkpoint folder, validated on real radiographs
+    (``images``, by default the first two of the valid split); returns the copy. A copy, so that
+    the module's other tests keep scoring with torch (a validated export beside model.pt makes
+    ``backend: auto`` pick ONNX Runtime)."""
     import shutil
 
     from mura_monai.export import export_bundle
 
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("model.pt", "model_settings.json"):
-        shutil.copy(Path(ckpt) / name, dest / name)
-    export_bundle(BUNDLES / bundle, dest, images=valid_images(root))
+    for name in ("model.pt", "model_settings.json", "routing.json"):  # routing.json: the router's parts
+        if (Path(ckpt) / name).is_file():
+            shutil.copy(Path(ckpt) / name, dest / name)
+    export_bundle(BUNDLES / bundle, dest, images=images or valid_images(root))
     return dest
 
 
-def assert_exports_agree(bundle: str, models: Path, root: Path) -> dict:
-    """What ``export.json`` claims holds: both files validated against this model.pt within 1e-4,
-    the ONNX file at the recorded opset with an open batch dimension; and scoring real
-    radiographs through ``BundlePredictor`` gives the torch backend's probabilities on
-    TorchScript and on ONNX Runtime, which ``auto`` then picks. Returns the record."""
+def assert_exports_agree(bundle: str, models: Path, root: Path, images: list[Path] | None = None,
+                         predictors: dict | None = None) -> dict:
+    """What ``export.json`` claims holds: both formats validated against this model.pt within
+    1e-4, each file (a hybrid's every part file) the one validated, each ONNX file at the
+    recorded opset with an open batch dimension on every input and output; and scoring real
+    radiographs (``images``, by default the first two of the valid split) through
+    ``BundlePredictor`` gives the torch backend's probabilities on TorchScript and on ONNX
+    Runtime (a hybrid's through its parts), which ``auto`` then picks. Returns the record; the
+    predictors by backend go into ``predictors`` when given."""
     import onnx
     import torch
 
-    from mura_monai.backends import choose_backend
-    from mura_monai.export import EXPORT_FORMATS, OPSET, file_sha256, read_export_record
+    from mura_monai.backends import HybridRunner, choose_backend
+    from mura_monai.export import EXPORT_FORMATS, OPSET, entry_files, file_sha256, read_export_record
     from mura_monai.inference import BundlePredictor
 
     record = read_export_record(models)
@@ -200,24 +206,59 @@ def assert_exports_agree(bundle: str, models: Path, root: Path) -> dict:
     for fmt in EXPORT_FORMATS:
         entry = record["formats"][fmt]
         assert entry["validated"] is True and 0.0 <= entry["max_abs_diff"] <= 1e-4, (fmt, entry)
-        assert entry["sha256"] == file_sha256(Path(models) / entry["file"])
-    graph = onnx.load(str(Path(models) / "model.onnx"), load_external_data=False)
-    assert [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")] == [OPSET]
-    assert record["formats"]["onnx"]["opset"] == OPSET and record["formats"]["onnx"]["dynamic_batch"] is True
-    for end in (graph.graph.input[0], graph.graph.output[0]):  # a batch dimension frozen by the example would be a number
-        assert end.type.tensor_type.shape.dim[0].dim_param == "batch", end
-    images = valid_images(root)
+        for file in entry.get("parts", {"": entry}).values():
+            assert file["sha256"] == file_sha256(Path(models) / file["file"])
+    for file in entry_files(record["formats"]["onnx"]):
+        graph = onnx.load(str(Path(models) / file), load_external_data=False)
+        assert [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")] == [OPSET]
+        for end in (*graph.graph.input, *graph.graph.output):  # a batch dimension frozen by the example would be a number
+            assert end.type.tensor_type.shape.dim[0].dim_param == "batch", (file, end)
+    for file in record["formats"]["onnx"].get("parts", {"": record["formats"]["onnx"]}).values():
+        assert file["opset"] == OPSET and file["dynamic_batch"] is True
+    images = images or valid_images(root)
     probabilities = {}
     for backend in ("torch", "torchscript", "onnxruntime"):
         predictor = BundlePredictor(BUNDLES / bundle, device="cpu", models_dir=models, backend=backend)
         assert predictor.backend.name == backend
+        if backend != "torch":
+            assert isinstance(predictor.runner, HybridRunner) == ("hybrid" in record)
         probabilities[backend] = [r["probability"] for r in predictor.predict_images(images)]
-    assert len(probabilities["torch"]) == len(images) == 2
+        if predictors is not None:
+            predictors[backend] = predictor
+    assert len(probabilities["torch"]) == len(images) >= 2
     assert probabilities["torchscript"] == pytest.approx(probabilities["torch"], abs=1e-4)
     assert probabilities["onnxruntime"] == pytest.approx(probabilities["torch"], abs=1e-4)
     auto = choose_backend("auto", models, torch.device("cpu"), predictor.loaded.network)
     assert (auto.name, auto.reason) == ("onnxruntime", "fastest validated")
     return record
+
+
+def assert_changed_part_falls_back_to_torch(bundle: str, models: Path, dest: Path, part: str) -> str:
+    """A hybrid export whose ``part`` ONNX file changed after its validation (and without its
+    TorchScript files): ``auto`` scores with torch and says why, and ONNX Runtime asked for by
+    name is refused. Returns the reason."""
+    import shutil
+
+    import torch
+
+    from mura_monai.backends import BackendError, choose_backend
+    from mura_monai.inference import BundlePredictor
+
+    dest.mkdir(parents=True)
+    changed = f"model.{part}.onnx"
+    for file in Path(models).iterdir():
+        if file.name != changed and not file.name.endswith(".ts"):
+            (dest / file.name).symlink_to(file)
+    shutil.copyfile(Path(models) / changed, dest / changed)
+    with open(dest / changed, "ab") as graph:
+        graph.write(b"\0")
+    predictor = BundlePredictor(BUNDLES / bundle, device="cpu", models_dir=dest)
+    reason = predictor.backend.reason
+    assert predictor.backend.name == "torch" and f"onnxruntime: {changed} changed after its validation" in reason
+    assert "torchscript: no " in reason
+    with pytest.raises(BackendError, match=f"backend onnxruntime cannot run: {changed} changed after its validation"):
+        choose_backend("onnxruntime", dest, torch.device("cpu"), predictor.loaded.network)
+    return reason
 
 
 def assert_export_refused(bundle: str, ckpt: Path) -> str:

@@ -1,6 +1,8 @@
 """The densenet169_wbce bundle through MONAI's own bundle CLI, then mura-monai evaluate / infer."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import shutil
@@ -18,6 +20,7 @@ from tests.bundles.bundle_runner import (
     TRAIN,
     assert_design_metrics,
     assert_evaluation_reproduces_training,
+    assert_export_refused,
     assert_exports_agree,
     bundle_run,
     export_copy,
@@ -191,10 +194,9 @@ def test_metadata_option_trains_evaluates_and_infers_with_age_and_sex(trained, t
     assert predictor.uses_metadata
     # MONAI's exporters pass the image alone: a metadata network stays on torch, and says why
     assert predictor.backend.name == "torch" and "age and sex" in predictor.backend.reason
-    from mura_monai.export import ExportError, export_bundle
-
-    with pytest.raises(ExportError, match="densenet169_wbce is not exported: it takes age and sex"):
-        export_bundle(BUNDLE, ckpt)
+    line = assert_export_refused("densenet169_wbce", ckpt)
+    assert line.startswith("densenet169_wbce is not exported: it takes age and sex")
+    _an_ensemble_passes_over_a_member_without_export(ckpt, line, tmp_path)
     dicom = sorted((trained["root"].parent / "dicom").rglob("*.dcm"))[0]
     prepared = predictor.prepare(predictor.load(dicom))
     from mura_monai.data.patient_metadata import metadata_vector
@@ -203,3 +205,37 @@ def test_metadata_option_trains_evaluates_and_infers_with_age_and_sex(trained, t
     assert young != old
     result = predictor.predict([dicom])
     assert 0.0 <= result["studies"][0]["probability"] <= 1.0
+
+
+def _an_ensemble_passes_over_a_member_without_export(ckpt: Path, refusal: str, tmp_path: Path) -> None:
+    """`mura-monai export` of an ensemble names a member that has no faithful export (it runs on
+    torch) and exports the others; asked for alone, the command exits 1 with the refusal."""
+    from mura_monai.model_settings import save_model_settings
+    from tests.ensemble_support import ENSEMBLE, random_member
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert cli_main(["export", "--bundle", str(BUNDLE), "--models-dir", str(ckpt)]) == 1
+    assert err.getvalue().strip() == f"mura-monai export: error: {refusal}"
+    ensemble = tmp_path / "ensemble"
+    (ensemble / "configs").mkdir(parents=True)
+    config = read_json(ENSEMBLE / "configs" / "inference.json")
+    config["members"] = [{"name": name, "bundle": str(BUNDLES / name)} for name in ("densenet169_wbce", "resnet50")]
+    (ensemble / "configs" / "inference.json").write_text(json.dumps(config))
+    shutil.copy(ENSEMBLE / "configs" / "metadata.json", ensemble / "configs")
+    members = tmp_path / "members"
+    members.mkdir()
+    (members / "densenet169_wbce").symlink_to(ckpt, target_is_directory=True)
+    random_member("resnet50", members / "resnet50", seed=0)
+    save_model_settings(members / "resnet50", image_size=32)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli_main(["export", "--bundle", str(ensemble), "--members-models-dir", str(members),
+                         "--format", "torchscript"]) == 0
+    lines = out.getvalue().splitlines()
+    assert lines[0] == refusal
+    assert lines[1].split() == ["bundle", "format", "max", "prob", "diff", "validated", "file"]
+    bundle, fmt, _, validated, path = lines[2].split()
+    assert (bundle, fmt, validated, path) == ("resnet50", "torchscript", "yes", str(members / "resnet50" / "model.ts"))
+    assert lines[3:] == [f"record: {members / 'resnet50' / 'export.json'}"]
+    assert not (members / "resnet50" / "model.onnx").exists()  # only the format asked for

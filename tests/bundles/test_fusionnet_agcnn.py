@@ -1,4 +1,4 @@
-"""fusionnet_agcnn through MONAI's bundle CLI: three stages, evaluation, inference, resume, DDP, compare."""
+"""fusionnet_agcnn through MONAI's bundle CLI: three stages, evaluation, inference, export, resume, DDP, compare."""
 from __future__ import annotations
 
 import json
@@ -14,12 +14,15 @@ from tests.bundles.bundle_runner import (
     EVALUATE,
     MULTI_GPU,
     TRAIN,
+    assert_changed_part_falls_back_to_torch,
     assert_design_metrics,
     assert_evaluation_reproduces_training,
-    assert_export_refused,
+    assert_exports_agree,
     bundle_run,
+    export_copy,
     read_json,
     torchrun,
+    valid_images,
 )
 
 BUNDLE = "fusionnet_agcnn"
@@ -123,38 +126,39 @@ def test_zoom_evaluates_beside_the_same_model_without_it(trained, tmp_path):
         assert image["probability"] == pytest.approx((image["probability_first"] + image["probability_zoomed"]) / 2)
 
 
-def test_export_is_refused_and_an_ensemble_exports_its_other_members(trained, tmp_path, capsys):
-    line = assert_export_refused(BUNDLE, trained["ckpt"])
-    assert "connected-component search" in line
-    # asked for by name, the command exits 1 with the refusal in one line and no traceback
-    assert cli_main(["export", "--bundle", str(BUNDLES / BUNDLE), "--models-dir", str(trained["ckpt"])]) == 1
-    captured = capsys.readouterr()
-    assert captured.err.strip() == f"mura-monai export: error: {line}" and captured.out == ""
+@pytest.fixture(scope="module")
+def exported(trained, tmp_path_factory):
+    """The trained network exported in parts, into a copy of its checkpoint folder, validated on
+    three real radiographs (batches of 3 and 1)."""
+    return export_copy(BUNDLE, trained["ckpt"], trained["root"], tmp_path_factory.mktemp("exported") / "models",
+                       images=valid_images(trained["root"], 3))
 
-    # as an ensemble member it is named and passed over (it runs on torch), and the others are exported
-    from mura_monai.model_settings import save_model_settings
-    from tests.ensemble_support import ENSEMBLE, random_member
 
-    ensemble = tmp_path / "ensemble"
-    (ensemble / "configs").mkdir(parents=True)
-    config = read_json(ENSEMBLE / "configs" / "inference.json")
-    config["members"] = [{"name": name, "bundle": str(BUNDLES / name)} for name in (BUNDLE, "resnet50")]
-    (ensemble / "configs" / "inference.json").write_text(json.dumps(config))
-    shutil.copy(ENSEMBLE / "configs" / "metadata.json", ensemble / "configs")
-    members = tmp_path / "members"
-    members.mkdir()
-    (members / BUNDLE).symlink_to(trained["ckpt"], target_is_directory=True)
-    random_member("resnet50", members / "resnet50", seed=0)
-    save_model_settings(members / "resnet50", image_size=32)
-    assert cli_main(["export", "--bundle", str(ensemble), "--members-models-dir", str(members),
-                     "--format", "torchscript"]) == 0
-    out = capsys.readouterr().out.splitlines()
-    assert out[0] == line
-    assert out[1].split() == ["bundle", "format", "max", "prob", "diff", "validated", "file"]
-    bundle, fmt, _, validated, path = out[2].split()
-    assert (bundle, fmt, validated, path) == ("resnet50", "torchscript", "yes", str(members / "resnet50" / "model.ts"))
-    assert out[3:] == [f"record: {members / 'resnet50' / 'export.json'}"]
-    assert not (members / "resnet50" / "model.onnx").exists()  # only the format asked for
+def test_hybrid_export_validates_and_every_backend_scores_as_torch(trained, exported):
+    """The global branch, the local branch and the fusion layer are exported one file each; the
+    crop between them runs the network's own attention_boxes on the exported global branch's
+    feature map, so the whole pipeline scores as the eager network does."""
+    predictors: dict = {}
+    record = assert_exports_agree(BUNDLE, exported, trained["root"], images=valid_images(trained["root"], 3),
+                                  predictors=predictors)
+    assert record["hybrid"] == {"network": "AttentionGuidedCNN", "parts": ["global", "local", "fusion"]}
+    assert record["batch_sizes"] == [3, 1] and record["inputs"] == "3 prepared radiographs"
+    for fmt, suffix in (("torchscript", "ts"), ("onnx", "onnx")):
+        assert {part: entry["file"] for part, entry in record["formats"][fmt]["parts"].items()} == {
+            part: f"model.{part}.{suffix}" for part in ("global", "local", "fusion")}
+    assert not (exported / "model.onnx").exists() and not (exported / "model.ts").exists()
+    assert list(predictors["onnxruntime"].runner.parts) == list(predictors["torchscript"].runner.parts) == [
+        "global", "local", "fusion"]
+
+
+def test_validate_only_and_a_changed_part_file_falls_back_to_torch(trained, exported, tmp_path, capsys):
+    assert cli_main(["export", "--bundle", str(BUNDLES / BUNDLE), "--models-dir", str(exported), "--validate-only",
+                     "--format", "onnx"]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[1].split()[:2] == [BUNDLE, "onnx"] and rows[1].split()[3:] == [
+        "yes", str(exported / "model.{global,local,fusion}.onnx")]
+    reason = assert_changed_part_falls_back_to_torch(BUNDLE, exported, tmp_path / "changed", "local")
+    assert "onnxruntime: model.local.onnx changed after its validation" in reason
 
 
 def test_resume_continues_the_fusion_stage(trained, tmp_path):

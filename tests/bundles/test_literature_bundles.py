@@ -5,6 +5,8 @@ a study through `mura-monai infer`, and trains under torchrun with 2 CPU process
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 
@@ -18,9 +20,9 @@ from tests.bundles.bundle_runner import (
     EVALUATE,
     MULTI_GPU,
     TRAIN,
+    assert_changed_part_falls_back_to_torch,
     assert_design_metrics,
     assert_evaluation_reproduces_training,
-    assert_export_refused,
     assert_exports_agree,
     assert_members_reproduce_training,
     bundle_run,
@@ -28,6 +30,7 @@ from tests.bundles.bundle_runner import (
     monai_bundle,
     read_json,
     torchrun,
+    valid_images,
 )
 
 TINY = ["--image_size", "64", "--max_epochs", "1", "--batch_size", "8", "--num_workers", "0"]
@@ -142,9 +145,71 @@ def test_export_validates_and_every_backend_scores_as_torch(trained, exported):
     assert_exports_agree(trained["name"], exported, trained["root"])
 
 
+@pytest.fixture(scope="module")
+def two_parts(trained, tmp_path_factory):
+    """The trained router pipeline cut to the router and its first two part models, as after
+    training with ``--body_parts``, exported in parts by `mura-monai export` and validated on
+    three valid radiographs. Each part model's ONNX export takes torch's dynamo exporter about
+    7 s on one core: the test keeps two of the seven."""
+    name, ckpt = trained["name"], trained["ckpt"]
+    images = valid_images(trained["root"], 3)
+    manifest = read_json(ckpt / "routing.json")
+    parts = manifest["parts"][:2]
+    models = tmp_path_factory.mktemp("two_parts") / "models"
+    models.mkdir()
+    keep = ("router.", *(f"parts.{part}." for part in parts))
+    state = torch.load(ckpt / "model.pt", map_location="cpu", weights_only=True)
+    torch.save({k: v for k, v in state.items() if k.startswith(keep)}, models / "model.pt")
+    (models / "routing.json").write_text(json.dumps({**manifest, "parts": parts}))
+    shutil.copy(ckpt / "model_settings.json", models)
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert cli_main(["export", "--bundle", str(BUNDLES / name), "--models-dir", str(models),
+                         "--images", *map(str, images)]) == 0
+    return {"models": models, "parts": parts, "images": images, "out": out.getvalue()}
+
+
 @pytest.mark.parametrize("trained", ["efficientnet_b0_router"], indirect=True)
-def test_router_pipeline_is_not_exported_and_scores_on_torch(trained):
-    assert "body part its router predicts" in assert_export_refused(trained["name"], trained["ckpt"])
+def test_router_pipeline_exports_in_parts_and_every_backend_scores_as_torch(trained, two_parts):
+    """The router and each part model are exported one file each; the routing and the scatter of
+    each part's logits back to its images run the network's own code on the exported router."""
+    models, parts = two_parts["models"], two_parts["parts"]
+    predictors: dict = {}
+    record = assert_exports_agree(trained["name"], models, trained["root"], images=two_parts["images"],
+                                  predictors=predictors)
+    names = ["router", *(p.removeprefix("XR_").lower() for p in parts)]
+    assert record["hybrid"] == {"network": "RoutedClassifier", "parts": ["router", *parts]}
+    assert record["batch_sizes"] == [3, 1]
+    assert [e["file"] for e in record["formats"]["onnx"]["parts"].values()] == [f"model.{n}.onnx" for n in names]
+    assert [e["file"] for e in record["formats"]["torchscript"]["parts"].values()] == [f"model.{n}.ts" for n in names]
+    # the routing and the scatter around the exported files: the router of this one-epoch
+    # fixture answers alike for every image, so a steered router sends the batch apart
+    predictor = predictors["onnxruntime"]
+    network = predictor.loaded.network
+    x = torch.stack([predictor.prepare(predictor.load(p)) for p in two_parts["images"]])
+    routes = [BODY_PARTS.index(parts[i % 2]) for i in range(len(x))]
+    steered = torch.full((len(x), len(BODY_PARTS)), -10.0)
+    steered[range(len(x)), routes] = 10.0
+    exported = {**predictor.runner.parts, "router": lambda images: steered}
+    eager = {**{n: part.module for n, part in network.hybrid_parts().items()}, "router": lambda images: steered}
+    with torch.no_grad():
+        expected = network.hybrid_forward(x, eager)
+        network.last_route = None
+        got = network.hybrid_forward(x, exported)
+    assert network.last_route.tolist() == routes  # what the evaluation's router accuracy reads, either way
+    assert torch.allclose(got, expected, atol=1e-6) and bool(got[0] != got[1])  # each image its own part's logit
+    network.last_route = None
+    predictor.runner(x)  # the real exported router's choice, kept where the evaluation reads it
+    assert network.last_route is not None and set(network.last_route.tolist()) <= {BODY_PARTS.index(p) for p in parts}
+    # the export command's table: one row per format, a hybrid's part files in one
+    stems = ",".join(names)
+    assert _rows(two_parts["out"]) == [(trained["name"], fmt, "yes", str(models / f"model.{{{stems}}}.{suffix}"))
+                                       for fmt, suffix in (("torchscript", "ts"), ("onnx", "onnx"))]
+
+
+@pytest.mark.parametrize("trained", ["efficientnet_b0_router"], indirect=True)
+def test_router_pipeline_with_a_changed_part_file_scores_on_torch(trained, two_parts, tmp_path):
+    part = two_parts["parts"][1].removeprefix("XR_").lower()
+    assert_changed_part_falls_back_to_torch(trained["name"], two_parts["models"], tmp_path / "changed", part)
 
 
 def _rows(out: str) -> list[tuple[str, ...]]:

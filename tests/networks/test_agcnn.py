@@ -129,3 +129,25 @@ def test_stage_starts_build_on_the_earlier_stages():
     with torch.no_grad():
         logits = net.branch_logits(x)
     assert torch.allclose(logits["fusion"], (logits["global"] + logits["local"]) / 2, atol=1e-5)
+
+
+@pytest.mark.parametrize("stage", ["global", "local", "fusion"])
+def test_hybrid_forward_on_the_stage_s_parts_is_forward(net, stage):
+    """What a hybrid export runs: the output stage's parts (modules of their own weights here,
+    exported graphs there) with the network's own crop between them."""
+    x = torch.randn(3, 1, 64, 64)
+    net.eval()
+    net.set_stage(stage)
+    parts = net.hybrid_parts()
+    assert list(parts) == ["global", "local", "fusion"][: ["global", "local", "fusion"].index(stage) + 1]
+    owners = {"global": net.global_branch, "local": net.local_branch, "fusion": net.fusion}
+    for name, part in parts.items():  # each part holds its own weights only: a traced file keeps every weight it holds
+        assert {id(p) for p in part.module.parameters()} == {id(p) for p in owners[name].parameters()}
+    with torch.no_grad():
+        assert torch.equal(net.hybrid_forward(x, {name: part.module for name, part in parts.items()}), net(x))
+        fmap, pooled, logit = parts["global"].module(x)
+        assert fmap.shape[:2] == (3, net.global_branch.n_features) and pooled.shape == (3, net.global_branch.n_features)
+        assert [t.shape for t in parts["global"].example(x)] == [x.shape]
+        if stage == "fusion":
+            assert [t.shape for t in parts["fusion"].example(x)] == [pooled.shape, pooled.shape]
+    net.set_stage("fusion")

@@ -154,3 +154,27 @@ def test_cam_of_a_batch_routed_to_several_parts_explains_each_part_model():
     for i, part in enumerate(order):
         alone = compute_cam(parts[part], x[i : i + 1])
         assert torch.allclose(maps[i : i + 1], alone)
+
+
+def test_hybrid_forward_routes_and_scatters_as_forward():
+    """What a hybrid export runs: the router and part models standing in for the network's own
+    (exported graphs there), the routing and the scatter the network's own code."""
+    parts = {"XR_HAND": Constant(1.0), "XR_WRIST": Constant(2.0), "XR_ELBOW": Constant(3.0)}
+    model = RoutedClassifier(PixelRouter(), parts)
+    assert list(model.hybrid_parts()) == ["router", "XR_HAND", "XR_WRIST", "XR_ELBOW"]
+    assert model.hybrid_parts()["router"].outputs == ("body_part_logits",)
+    x = _images([_prefers(p) for p in ["XR_WRIST", "XR_HAND", "XR_WRIST", "XR_ELBOW"]])
+    expected = model(x)
+    calls = []
+
+    def standing_in(name, module):
+        def run(images):
+            calls.append((name, len(images)))
+            return module(images) + 10.0 if name != "router" else module(images)
+        return run
+
+    standins = {name: standing_in(name, part.module) for name, part in model.hybrid_parts().items()}
+    out = model.hybrid_forward(x, standins)
+    assert out[:, 0].tolist() == [v + 10.0 for v in expected[:, 0].tolist()]
+    assert sorted(calls) == [("XR_ELBOW", 1), ("XR_HAND", 1), ("XR_WRIST", 2), ("router", 4)]
+    assert model.last_route.tolist() == [BODY_PART_INDEX[p] for p in ["XR_WRIST", "XR_HAND", "XR_WRIST", "XR_ELBOW"]]
