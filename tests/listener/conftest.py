@@ -60,6 +60,15 @@ def ensemble(synth_root, tmp_path_factory):
     return fitted_ensemble(synth_root, tmp_path_factory.mktemp("listener_ensemble"))
 
 
+@pytest.fixture(scope="module")
+def predictor(ensemble):
+    """The test ensemble loaded for scoring in-process, as a worker holds it."""
+    from mura_monai.ensemble_predictor import EnsemblePredictor
+    from tests.ensemble_support import ENSEMBLE
+
+    return EnsemblePredictor(ENSEMBLE, device="cpu", models_dir=ensemble["models"], members_models_dir=ensemble["members"])
+
+
 @pytest.fixture
 def pacs(tmp_path):
     """Debian's Orthanc as the PACS, one per test."""

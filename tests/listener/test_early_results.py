@@ -15,7 +15,7 @@ from listener.store import Store
 from listener.worker import PRESCORE_BATCH, Worker
 from mura_monai.results import StudyResult
 from tests.listener.support import receive_files
-from tests.listener.test_heatmap_pass import _decodes, _studies, _worker, predictor  # noqa: F401  (a fixture)
+from tests.listener.test_heatmap_pass import _decodes, _studies, _worker
 
 
 def _expected(predictor, files) -> StudyResult:

@@ -17,15 +17,9 @@ from listener.store import Store
 from listener.worker import Worker
 from mura_monai.dicom_out import read_sr_result
 from mura_monai.ensemble_outputs import write_study_outputs
-from mura_monai.ensemble_predictor import EnsemblePredictor
 from tests.dicom_out.dciodvfy import dciodvfy_errors
 from tests.ensemble_support import ENSEMBLE
 from tests.listener.support import load, receive_files
-
-
-@pytest.fixture(scope="module")
-def predictor(ensemble):
-    return EnsemblePredictor(ENSEMBLE, device="cpu", models_dir=ensemble["models"], members_models_dir=ensemble["members"])
 
 
 def _studies(ensemble) -> list[list[Path]]:
