@@ -79,9 +79,8 @@ def _worker_main(config_path: str, stop, log_format: str, claim_prefix: str | No
             metrics.serve(metrics_port)
         worker_id = f"{claim_prefix}{os.getpid()}" if claim_prefix else None
         worker = Worker(config, store, worker_id=worker_id, metrics=metrics)
+        worker.warm_up()
         predictor = worker.predictor  # status shows what scores: auto may have fallen back to torch
-        for member in predictor.members:
-            member.warm_up()
         state.update(state="ready", worker_id=worker.worker_id,
                      backends={n: m.backend_used()["name"] for n, m in zip(predictor.member_names, predictor.members)})
         logging.getLogger("listener.worker").info("worker ready",

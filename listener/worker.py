@@ -239,6 +239,16 @@ class Worker:
     def _load_predictor(self):
         return load_predictor(self.config)
 
+    def warm_up(self) -> None:
+        """Before the worker says it is ready: each member's first pass, and the modules that
+        write the SR and draw the heatmaps (highdicom alone takes about a second to import),
+        so that the first study after a start is not the slowest."""
+        import mura_monai.dicom_out  # noqa: F401
+        import mura_monai.explain  # noqa: F401
+
+        for member in self.predictor.members:
+            member.warm_up()
+
     def run(self, stop: threading.Event, poll_s: float = 0.5) -> None:
         """Between studies, waits for the store's "work" notification (PostgreSQL) or ``poll_s``,
         whichever comes first; a database that is away is waited for, not fatal."""
