@@ -13,6 +13,11 @@ the routed classifier's choice of part model) is exported in parts (:mod:`mura_m
 between them in the eager network's own Python, so that such a bundle scores on TorchScript or
 ONNX Runtime as transparently as a single-file one.
 
+A network that takes the patient's age and sex beside the image is exported whole with both
+inputs; :class:`TorchScriptRunner` and :class:`OnnxRuntimeRunner` pass its ``metadata`` as the
+graph's second input and, when none is given, the unknown age and sex for every image, which is
+what the eager network's forward reads an absent ``metadata`` as.
+
 ``backend = "auto"`` takes the first backend of :data:`AUTO_ORDER` for the device that is
 installed and whose export was validated against this very checkpoint; otherwise ``torch``.
 A backend asked for by name that cannot run is refused with the reason, never replaced silently.
@@ -38,6 +43,7 @@ from mura_monai.export import (
     not_exportable_reason,
     read_export_record,
 )
+from mura_monai.metadata_encoding import metadata_vector
 
 __all__ = ["AUTO_ORDER", "BACKENDS", "BackendChoice", "BackendError", "BackendNetwork", "HybridRunner",
            "OnnxRuntimeRunner", "TorchRunner", "TorchScriptRunner", "choose_backend", "evaluation_network", "installed",
@@ -175,15 +181,43 @@ class TorchRunner:
             return self.network(x, **kwargs).float()
 
 
+_METADATA = "metadata"
+
+
+def _with_metadata(inputs: tuple[torch.Tensor, ...], metadata: torch.Tensor | None,
+                   names: list[str]) -> tuple[torch.Tensor, ...]:
+    """An export's arguments in order: ``inputs``, then the patient metadata where the graph's
+    next input is ``metadata`` (an exported graph has no default for it: with none given, the
+    unknown age and sex for every image, as the eager forward reads an absent ``metadata``).
+
+    Raises:
+        ValueError: for metadata given to a graph without that input, which would score the
+            image alone and drop the age and sex unseen.
+    """
+    if len(names) > len(inputs) and names[len(inputs)] == _METADATA:
+        if metadata is None:
+            metadata = torch.from_numpy(metadata_vector(None, None)).expand(len(inputs[0]), -1)
+        return (*inputs, metadata)
+    if metadata is not None:
+        raise ValueError(f"the export takes {', '.join(names)}, not the patient metadata given: "
+                         "export the bundle again with `mura-monai export`")
+    return inputs
+
+
 class TorchScriptRunner:
     """``model.ts`` as ``ckpt_export`` wrote it (traced at float32); a hybrid's part file takes
-    each of its inputs as an argument and gives a tuple when it has several outputs."""
+    each of its inputs as an argument and gives a tuple when it has several outputs; a metadata
+    network's file takes ``metadata`` after the image (see :func:`_with_metadata`)."""
 
     def __init__(self, path: Path, device: torch.device) -> None:
         self.module = torch.jit.load(str(path), map_location=device).eval()
         self.device = device
+        # the traced forward's arguments after self, by the names of the module's own forward
+        self.input_names = [a.name for a in self.module.forward.schema.arguments[1:]]
 
-    def __call__(self, *inputs: torch.Tensor, **_kwargs) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    def __call__(self, *inputs: torch.Tensor, metadata: torch.Tensor | None = None,
+                 **_kwargs) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        inputs = _with_metadata(inputs, metadata, self.input_names)
         with torch.no_grad():
             out = self.module(*(x.to(self.device) for x in inputs))
         return out.float() if isinstance(out, torch.Tensor) else tuple(o.float() for o in out)
@@ -212,10 +246,13 @@ class OnnxRuntimeRunner:
         self.threads = options.intra_op_num_threads
         self.all_outputs = bool(all_outputs)
 
-    def __call__(self, *inputs: torch.Tensor, **_kwargs) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    def __call__(self, *inputs: torch.Tensor, metadata: torch.Tensor | None = None,
+                 **_kwargs) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """The graph's first output (the logits of ``model.onnx``), or with ``all_outputs`` (a
         hybrid's part file, whose inputs are the arguments in order) a tuple of every output
-        when there are several."""
+        when there are several. A metadata network's graph gets ``metadata`` as its second
+        input (see :func:`_with_metadata`)."""
+        inputs = _with_metadata(inputs, metadata, self.input_names)
         feeds = {name: x.detach().to("cpu", torch.float32).contiguous().numpy() for name, x in zip(self.input_names, inputs)}
         out = [torch.from_numpy(o) for o in self.session.run(None, feeds)]
         return tuple(out) if self.all_outputs and len(out) > 1 else out[0]

@@ -23,8 +23,14 @@ load a whole checkpoint into a whole network of one input. The decision between 
 in the network's own Python (``hybrid_forward``), which the backend's
 :class:`~mura_monai.backends.HybridRunner` calls on the exported parts. The record validates the
 whole pipeline against the checkpoint, as for a single file, and keeps each part file's SHA-256.
-A network trained with patient metadata is not exported: MONAI's exporters do not pass its age
-and sex input.
+
+A network trained with patient metadata takes age and sex beside the image, which MONAI's bundle
+exporters do not pass (they trace a network of one input). It is exported whole by the same
+converters, as ``models/model.ts`` and ``models/model.onnx`` of two inputs, ``image`` and
+``metadata`` (``whole_part``), each with an open batch dimension; the TorchScript file holds the
+bundle's metadata and inference config as ``ckpt_export``'s does. Its validation gives the
+checkpoint and each export the same images *and* the same metadata vectors (ages and sexes known
+and unknown, :data:`VALIDATION_PEOPLE`), recorded under ``metadata`` in ``export.json``.
 """
 from __future__ import annotations
 
@@ -38,15 +44,20 @@ import warnings
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from mura_monai.metadata_encoding import metadata_vector
 from mura_monai.model_settings import load_model_settings
 
-__all__ = ["EXPORT_FILES", "EXPORT_FORMATS", "EXPORT_RECORD", "OPSET", "TOLERANCE", "ExportError", "entry_files",
-           "export_bundle", "file_sha256", "files_label", "hybrid_files", "hybrid_parts", "not_exportable_reason",
-           "part_file", "read_export_record", "validate_exports"]
+if TYPE_CHECKING:
+    from mura_monai.networks.parts import ExportPart
+
+__all__ = ["EXPORT_FILES", "EXPORT_FORMATS", "EXPORT_RECORD", "OPSET", "TOLERANCE", "VALIDATION_PEOPLE", "ExportError",
+           "entry_files", "export_bundle", "export_inputs", "file_sha256", "files_label", "hybrid_files", "hybrid_parts",
+           "not_exportable_reason", "part_file", "read_export_record", "validate_exports", "whole_part"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,9 +74,14 @@ TOLERANCE = 1e-4
 EXAMPLE_BATCH = 2
 # the part name of a network exported whole, in the file maps of the validation
 _WHOLE = ""
-_NOT_EXPORTABLE = {
-    "MetadataFusionNet": "it takes age and sex beside the image, which MONAI's exporters do not pass",
-}
+# networks with no faithful exported graph, by class name, with the reason: export_bundle refuses
+# them in one line and backend auto scores them with torch. None at present (the networks that
+# decide on the data are exported in parts, the metadata network with its two inputs).
+_NOT_EXPORTABLE: dict[str, str] = {}
+# the ages and sexes a metadata network is validated on, one per image in turn: a metadata vector
+# of each kind (age known or not, sex M, F or unknown)
+VALIDATION_PEOPLE: tuple[tuple[float | None, str | None], ...] = (
+    (20.0, "F"), (85.0, "M"), (None, None), (47.0, None), (None, "F"))
 
 
 class ExportError(RuntimeError):
@@ -90,6 +106,34 @@ def hybrid_parts(network: torch.nn.Module) -> dict:
     exported one file each; empty for a network exported whole."""
     parts = getattr(network, "hybrid_parts", None)
     return dict(parts()) if callable(parts) else {}
+
+
+def whole_part(network: torch.nn.Module) -> ExportPart | None:
+    """A network exported whole that takes more than the image (its ``whole_part``: its inputs
+    and the example to trace it on) as one :class:`~mura_monai.networks.parts.ExportPart`, which
+    the converters export; None for a network of the image alone, which MONAI's bundle
+    exporters take (and for a hybrid, exported in parts)."""
+    part = getattr(network, "whole_part", None)
+    return part() if callable(part) else None
+
+
+def export_inputs(network: torch.nn.Module) -> tuple[str, ...]:
+    """The inputs of a network's export: ``("image", "metadata")`` for one that takes age and
+    sex, else ``("image",)`` (a hybrid's parts have their own)."""
+    whole = whole_part(network)
+    return tuple(whole.inputs) if whole is not None else ("image",)
+
+
+def _converted_parts(network: torch.nn.Module) -> dict:
+    """What MONAI's converters export (name -> ExportPart): a hybrid's parts, or a network of
+    several inputs whole (under the name ``_WHOLE``); empty for one that MONAI's bundle exporters
+    take whole."""
+    whole = whole_part(network)
+    return {_WHOLE: whole} if whole is not None else hybrid_parts(network)
+
+
+def _graph_file(part: str, fmt: str) -> str:
+    return EXPORT_FILES[fmt] if part == _WHOLE else part_file(part, fmt)
 
 
 def part_file(part: str, fmt: str) -> str:
@@ -155,7 +199,8 @@ def export_bundle(bundle_dir: str | Path, models_dir: str | Path | None = None,
                   formats: Sequence[str] = EXPORT_FORMATS, opset: int = OPSET, validate: bool = True,
                   images: Sequence[str | Path] = ()) -> dict:
     """Write ``model.ts`` and/or ``model.onnx`` beside the checkpoint with MONAI's bundle
-    exporters (a hybrid network: ``model.<part>.ts`` and/or ``model.<part>.onnx`` per part, see
+    exporters (a hybrid network: ``model.<part>.ts`` and/or ``model.<part>.onnx`` per part; a
+    network of image and metadata: ``model.ts`` and/or ``model.onnx`` of both inputs; see
     :func:`_export_parts`), then validate them (see :func:`validate_exports`); returns the export
     record.
 
@@ -178,9 +223,10 @@ def export_bundle(bundle_dir: str | Path, models_dir: str | Path | None = None,
     reason = not_exportable_reason(definition)
     if reason:
         raise ExportError(f"{bundle_dir.name} is not exported: {reason}; it runs on the torch backend")
-    if hybrid_parts(definition):
+    if _converted_parts(definition):
         _export_parts(_eager_network(parser, ckpt), bundle_dir, models_dir, parser, formats, opset)
-        logger.info("exported %s of %s in parts to %s", ", ".join(formats), bundle_dir.name, models_dir)
+        logger.info("exported %s of %s%s to %s", ", ".join(formats), bundle_dir.name,
+                    " in parts" if hybrid_parts(definition) else "", models_dir)
         if not validate:
             return read_export_record(models_dir) or {}
         return validate_exports(bundle_dir, models_dir, formats=formats, images=images)
@@ -208,12 +254,14 @@ def export_bundle(bundle_dir: str | Path, models_dir: str | Path | None = None,
 
 def _export_parts(network: torch.nn.Module, bundle_dir: Path, models_dir: Path, parser, formats: Sequence[str],
                   opset: int) -> None:
-    """Each part of a hybrid network to its files with the converters MONAI's ``ckpt_export`` and
+    """Each part of a hybrid network to its files, or a network of image and metadata whole to
+    ``model.ts`` / ``model.onnx``, with the converters MONAI's ``ckpt_export`` and
     ``onnx_export`` call, with their settings (traced on a uniform random example of the input
     shape; the TorchScript file holds the bundle's metadata and inference config; ONNX opset
     ``opset`` by torch's dynamo exporter, every input's first dimension the open ``batch``).
     Those commands take neither a part's weights (they load the whole checkpoint into the
-    whole network) nor a part of two inputs (the fusion layer), hence the converters."""
+    whole network) nor a graph of two inputs (the fusion layer, the metadata network), hence
+    the converters."""
     import onnx
     from monai.bundle import ConfigParser
     from monai.data import save_net_with_metadata
@@ -224,20 +272,21 @@ def _export_parts(network: torch.nn.Module, bundle_dir: Path, models_dir: Path, 
     config = bundle_dir / "configs" / "inference.json"
     extra_files = {f"{config.stem}.json": json.dumps(ConfigParser.load_config_file(str(config))).encode()}
     with _quiet_exporters():
-        for name, part in hybrid_parts(network).items():
+        for name, part in _converted_parts(network).items():
             example = part.example(image)
             if "torchscript" in formats:
                 traced = convert_to_torchscript(part.module, inputs=example, use_trace=True)
                 about = {"network": type(network).__name__, "part": name, "inputs": list(part.inputs),
                          "outputs": list(part.outputs)}
-                save_net_with_metadata(traced, str(models_dir / part_file(name, "torchscript")),
+                save_net_with_metadata(traced, str(models_dir / _graph_file(name, "torchscript")),
                                        include_config_vals=False, append_timestamp=False,
-                                       meta_values={**meta, "hybrid_part": about}, more_extra_files=extra_files)
+                                       meta_values={**meta, "hybrid_part": about} if name != _WHOLE else meta,
+                                       more_extra_files=extra_files)
             if "onnx" in formats:
                 graph = convert_to_onnx(part.module, inputs=example, input_names=list(part.inputs),
                                         output_names=list(part.outputs), opset_version=int(opset), use_trace=True,
                                         dynamo=True, dynamic_shapes=[{0: "batch"} for _ in example])
-                onnx.save(graph, str(models_dir / part_file(name, "onnx")))
+                onnx.save(graph, str(models_dir / _graph_file(name, "onnx")))
 
 
 @contextlib.contextmanager
@@ -245,8 +294,8 @@ def _quiet_exporters() -> Iterator[None]:
     """The exporters' chatter kept out of the user's output: MONAI logs the whole argument list to
     stdout, torch's exporter prints its progress and that torchvision's detection operators are
     not registered (no network here uses them), and ONNX Script logs every constant it did not
-    fold; torch warns that two inputs' batch dimensions share one name, which is what a hybrid
-    part of two inputs asks for. Warnings of other kinds still show."""
+    fold; torch warns that two inputs' batch dimensions share one name, which is what a graph of
+    two inputs asks for. Warnings of other kinds still show."""
     quiet = {"monai.bundle.scripts": logging.WARNING, "onnxscript": logging.WARNING, "onnx_ir": logging.WARNING,
              "torch.onnx._internal.exporter._registration": logging.ERROR}
     loggers = [logging.getLogger(name) for name in quiet]
@@ -256,7 +305,7 @@ def _quiet_exporters() -> Iterator[None]:
             log.setLevel(max(log.getEffectiveLevel(), quiet[log.name]))
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)", category=FutureWarning)
-            # a hybrid part of two inputs (the fusion layer) names both batch dimensions "batch", as meant
+            # a graph of two inputs (the fusion layer, image and metadata) names both batch dimensions "batch", as meant
             warnings.filterwarnings("ignore", message=".*The axis name: batch will not be used", category=UserWarning)
             yield
     finally:
@@ -280,10 +329,22 @@ def _probabilities(logits) -> np.ndarray:
     return torch.sigmoid(logits.float().reshape(logits.shape[0], -1)[:, 0]).numpy()
 
 
-def _batches(x: torch.Tensor) -> list[torch.Tensor]:
-    """The inputs in two batch sizes (all of them, then one): an export traced at batch 1 must
-    give the same answers at another."""
-    return [x, x[:1]] if len(x) > 1 else [x]
+def _validation_people(n: int) -> list[tuple[float | None, str | None]]:
+    """The age and sex of each of ``n`` validation images: :data:`VALIDATION_PEOPLE` in turn."""
+    return [VALIDATION_PEOPLE[i % len(VALIDATION_PEOPLE)] for i in range(n)]
+
+
+def _metadata_vectors(people: Sequence[tuple[float | None, str | None]]) -> torch.Tensor:
+    """The network's metadata input of each person, as inference makes it of a DICOM header."""
+    return torch.from_numpy(np.stack([metadata_vector(age, sex) for age, sex in people]))
+
+
+def _batches(x: torch.Tensor, metadata: torch.Tensor | None = None) -> list[tuple[torch.Tensor, dict]]:
+    """The inputs in two batch sizes (all of them, then one), each as the images and the keyword
+    inputs beside them (a metadata network's ``metadata``, of the same images): an export
+    traced at batch 1 must give the same answers at another."""
+    sizes = [len(x), 1] if len(x) > 1 else [len(x)]
+    return [(x[:n], {} if metadata is None else {"metadata": metadata[:n]}) for n in sizes]
 
 
 def validate_exports(bundle_dir: str | Path, models_dir: str | Path | None = None,
@@ -293,7 +354,9 @@ def validate_exports(bundle_dir: str | Path, models_dir: str | Path | None = Non
     and write ``models/export.json``: per format its file's SHA-256 (a hybrid's: each part
     file's, under ``parts``), the largest difference, and whether it is within ``tolerance``.
     A hybrid is validated whole: its part files run around the network's own decisions, as the
-    backend runs them. Runs on the CPU, where every backend can run.
+    backend runs them. A metadata network and its exports get the same metadata vectors too
+    (:data:`VALIDATION_PEOPLE`, recorded under ``metadata``). Runs on the CPU, where every
+    backend can run.
 
     An export that fails to load or run is recorded as not validated, with its ``error``.
 
@@ -312,14 +375,18 @@ def validate_exports(bundle_dir: str | Path, models_dir: str | Path | None = Non
     if reason:  # files someone made of it anyway are not a faithful export, whatever they answer on noise
         raise ExportError(f"{bundle_dir.name} is not exported: {reason}; it runs on the torch backend")
     files = {fmt: hybrid_files(network, fmt) or {_WHOLE: EXPORT_FILES[fmt]} for fmt in formats}
+    takes_metadata = "metadata" in export_inputs(network)
     for fmt in formats:  # named before any input is prepared or run
         for name in files[fmt].values():
             if not (models_dir / name).is_file():
                 raise FileNotFoundError(f"no {fmt} export to validate: {models_dir / name} "
                                         "(run `mura-monai export` first)")
     x = _validation_inputs(parser, images)
+    people = _validation_people(len(x)) if takes_metadata else []
+    metadata = _metadata_vectors(people) if takes_metadata else None
+    batches = _batches(x, metadata)
     with torch.no_grad():
-        reference = [_probabilities(network(b)) for b in _batches(x)]
+        reference = [_probabilities(network(b, **inputs)) for b, inputs in batches]
     record = read_export_record(models_dir) or {}
     if record.get("checkpoint", {}).get("sha256") != (ckpt_sha := file_sha256(ckpt)):
         record = {}  # formats validated against another checkpoint say nothing about this one
@@ -329,7 +396,7 @@ def validate_exports(bundle_dir: str | Path, models_dir: str | Path | None = Non
         "settings": settings,
         "input_shape": _input_shape(parser)[1:],
         "inputs": f"{len(images)} prepared radiographs" if images else f"{len(x)} images of seeded N(0, 1) noise",
-        "batch_sizes": [len(b) for b in _batches(x)],
+        "batch_sizes": [len(b) for b, _ in batches],
         "tolerance": tolerance,
         "validated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.machine()} {platform.system()}, torch {torch.__version__}",
@@ -339,6 +406,12 @@ def validate_exports(bundle_dir: str | Path, models_dir: str | Path | None = Non
         record["hybrid"] = {"network": type(network).__name__, "parts": list(parts)}
     else:
         record.pop("hybrid", None)
+    if metadata is not None:  # the vectors beside the images, in the images' order
+        record["metadata"] = {"graph_inputs": list(export_inputs(network)),
+                              "people": [{"age": age, "sex": sex} for age, sex in people],
+                              "vectors": [[round(float(v), 6) for v in row] for row in metadata.tolist()]}
+    else:
+        record.pop("metadata", None)
     formats_done = record.setdefault("formats", {})
     for fmt in formats:
         paths = {part: models_dir / name for part, name in files[fmt].items()}
@@ -346,7 +419,7 @@ def validate_exports(bundle_dir: str | Path, models_dir: str | Path | None = Non
         try:
             _describe(fmt, entry, paths)
             run = _runner(fmt, paths, network)
-            diff = max(float(np.abs(run(b) - ref).max()) for b, ref in zip(_batches(x), reference))
+            diff = max(float(np.abs(run(b, **inputs) - ref).max()) for (b, inputs), ref in zip(batches, reference))
         except Exception as exc:  # noqa: BLE001 (a file that does not load or run is an export that failed)
             # e.g. an ONNX graph exported without a dynamic batch, given the batch of 3
             diff, entry["error"] = None, f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:300]
@@ -407,4 +480,4 @@ def _runner(fmt: str, paths: dict[str, Path], network: torch.nn.Module):
         run = TorchScriptRunner(path, cpu) if fmt == "torchscript" else OnnxRuntimeRunner(path, cpu)
     else:
         run = HybridRunner.for_backend(backend, network, paths, cpu)
-    return lambda x: _probabilities(run(x))
+    return lambda x, **inputs: _probabilities(run(x, **inputs))

@@ -139,6 +139,9 @@ def test_the_three_backends_agree_through_bundle_predictor_forward(exported, pre
     for name in ("torchscript", "onnxruntime"):
         assert probabilities[name] == pytest.approx(probabilities["torch"], abs=1e-4), name
         assert predictors[name].forward(batch[:1]) == pytest.approx(probabilities["torch"][:1], abs=1e-4)
+        # an export of the image alone is refused age and sex rather than scoring without them unseen
+        with pytest.raises(ValueError, match="not the patient metadata given"):
+            predictors[name].runner(torch.stack(batch), metadata=torch.zeros(len(batch), 4))
 
 
 def test_infer_records_the_backend_and_the_ensemble_s_backends_agree(exported, tmp_path):

@@ -6,18 +6,25 @@ linear layer. The image network keeps its module names under ``image.net``, so i
 weights still load, and an unknown age and sex is an input like any other: a study from a PACS
 that strips demographics is scored from its pixels.
 
+The network is exported whole as one graph of two inputs, ``image`` and ``metadata``
+(:meth:`MetadataFusionNet.whole_part`, :mod:`mura_monai.export`); an exported graph has no
+default for its second input, so the backends feed it the unknown vector when no age and sex
+are given, as :meth:`MetadataFusionNet.forward` does.
+
 Reference: Han S.J., Lee C.I., Kim S.-J., "Development of medical aid artificial intelligence
 through detection of musculoskeletal X-ray abnormalities using artificial neural networks in medical
 image data".
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
 from mura_monai.metadata_encoding import N_METADATA, metadata_vector
 from mura_monai.model_settings import as_flag
 from mura_monai.networks.agcnn import SplitBackbone
+from mura_monai.networks.parts import ExportPart
 
 __all__ = ["MetadataFusionNet", "with_metadata"]
 
@@ -53,6 +60,20 @@ class MetadataFusionNet(nn.Module):
             metadata = self.unknown.expand(x.shape[0], -1)
         joint = torch.cat([features, self.metadata(metadata.to(features.dtype))], dim=1)
         return self.classifier(joint)
+
+    def whole_part(self) -> ExportPart:
+        """The whole network as the one graph of its export, of two inputs (MONAI's bundle
+        exporters pass the image alone): traced on age and sex known and unknown alike, since
+        the graph takes the vector as it comes (an absent one is the caller's to fill in)."""
+        return ExportPart(self, inputs=("image", "metadata"), outputs=("logits",), example=_example_inputs)
+
+
+_EXAMPLE_PEOPLE = ((45.0, "M"), (None, None))
+
+
+def _example_inputs(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    vectors = [metadata_vector(*_EXAMPLE_PEOPLE[i % len(_EXAMPLE_PEOPLE)]) for i in range(len(image))]
+    return image, torch.from_numpy(np.stack(vectors))
 
 
 def with_metadata(image_net: nn.Module, metadata: bool | str, backbone: str = "densenet169") -> nn.Module:

@@ -259,24 +259,3 @@ def assert_changed_part_falls_back_to_torch(bundle: str, models: Path, dest: Pat
     with pytest.raises(BackendError, match=f"backend onnxruntime cannot run: {changed} changed after its validation"):
         choose_backend("onnxruntime", dest, torch.device("cpu"), predictor.loaded.network)
     return reason
-
-
-def assert_export_refused(bundle: str, ckpt: Path) -> str:
-    """A network with no faithful export: ``export_bundle`` refuses it in one line and writes
-    nothing, ``backend: auto`` scores with torch for that reason, and ONNX Runtime asked for by
-    name is refused. Returns the refusal."""
-    from mura_monai.backends import BackendError
-    from mura_monai.export import ExportError, export_bundle
-    from mura_monai.inference import BundlePredictor
-
-    with pytest.raises(ExportError) as refused:
-        export_bundle(BUNDLES / bundle, ckpt)
-    line = str(refused.value)
-    assert "\n" not in line and line.startswith(f"{bundle} is not exported: ") and line.endswith("torch backend")
-    assert not [p.name for p in Path(ckpt).iterdir() if p.name in ("model.ts", "model.onnx", "export.json")]
-    predictor = BundlePredictor(BUNDLES / bundle, device="cpu", models_dir=ckpt, backend="auto")
-    assert predictor.backend.name == "torch" and predictor.backend.reason.startswith("not exported: ")
-    assert predictor.backend.reason.removeprefix("not exported: ") in line
-    with pytest.raises(BackendError, match="backend onnxruntime cannot run"):
-        BundlePredictor(BUNDLES / bundle, device="cpu", models_dir=ckpt, backend="onnxruntime")
-    return line

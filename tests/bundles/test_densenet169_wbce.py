@@ -20,12 +20,12 @@ from tests.bundles.bundle_runner import (
     TRAIN,
     assert_design_metrics,
     assert_evaluation_reproduces_training,
-    assert_export_refused,
     assert_exports_agree,
     bundle_run,
     export_copy,
     read_json,
     torchrun,
+    valid_images,
 )
 
 BUNDLE = BUNDLES / "densenet169_wbce"
@@ -187,36 +187,62 @@ def test_metadata_option_trains_evaluates_and_infers_with_age_and_sex(trained, t
     assert cli_main(["evaluate", "--bundle", str(BUNDLE), "--models-dir", str(ckpt), "--dataset-dir", str(trained["root"]),
                      "--output-dir", str(out), "--n-bootstrap", "0", "--sample-heatmaps", "0"]) == 0
     assert_design_metrics(read_json(out / "metrics.json"), trained["root"])
-    # inference reads age and sex from the DICOM header: the same pixels with another age score differently
-    from mura_monai.inference import BundlePredictor
+    _exported_with_age_and_sex(ckpt, trained["root"], tmp_path)
 
-    predictor = BundlePredictor(BUNDLE, models_dir=ckpt)
-    assert predictor.uses_metadata
-    # MONAI's exporters pass the image alone: a metadata network stays on torch, and says why
-    assert predictor.backend.name == "torch" and "age and sex" in predictor.backend.reason
-    line = assert_export_refused("densenet169_wbce", ckpt)
-    assert line.startswith("densenet169_wbce is not exported: it takes age and sex")
-    _an_ensemble_passes_over_a_member_without_export(ckpt, line, tmp_path)
-    dicom = sorted((trained["root"].parent / "dicom").rglob("*.dcm"))[0]
-    prepared = predictor.prepare(predictor.load(dicom))
+
+def _exported_with_age_and_sex(ckpt: Path, root: Path, tmp_path: Path) -> None:
+    """The metadata network exported whole with its two inputs by `mura-monai export`, validated
+    on three real radiographs with ages and sexes known and unknown; every backend scores the
+    same images with the same metadata as torch, and with none given (the unknown vector)."""
+    import onnx
+    from monai.data import load_net_with_metadata
+
     from mura_monai.data.patient_metadata import metadata_vector
 
-    young, old = (predictor.forward([prepared], metadata=[metadata_vector(a, "F")])[0] for a in (20.0, 85.0))
-    assert young != old
-    result = predictor.predict([dicom])
-    assert 0.0 <= result["studies"][0]["probability"] <= 1.0
+    images = valid_images(root, 3)
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert cli_main(["export", "--bundle", str(BUNDLE), "--models-dir", str(ckpt), "--images", *map(str, images)]) == 0
+    assert [line.split()[:2] + line.split()[3:] for line in out.getvalue().splitlines()[1:3]] == [
+        ["densenet169_wbce", fmt, "yes", str(ckpt / file)] for fmt, file in (("torchscript", "model.ts"), ("onnx", "model.onnx"))]
+    predictors: dict = {}  # each scores the radiographs with their patients' age and sex (patient_metadata.csv)
+    record = assert_exports_agree("densenet169_wbce", ckpt, root, images=images, predictors=predictors)
+    assert record["batch_sizes"] == [3, 1] and "hybrid" not in record
+    people = record["metadata"]["people"]
+    assert record["metadata"]["graph_inputs"] == ["image", "metadata"]
+    assert {"age": None, "sex": None} in people and len({p["sex"] for p in people}) == 3
+    assert [v for row in record["metadata"]["vectors"] for v in row] == pytest.approx(
+        [v for p in people for v in metadata_vector(p["age"], p["sex"]).tolist()])
+    graph = onnx.load(str(ckpt / "model.onnx"), load_external_data=False)
+    assert [i.name for i in graph.graph.input] == ["image", "metadata"]  # open batch on both: assert_exports_agree
+    _, meta, extra = load_net_with_metadata(str(ckpt / "model.ts"), more_extra_files=("inference.json",))
+    assert meta["version"] == read_json(BUNDLE / "configs" / "metadata.json")["version"] and extra["inference.json"]
+    # inference reads age and sex from the DICOM header: the same pixels with another age score
+    # differently, alike on every backend, and with none given as with the unknown vector
+    reference = predictors["torch"]
+    assert reference.uses_metadata
+    dicom = sorted((root.parent / "dicom").rglob("*.dcm"))[0]
+    prepared = reference.prepare(reference.load(dicom))
+    vectors = [metadata_vector(20.0, "F"), metadata_vector(85.0, "M"), metadata_vector(None, None)]
+    expected = reference.forward([prepared] * 3, metadata=vectors)
+    absent = reference.forward([prepared])
+    assert expected[0] != expected[1] and absent == pytest.approx(expected[2:], abs=1e-6)
+    for backend in ("torchscript", "onnxruntime"):
+        assert predictors[backend].forward([prepared] * 3, metadata=vectors) == pytest.approx(expected, abs=1e-4), backend
+        assert predictors[backend].forward([prepared]) == pytest.approx(absent, abs=1e-4), backend
+    (study,) = predictors["onnxruntime"].predict([dicom])["studies"]
+    assert study["probability"] == pytest.approx(reference.predict([dicom])["studies"][0]["probability"], abs=1e-4)
+    _an_ensemble_passes_over_a_member_without_export(ckpt, dicom, absent[0], tmp_path)
 
 
-def _an_ensemble_passes_over_a_member_without_export(ckpt: Path, refusal: str, tmp_path: Path) -> None:
-    """`mura-monai export` of an ensemble names a member that has no faithful export (it runs on
-    torch) and exports the others; asked for alone, the command exits 1 with the refusal."""
+def _an_ensemble_passes_over_a_member_without_export(ckpt: Path, dicom: Path, unknown: float, tmp_path: Path) -> None:
+    """An ensemble of the exported metadata network and a member whose export is missing (no
+    model.onnx, model.ts or export.json): ``auto`` scores the one on ONNX Runtime, its images'
+    age and sex unknown as the ensemble gives none, and passes over to torch for the other,
+    saying why."""
+    from mura_monai.ensemble_predictor import EnsemblePredictor
     from mura_monai.model_settings import save_model_settings
     from tests.ensemble_support import ENSEMBLE, random_member
 
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        assert cli_main(["export", "--bundle", str(BUNDLE), "--models-dir", str(ckpt)]) == 1
-    assert err.getvalue().strip() == f"mura-monai export: error: {refusal}"
     ensemble = tmp_path / "ensemble"
     (ensemble / "configs").mkdir(parents=True)
     config = read_json(ENSEMBLE / "configs" / "inference.json")
@@ -228,14 +254,10 @@ def _an_ensemble_passes_over_a_member_without_export(ckpt: Path, refusal: str, t
     (members / "densenet169_wbce").symlink_to(ckpt, target_is_directory=True)
     random_member("resnet50", members / "resnet50", seed=0)
     save_model_settings(members / "resnet50", image_size=32)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert cli_main(["export", "--bundle", str(ensemble), "--members-models-dir", str(members),
-                         "--format", "torchscript"]) == 0
-    lines = out.getvalue().splitlines()
-    assert lines[0] == refusal
-    assert lines[1].split() == ["bundle", "format", "max", "prob", "diff", "validated", "file"]
-    bundle, fmt, _, validated, path = lines[2].split()
-    assert (bundle, fmt, validated, path) == ("resnet50", "torchscript", "yes", str(members / "resnet50" / "model.ts"))
-    assert lines[3:] == [f"record: {members / 'resnet50' / 'export.json'}"]
-    assert not (members / "resnet50" / "model.onnx").exists()  # only the format asked for
+    predictor = EnsemblePredictor(ensemble, device="cpu", members_models_dir=members, fitted=False)
+    backends = {name: member.backend_used() for name, member in zip(predictor.member_names, predictor.members)}
+    assert backends["densenet169_wbce"] == {"name": "onnxruntime", "reason": "fastest validated"}
+    assert backends["resnet50"]["name"] == "torch"
+    assert f"onnxruntime: no {members.resolve() / 'resnet50' / 'model.onnx'}" in backends["resnet50"]["reason"]
+    _, probabilities = predictor.member_probabilities([dicom])
+    assert probabilities[0, predictor.member_names.index("densenet169_wbce")] == pytest.approx(unknown, abs=1e-4)
